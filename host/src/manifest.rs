@@ -1,0 +1,421 @@
+//! The plugin manifest, `NAME.toml` beside `NAME.wasm`: what the plugin consumes, its limits,
+//! its retry and dead-letter policy, the subjects it may publish to, the sandbox grants and its
+//! config values. Every field is optional and documented with its default; unknown fields are
+//! errors, and every error names the file, the line and the field (validation happens while
+//! parsing, so the TOML parser's location is attached to it).
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// A manifest could not be read or is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The file could not be read.
+    #[error("cannot read manifest {path:?}: {source}")]
+    Read {
+        /// The manifest file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a valid manifest; the message names the line, column and field.
+    #[error("invalid manifest {path:?}: {message}")]
+    Invalid {
+        /// The manifest file.
+        path: PathBuf,
+        /// The parser's message, with line, column and field.
+        message: String,
+    },
+}
+
+/// A plugin manifest. `Manifest::default()` is what a plugin without a manifest runs with.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// What the plugin consumes. Default: nothing (it can only be called offline).
+    pub subscribe: Option<Subscribe>,
+    /// Per-message resource limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Retries, backoff and what happens when a limit is hit.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Where the plugin may publish, and its dead-letter subject.
+    #[serde(default)]
+    pub publish: PublishPolicy,
+    /// What the guest may see of the machine. Default: nothing.
+    #[serde(default)]
+    pub sandbox: Sandbox,
+    /// Free-form values the guest reads with `config(key)`. Default: none.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+/// Where messages come from.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscribe {
+    /// JetStream stream to consume. Default: none, and `subjects` are core NATS subscriptions.
+    pub stream: Option<String>,
+    /// Filter subjects of the consumer (JetStream) or the subjects to subscribe to (core NATS).
+    #[serde(deserialize_with = "subjects")]
+    pub subjects: Vec<String>,
+    /// Durable consumer name. Default: the plugin's name.
+    pub durable: Option<String>,
+    /// Bind to an existing consumer declared elsewhere instead of creating or updating it.
+    /// Default: false.
+    #[serde(default)]
+    pub bind: bool,
+    /// Queue group for core NATS subjects. Default: none (every host gets every message).
+    pub queue_group: Option<String>,
+    /// How long the server waits for an ack before redelivering. Default: 30s.
+    #[serde(with = "humantime_serde", default = "default_ack_wait")]
+    pub ack_wait: Duration,
+    /// Deliveries before a failing message is dead-lettered. Default: 5.
+    #[serde(default = "default_max_deliver")]
+    pub max_deliver: i64,
+    /// Messages handled at once by one host; also the most it pulls at once. Default: 4.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: NonZeroUsize,
+    /// Interval of the ack-progress heartbeat while a handler runs. Default: ack_wait / 3.
+    #[serde(with = "humantime_serde", default)]
+    pub heartbeat: Option<Duration>,
+}
+
+impl Subscribe {
+    /// The heartbeat interval: the configured one, else a third of ack_wait.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat.unwrap_or(self.ack_wait / 3)
+    }
+}
+
+/// Per-message limits. Each hit ends the handler with a typed error naming the limit.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// CPU budget in wasmtime fuel units (a tight loop burns ~13.5M per ms). 0 disables it.
+    /// Default: 10,000,000,000.
+    #[serde(default = "default_fuel")]
+    pub fuel: u64,
+    /// Wall-clock time a handler may take, sleeping included. Default: 60s.
+    #[serde(with = "humantime_serde", default = "default_deadline")]
+    pub deadline: Duration,
+    /// Linear memory, all memories of the instance together ("64MiB", "1GiB" or bytes).
+    /// Default: 128MiB.
+    #[serde(default = "default_memory", deserialize_with = "byte_size")]
+    pub memory: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            fuel: default_fuel(),
+            deadline: default_deadline(),
+            memory: default_memory(),
+        }
+    }
+}
+
+/// What to do when a handler hits a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LimitAction {
+    /// Nak with the backoff delay, like a retry.
+    Retry,
+    /// Publish to the dead-letter subject and terminate.
+    DeadLetter,
+}
+
+/// Retry and limit policy.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Nak delay by delivery count: the first retry waits `backoff[0]`, and so on; the last
+    /// value repeats. (The server's consumer BackOff does not apply to naks, so the host
+    /// computes it.) Default: ["1s", "5s", "30s"].
+    #[serde(default = "default_backoff", deserialize_with = "durations")]
+    pub backoff: Vec<Duration>,
+    /// Out of fuel. Default: dead-letter (deterministic, retrying cannot help).
+    #[serde(default = "dead_letter")]
+    pub on_fuel: LimitAction,
+    /// Over the memory limit. Default: dead-letter.
+    #[serde(default = "dead_letter")]
+    pub on_memory: LimitAction,
+    /// A trap or a panic. Default: dead-letter.
+    #[serde(default = "dead_letter")]
+    pub on_trap: LimitAction,
+    /// Past the wall-clock deadline. Default: retry (it may depend on a slow dependency).
+    #[serde(default = "retry")]
+    pub on_deadline: LimitAction,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            backoff: default_backoff(),
+            on_fuel: LimitAction::DeadLetter,
+            on_memory: LimitAction::DeadLetter,
+            on_trap: LimitAction::DeadLetter,
+            on_deadline: LimitAction::Retry,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The nak delay after delivery number `delivered` (1-based) failed.
+    pub fn delay_for(&self, delivered: u64) -> Duration {
+        let index = usize::try_from(delivered.saturating_sub(1)).unwrap_or(usize::MAX);
+        self.backoff
+            .get(index)
+            .or(self.backoff.last())
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// Where the plugin may publish.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishPolicy {
+    /// Subjects (NATS wildcards allowed) the plugin's outputs may go to. Replies to requests
+    /// are always allowed. Default: none.
+    #[serde(default, deserialize_with = "subjects")]
+    pub allow: Vec<String>,
+    /// Where rejected and dead-lettered inputs go. Default: `natsplug.dead.<plugin>`.
+    pub dead_letter: Option<String>,
+}
+
+/// What the guest may see of the machine; by default nothing: no files, no network, no
+/// environment variables, no arguments.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sandbox {
+    /// Environment variables the guest sees. Default: none.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Host directories the guest may open. Default: none.
+    #[serde(default)]
+    pub dirs: Vec<DirGrant>,
+    /// Outgoing TCP/UDP and name lookups. Default: false.
+    #[serde(default)]
+    pub network: bool,
+}
+
+/// A host directory the guest may open.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirGrant {
+    /// Absolute path on the host.
+    pub host: PathBuf,
+    /// Path the guest sees it at.
+    pub guest: String,
+    /// Whether the guest may write. Default: false.
+    #[serde(default)]
+    pub writable: bool,
+}
+
+impl Manifest {
+    /// Parses a manifest from TOML text; `path` is only used in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ManifestError> {
+        toml::from_str(text).map_err(|e| ManifestError::Invalid {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " | "),
+        })
+    }
+
+    /// Reads and parses a manifest file.
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// The manifest beside a plugin file (`NAME.toml` for `NAME.wasm`), or the defaults when
+    /// there is none.
+    pub fn beside(wasm: &Path) -> Result<Self, ManifestError> {
+        let path = wasm.with_extension("toml");
+        if path.exists() {
+            Self::load(&path)
+        } else {
+            Ok(Self::default())
+        }
+    }
+}
+
+const fn default_ack_wait() -> Duration {
+    Duration::from_secs(30)
+}
+const fn default_max_deliver() -> i64 {
+    5
+}
+const fn default_concurrency() -> NonZeroUsize {
+    NonZeroUsize::new(4).expect("4 is not zero")
+}
+const fn default_fuel() -> u64 {
+    10_000_000_000
+}
+const fn default_deadline() -> Duration {
+    Duration::from_secs(60)
+}
+const fn default_memory() -> u64 {
+    128 << 20
+}
+fn default_backoff() -> Vec<Duration> {
+    vec![
+        Duration::from_secs(1),
+        Duration::from_secs(5),
+        Duration::from_secs(30),
+    ]
+}
+const fn dead_letter() -> LimitAction {
+    LimitAction::DeadLetter
+}
+const fn retry() -> LimitAction {
+    LimitAction::Retry
+}
+
+/// A list of NATS subjects: non-empty tokens, `>` only last.
+fn subjects<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let subjects = Vec::<String>::deserialize(d)?;
+    for subject in &subjects {
+        let tokens: Vec<&str> = subject.split('.').collect();
+        let bad_token = tokens
+            .iter()
+            .position(|t| t.is_empty() || t.contains(char::is_whitespace));
+        let bad_tail = tokens[..tokens.len() - 1].contains(&">");
+        if bad_token.is_some() || bad_tail {
+            return Err(serde::de::Error::custom(format!(
+                "{subject:?} is not a valid NATS subject"
+            )));
+        }
+    }
+    Ok(subjects)
+}
+
+fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| humantime::parse_duration(s).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+/// A byte size: an integer, or a string like "64MiB", "512KiB", "1GiB", "100MB".
+fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Bytes(n) => Ok(n),
+        Size::Text(text) => parse_byte_size(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a size (use bytes, or a number with KiB, MiB, GiB, KB, MB or GB)"
+            ))
+        }),
+    }
+}
+
+fn parse_byte_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(multiplier)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_manifest_is_the_defaults() {
+        let m = Manifest::parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(m, Manifest::default());
+        assert_eq!(m.limits.memory, 128 << 20);
+        assert_eq!(m.retry.on_deadline, LimitAction::Retry);
+    }
+
+    #[test]
+    fn full_manifest_parses() {
+        let m = Manifest::parse(
+            r#"
+            [subscribe]
+            stream = "ORDERS"
+            subjects = ["orders.>"]
+            ack_wait = "5s"
+            concurrency = 8
+            [limits]
+            fuel = 0
+            deadline = "1500ms"
+            memory = "64MiB"
+            [retry]
+            backoff = ["100ms", "2s"]
+            on_trap = "retry"
+            [publish]
+            allow = ["out.*"]
+            [config]
+            output = "out.x"
+            "#,
+            Path::new("p.toml"),
+        )
+        .unwrap();
+        let s = m.subscribe.unwrap();
+        assert_eq!(s.ack_wait, Duration::from_secs(5));
+        assert_eq!(s.heartbeat_interval(), Duration::from_millis(1666));
+        assert_eq!(s.concurrency.get(), 8);
+        assert_eq!(m.limits.memory, 64 << 20);
+        assert_eq!(m.limits.deadline, Duration::from_millis(1500));
+        assert_eq!(m.retry.delay_for(1), Duration::from_millis(100));
+        assert_eq!(m.retry.delay_for(2), Duration::from_secs(2));
+        assert_eq!(m.retry.delay_for(9), Duration::from_secs(2));
+        assert_eq!(m.retry.on_trap, LimitAction::Retry);
+        assert_eq!(m.config["output"], "out.x");
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let err = Manifest::parse("[limits]\nfuel = 1\nmemroy = 5\n", Path::new("bad.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bad.toml"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("unknown field `memroy`"), "{err}");
+
+        let err = Manifest::parse("[limits]\nmemory = \"lots\"\n", Path::new("m.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2") && err.contains("\"lots\" is not a size"), "{err}");
+
+        let err = Manifest::parse(
+            "[subscribe]\nsubjects = [\"a..b\"]\n",
+            Path::new("s.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 2") && err.contains("not a valid NATS subject"), "{err}");
+
+        let err = Manifest::parse("[subscribe]\nsubjects = [\"a\"]\nconcurrency = 0\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3") && err.contains("concurrency"), "{err}");
+    }
+}

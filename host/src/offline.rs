@@ -1,0 +1,93 @@
+//! The plugin author's loop without NATS: `natsplug validate` checks that a file is a component
+//! of our world and that its manifest parses; `natsplug call` runs the handler once in the real
+//! sandbox and reports what the host would do with the answer.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::manifest::Manifest;
+use crate::message::{Headers, Message, Output};
+use crate::runtime::{HandlerError, Hooks, LoadError, Outcome, Plugin, Runtime, RuntimeConfig};
+
+/// Loads a plugin file the way the host would: the manifest from `manifest`, else the one
+/// beside the file, else the defaults.
+pub fn load(path: &Path, manifest: Option<&Path>) -> Result<(Runtime, Plugin), LoadError> {
+    let runtime = Runtime::new(RuntimeConfig::default()).map_err(|e| LoadError::NotAComponent {
+        plugin: crate::runtime::plugin_name(path),
+        reason: format!("{e:#}"),
+    })?;
+    let manifest = manifest.map(Manifest::load).transpose()?;
+    let plugin = runtime.load_file(path, manifest)?;
+    Ok((runtime, plugin))
+}
+
+/// One line of `natsplug call`'s output.
+#[derive(Debug, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum Report<'a> {
+    /// One output of a successful call.
+    Output(&'a Output),
+    /// The handler asked for a retry.
+    Retry {
+        /// Why.
+        reason: &'a str,
+        /// The guest's delay in ms, if any.
+        delay_ms: Option<u128>,
+    },
+    /// The handler rejected the message.
+    Reject {
+        /// Why.
+        reason: &'a str,
+    },
+    /// The call ended on a limit or a trap.
+    Error {
+        /// The kind (fuel, deadline, memory, panic, trap, forbidden-subject...).
+        kind: &'a str,
+        /// The full message.
+        message: String,
+    },
+}
+
+/// Exit code of `natsplug call` for each answer.
+pub fn exit_code(result: &Result<Outcome, HandlerError>) -> u8 {
+    match result {
+        Ok(Outcome::Success(_)) => 0,
+        Ok(Outcome::Retry { .. }) => 2,
+        Ok(Outcome::Reject { .. }) => 3,
+        Err(_) => 4,
+    }
+}
+
+/// The JSON lines `natsplug call` prints for an answer.
+pub fn report_lines(result: &Result<Outcome, HandlerError>) -> Vec<String> {
+    let lines: Vec<Report<'_>> = match result {
+        Ok(Outcome::Success(outputs)) => outputs.iter().map(Report::Output).collect(),
+        Ok(Outcome::Retry { reason, delay }) => vec![Report::Retry {
+            reason,
+            delay_ms: delay.map(|d| d.as_millis()),
+        }],
+        Ok(Outcome::Reject { reason }) => vec![Report::Reject { reason }],
+        Err(e) => vec![Report::Error {
+            kind: e.kind(),
+            message: e.to_string(),
+        }],
+    };
+    lines
+        .iter()
+        .map(|line| serde_json::to_string(line).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")))
+        .collect()
+}
+
+/// Builds the message `natsplug call` sends.
+pub fn message(subject: &str, payload: &[u8], reply: Option<&str>, headers: &[(String, String)]) -> Message {
+    let mut message = Message::new(subject, payload.to_vec());
+    message.reply = reply.map(str::to_owned);
+    message.headers = Headers(headers.to_vec());
+    message
+}
+
+/// Runs the handler once, offline.
+pub async fn call(plugin: &Plugin, message: &Message) -> Result<Outcome, HandlerError> {
+    plugin.handle(message, Hooks::default()).await
+}

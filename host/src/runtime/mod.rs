@@ -1,0 +1,421 @@
+//! The sandboxed WebAssembly runtime: compiles plugin components once, and runs a handler call
+//! in a fresh `Store` and instance per message under the plugin's fuel, wall-clock and memory
+//! limits. A call never blocks the async executor: the guest yields at every epoch tick, so
+//! heartbeats and other handlers keep running on a 2-core machine.
+//!
+//! Layout:
+//! - [`Runtime`]: the engine (pooling allocator, fuel, epoch ticker) and the linker.
+//! - [`Plugin`]: one loaded plugin (manifest + pre-instantiated component); [`Plugin::handle`].
+//! - `invocation`: the per-call store data and the host functions the guest imports.
+//! - `guest_log`: the guest's stdout and stderr into the host's log.
+//! - `error`: [`LoadError`], [`HandlerError`].
+
+mod error;
+mod guest_log;
+mod invocation;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use sha2::Digest as _;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
+
+pub use self::error::{HandlerError, LimitKind, LoadError};
+pub use self::invocation::{Hooks, InProgress};
+use self::invocation::Invocation;
+use crate::manifest::Manifest;
+use crate::message::{Headers, Message, Output};
+
+/// The bindings generated from `wit/natsplug.wit`.
+mod bindings {
+    wasmtime::component::bindgen!({
+        world: "natsplug:plugin/plugin",
+        path: "../wit",
+        exports: { default: async },
+    });
+}
+
+/// How often the epoch advances: the granularity of deadlines and of guest yields.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Settings of the engine, shared by every plugin of a host.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Instances alive at once, all plugins together (sum of concurrencies). Default: 1000.
+    pub max_instances: u32,
+    /// Largest memory limit a manifest may ask for. Default: 1 GiB.
+    pub max_memory: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            max_instances: 1000,
+            max_memory: 1 << 30,
+        }
+    }
+}
+
+/// The engine and linker shared by every plugin. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<Invocation>>,
+    config: RuntimeConfig,
+}
+
+impl Runtime {
+    /// Builds the engine (pooling allocator sized by `config`) and starts its epoch ticker.
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
+        let mut pool = PoolingAllocationConfig::new();
+        let instances = config.max_instances;
+        pool.total_component_instances(instances)
+            .total_core_instances(instances.saturating_mul(16))
+            .total_memories(instances.saturating_mul(2))
+            .total_tables(instances.saturating_mul(4))
+            .total_stacks(instances)
+            .max_core_instances_per_component(64)
+            .max_memories_per_component(16)
+            .max_tables_per_component(32)
+            .max_memory_size(usize::try_from(config.max_memory).unwrap_or(usize::MAX))
+            .table_elements(100_000);
+        let mut wasm = wasmtime::Config::new();
+        wasm.wasm_component_model(true)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .concurrency_support(false)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm)
+            .map_err(anyhow::Error::from)
+            .context("cannot create the wasmtime engine")?;
+        spawn_epoch_ticker(&engine);
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("cannot add WASI to the linker")?;
+        bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(anyhow::Error::from)
+            .context("cannot add the host interface to the linker")?;
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+            config,
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles and checks a plugin from its bytes.
+    pub fn load(&self, name: &str, wasm: &[u8], manifest: Manifest) -> Result<Plugin, LoadError> {
+        let component = Component::new(&self.engine, wasm).map_err(|e| LoadError::NotAComponent {
+            plugin: name.to_owned(),
+            reason: format!("{e:#}"),
+        })?;
+        let version = hex(&sha2::Sha256::digest(wasm)[..8]);
+        self.prepare(name, component, version, manifest)
+    }
+
+    /// Reads `path` (`NAME.wasm`) and the manifest beside it, then loads it as plugin `NAME`.
+    pub fn load_file(&self, path: &Path, manifest: Option<Manifest>) -> Result<Plugin, LoadError> {
+        let name = plugin_name(path);
+        let manifest = match manifest {
+            Some(m) => m,
+            None => Manifest::beside(path)?,
+        };
+        let wasm = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.load(&name, &wasm, manifest)
+    }
+
+    fn prepare(
+        &self,
+        name: &str,
+        component: Component,
+        version: String,
+        manifest: Manifest,
+    ) -> Result<Plugin, LoadError> {
+        if manifest.limits.memory > self.config.max_memory {
+            return Err(LoadError::Unsupported {
+                plugin: name.to_owned(),
+                reason: format!(
+                    "limits.memory = {} bytes is more than this host's maximum of {} bytes",
+                    manifest.limits.memory, self.config.max_memory
+                ),
+            });
+        }
+        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
+            plugin: name.to_owned(),
+            reason: format!("{e:#}"),
+        };
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let pre = bindings::PluginPre::new(instance_pre).map_err(wrong_world)?;
+        Ok(Plugin {
+            inner: Arc::new(PluginInner {
+                name: name.into(),
+                version,
+                manifest,
+                pre,
+                engine: self.engine.clone(),
+            }),
+        })
+    }
+}
+
+/// The plugin name for a file: its stem (`uppercase` for `plugins/uppercase.wasm`).
+pub fn plugin_name(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] from a plain thread (it keeps ticking even
+/// when every executor thread is busy) and exits once the engine is dropped.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new()
+        .name("natsplug-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the epoch ticker: deadlines will not interrupt busy guests");
+    }
+}
+
+/// What a handler answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Publish these outputs (in order), then ack the input.
+    Success(Vec<Output>),
+    /// Nak the input; `delay` is the guest's own, else the backoff schedule applies.
+    Retry {
+        /// Why.
+        reason: String,
+        /// The guest's delay, if it named one.
+        delay: Option<Duration>,
+    },
+    /// Dead-letter and terminate the input.
+    Reject {
+        /// Why.
+        reason: String,
+    },
+}
+
+pub(crate) struct PluginInner {
+    pub(crate) name: Arc<str>,
+    version: String,
+    pub(crate) manifest: Manifest,
+    pre: bindings::PluginPre<Invocation>,
+    engine: Engine,
+}
+
+/// A loaded plugin: its manifest and its pre-instantiated component. Cheap to clone; messages
+/// in flight keep the version they started on.
+#[derive(Clone)]
+pub struct Plugin {
+    inner: Arc<PluginInner>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.inner.name)
+            .field("version", &self.inner.version)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Failed {
+    Instantiate(wasmtime::Error),
+    Call(wasmtime::Error),
+}
+
+impl Plugin {
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The first 16 hex digits of the SHA-256 of the component's bytes.
+    pub fn version(&self) -> &str {
+        &self.inner.version
+    }
+
+    /// Its manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.inner.manifest
+    }
+
+    /// Runs the handler on one message in a fresh instance, under the manifest's limits.
+    pub async fn handle(&self, message: &Message, hooks: Hooks) -> Result<Outcome, HandlerError> {
+        let plugin = &self.inner;
+        let limits = &plugin.manifest.limits;
+        let deadline = Instant::now() + limits.deadline;
+        let state = Invocation::new(self.inner.clone(), message.reply.is_some(), hooks, deadline)
+            .map_err(|e| HandlerError::Instantiate {
+                plugin: plugin.name.to_string(),
+                message: format!("cannot prepare the sandbox: {e:#}"),
+            })?;
+        let mut store = Store::new(&plugin.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        let fuel = if limits.fuel == 0 { u64::MAX } else { limits.fuel };
+        // Fuel is enabled on the engine, so setting it cannot fail.
+        store.set_fuel(fuel).expect("fuel is enabled on the engine");
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let input = wit_message(message);
+        let run = async {
+            let instance = plugin
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(Failed::Instantiate)?;
+            instance
+                .call_handle(&mut store, &input)
+                .await
+                .map_err(Failed::Call)
+        };
+        // The epoch callback stops a busy guest; the timeout also stops one that is waiting on
+        // the host (a sleep, a poll), which the epoch cannot interrupt.
+        let result = tokio::time::timeout(limits.deadline, run).await;
+        let stderr = store.data().stderr.finish();
+        store.data().stdout.finish();
+        let name = || plugin.name.to_string();
+        let answer = match result {
+            Err(_elapsed) => {
+                return Err(HandlerError::Deadline {
+                    plugin: name(),
+                    deadline: limits.deadline,
+                });
+            }
+            Ok(Err(failed)) => return Err(self.classify(failed, &store, &stderr)),
+            Ok(Ok(answer)) => answer,
+        };
+        match answer {
+            Ok(outputs) => {
+                let state = store.into_data();
+                let mut all = state.extra.clone();
+                all.extend(outputs.into_iter().map(wit_output));
+                for output in &all {
+                    state.check(output)?;
+                }
+                Ok(Outcome::Success(all))
+            }
+            Err(bindings::natsplug::plugin::types::Failure::Retry(retry)) => Ok(Outcome::Retry {
+                reason: retry.reason,
+                delay: retry.delay_ms.map(Duration::from_millis),
+            }),
+            Err(bindings::natsplug::plugin::types::Failure::Reject(reason)) => {
+                Ok(Outcome::Reject { reason })
+            }
+        }
+    }
+
+    fn classify(&self, failed: Failed, store: &Store<Invocation>, stderr: &str) -> HandlerError {
+        let plugin = self.inner.name.to_string();
+        let limits = &self.inner.manifest.limits;
+        if store.data().limiter.exceeded {
+            return HandlerError::Memory {
+                plugin,
+                limit: limits.memory,
+            };
+        }
+        let (error, instantiating) = match failed {
+            Failed::Instantiate(e) => (e, true),
+            Failed::Call(e) => (e, false),
+        };
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => HandlerError::OutOfFuel {
+                plugin,
+                fuel: limits.fuel,
+            },
+            Some(Trap::Interrupt) => HandlerError::Deadline {
+                plugin,
+                deadline: limits.deadline,
+            },
+            _ if instantiating => HandlerError::Instantiate {
+                plugin,
+                message: format!("{error:#}"),
+            },
+            _ => match panic_message(stderr) {
+                Some(message) => HandlerError::Panic { plugin, message },
+                None => HandlerError::Trap {
+                    plugin,
+                    message: match error.downcast_ref::<Trap>() {
+                        Some(trap) => trap.to_string(),
+                        None => format!("{error:#}"),
+                    },
+                },
+            },
+        }
+    }
+}
+
+/// The message of a Rust panic from the guest's stderr ("panicked at FILE:LINE:COL:\nMESSAGE").
+fn panic_message(stderr: &str) -> Option<String> {
+    let start = stderr.rfind("panicked at ")?;
+    let text = &stderr[start..];
+    let message = text.split_once('\n').map_or(text, |(_, rest)| rest);
+    let message = message.lines().next().unwrap_or(message).trim();
+    Some(if message.is_empty() { text.trim() } else { message }.to_owned())
+}
+
+fn wit_message(m: &Message) -> bindings::natsplug::plugin::types::Message {
+    use bindings::natsplug::plugin::types as wit;
+    wit::Message {
+        subject: m.subject.clone(),
+        reply: m.reply.clone(),
+        headers: wit_headers(&m.headers),
+        payload: m.payload.to_vec(),
+        delivery: m.delivery.as_ref().map(|d| wit::Delivery {
+            stream: d.stream.clone(),
+            consumer: d.consumer.clone(),
+            stream_sequence: d.stream_sequence,
+            consumer_sequence: d.consumer_sequence,
+            delivered: d.delivered,
+            pending: d.pending,
+            timestamp_ns: d.timestamp_ns,
+        }),
+    }
+}
+
+fn wit_headers(h: &Headers) -> Vec<bindings::natsplug::plugin::types::Header> {
+    h.0.iter()
+        .map(|(name, value)| bindings::natsplug::plugin::types::Header {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
+pub(crate) fn wit_output(o: bindings::natsplug::plugin::types::Output) -> Output {
+    Output {
+        subject: o.subject,
+        headers: Headers(o.headers.into_iter().map(|h| (h.name, h.value)).collect()),
+        payload: o.payload.into(),
+    }
+}
