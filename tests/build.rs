@@ -5,7 +5,9 @@ use std::process::Command;
 
 fn main() {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
-    let root = Path::new(&manifest_dir).parent().expect("tests/ has a parent");
+    let root = Path::new(&manifest_dir)
+        .parent()
+        .expect("tests/ has a parent");
     for watched in ["plugins", "guest-sdk", "wit", "scripts/build-plugins.sh"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
@@ -30,6 +32,10 @@ fn main() {
         );
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let dist = stdout.lines().last().expect("the script prints the folder").trim();
+    let dist = stdout
+        .lines()
+        .last()
+        .expect("the script prints the folder")
+        .trim();
     println!("cargo:rustc-env=NATSPLUG_PLUGINS_DIR={dist}");
 }

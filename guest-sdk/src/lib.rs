@@ -408,7 +408,9 @@ mod tests {
     #[test]
     fn errors_map_to_the_contract() {
         let e = Error::retry_after("busy", Duration::from_millis(1500)).into_wit();
-        assert!(matches!(e, types::Failure::Retry(types::Retry { ref reason, delay_ms: Some(1500) }) if reason == "busy"));
+        assert!(
+            matches!(e, types::Failure::Retry(types::Retry { ref reason, delay_ms: Some(1500) }) if reason == "busy")
+        );
         let e = Error::reject(42).into_wit();
         assert!(matches!(e, types::Failure::Reject(ref r) if r == "42"));
     }

@@ -9,8 +9,28 @@
 //! - [`manifest`]: the plugin manifest (`NAME.toml`): subscriptions, limits, policies, grants.
 //! - [`runtime`]: the wasmtime engine, plugin loading and the sandboxed handler call.
 //! - [`offline`]: `natsplug validate` and `natsplug call`, the plugin author's test loop.
+//! - [`config`]: the host configuration (`natsplug.toml` + `NATSPLUG_*` overrides).
+//! - [`connection`]: NATS connections by role (consumer, publisher-N).
+//! - [`plugins`]: the plugins folder.
+//! - [`consumer`]: per-plugin pull consumer or core subscription, one task per message.
+//! - [`heartbeat`]: ack-progress while a message is in the host's hands.
+//! - [`settle`]: what becomes of an input (publish then ack, nak, dead-letter then term).
+//! - [`publisher`]: the publisher pool, dedup ids and bounded retries.
+//! - [`shutdown`]: the two-stage shutdown signal.
+//! - [`host`]: `run(config, shutdown)`, the whole host.
+//! - [`dev`]: `natsplug dev`, a local server, demo streams and sample messages.
 
+pub mod config;
+pub mod connection;
+pub mod consumer;
+pub mod dev;
+pub mod heartbeat;
+pub mod host;
 pub mod manifest;
 pub mod message;
 pub mod offline;
+pub mod plugins;
+pub mod publisher;
 pub mod runtime;
+pub mod settle;
+pub mod shutdown;

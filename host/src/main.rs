@@ -3,8 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use natsplug::config::HostConfig;
 use natsplug::offline;
+use natsplug::shutdown::{self, Shutdown};
 
 /// Run WebAssembly message handlers on NATS JetStream.
 #[derive(Parser)]
@@ -17,8 +19,55 @@ struct Cli {
     command: Command,
 }
 
+/// Options of the commands that run a host.
+#[derive(Args)]
+struct HostArgs {
+    /// The host configuration file (natsplug.toml). Default: built-in defaults.
+    #[arg(long, env = "NATSPLUG_CONFIG")]
+    config: Option<PathBuf>,
+    /// The plugins folder (overrides host.plugins).
+    #[arg(long, env = "NATSPLUG_PLUGINS")]
+    plugins: Option<PathBuf>,
+    /// NATS server URLs, comma-separated (overrides nats.servers).
+    #[arg(long, env = "NATSPLUG_SERVER", value_delimiter = ',')]
+    server: Vec<String>,
+    /// Graceful shutdown timeout, e.g. "20s" (overrides host.graceful_timeout).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    graceful_timeout: Option<std::time::Duration>,
+}
+
+impl HostArgs {
+    fn load(&self) -> anyhow::Result<HostConfig> {
+        let mut config = HostConfig::load(self.config.as_deref())?;
+        if let Some(plugins) = &self.plugins {
+            config.host.plugins = plugins.clone();
+        }
+        if !self.server.is_empty() {
+            config.nats.servers = self.server.clone();
+        }
+        if let Some(timeout) = self.graceful_timeout {
+            config.host.graceful_timeout = timeout;
+        }
+        Ok(config)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the host: serve every plugin of the plugins folder until SIGINT/SIGTERM.
+    Run {
+        #[command(flatten)]
+        host: HostArgs,
+    },
+    /// The demo: start a local nats-server (when none is configured), create the demo streams,
+    /// serve the plugins, publish sample messages and print the outputs. Runs until Ctrl-C.
+    Dev {
+        #[command(flatten)]
+        host: HostArgs,
+        /// Exit once the samples' outputs were seen, failing if they are not within this time.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        once: Option<std::time::Duration>,
+    },
     /// Check that a file is a natsplug plugin component and that its manifest parses.
     Validate {
         /// The plugin component (NAME.wasm; NAME.toml beside it is its manifest).
@@ -72,9 +121,44 @@ fn main() -> ExitCode {
     runtime.block_on(run(cli.command))
 }
 
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn run(command: Command) -> ExitCode {
     match command {
-        Command::Validate { plugin, manifest } => match offline::load(&plugin, manifest.as_deref()) {
+        Command::Run { host } => report(
+            async {
+                let config = host.load()?;
+                let shutdown = Shutdown::new();
+                let signal = shutdown.clone();
+                tokio::spawn(async move {
+                    shutdown::signal().await;
+                    signal.stop();
+                });
+                natsplug::host::run(config, shutdown).await
+            }
+            .await,
+        ),
+        Command::Dev { host, once } => report(
+            async {
+                let mut config = host.load()?;
+                if host.plugins.is_none() && config.host.plugins == std::path::Path::new("plugins")
+                {
+                    config.host.plugins = PathBuf::from("target/plugins/dist");
+                }
+                natsplug::dev::run(config, Shutdown::new(), once).await
+            }
+            .await,
+        ),
+        Command::Validate { plugin, manifest } => match offline::load(&plugin, manifest.as_deref())
+        {
             Ok((_, p)) => {
                 println!(
                     "ok: {} is a natsplug:plugin/plugin component (plugin {:?}, version {})",
@@ -89,7 +173,14 @@ async fn run(command: Command) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Call { plugin, subject, payload, reply, headers, manifest } => {
+        Command::Call {
+            plugin,
+            subject,
+            payload,
+            reply,
+            headers,
+            manifest,
+        } => {
             let (_runtime, plugin) = match offline::load(&plugin, manifest.as_deref()) {
                 Ok(loaded) => loaded,
                 Err(e) => {
@@ -97,7 +188,8 @@ async fn run(command: Command) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let message = offline::message(&subject, payload.as_bytes(), reply.as_deref(), &headers);
+            let message =
+                offline::message(&subject, payload.as_bytes(), reply.as_deref(), &headers);
             let result = offline::call(&plugin, &message).await;
             for line in offline::report_lines(&result) {
                 println!("{line}");

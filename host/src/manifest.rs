@@ -185,8 +185,22 @@ pub struct PublishPolicy {
     /// are always allowed. Default: none.
     #[serde(default, deserialize_with = "subjects")]
     pub allow: Vec<String>,
+    /// Allowed subjects published as core NATS, without storage or publish ack (events nobody
+    /// must keep). Every other output must be stored by a stream, or the input is retried: a
+    /// missing stream never loses an output silently. Default: none.
+    #[serde(default, deserialize_with = "subjects")]
+    pub core: Vec<String>,
     /// Where rejected and dead-lettered inputs go. Default: `natsplug.dead.<plugin>`.
     pub dead_letter: Option<String>,
+}
+
+impl PublishPolicy {
+    /// The dead-letter subject of plugin `name`.
+    pub fn dead_letter_subject(&self, name: &str) -> String {
+        self.dead_letter
+            .clone()
+            .unwrap_or_else(|| format!("natsplug.dead.{name}"))
+    }
 }
 
 /// What the guest may see of the machine; by default nothing: no files, no network, no
@@ -380,7 +394,7 @@ mod tests {
         .unwrap();
         let s = m.subscribe.unwrap();
         assert_eq!(s.ack_wait, Duration::from_secs(5));
-        assert_eq!(s.heartbeat_interval(), Duration::from_millis(1666));
+        assert_eq!(s.heartbeat_interval(), Duration::from_secs(5) / 3);
         assert_eq!(s.concurrency.get(), 8);
         assert_eq!(m.limits.memory, 64 << 20);
         assert_eq!(m.limits.deadline, Duration::from_millis(1500));
@@ -403,19 +417,28 @@ mod tests {
         let err = Manifest::parse("[limits]\nmemory = \"lots\"\n", Path::new("m.toml"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("line 2") && err.contains("\"lots\" is not a size"), "{err}");
+        assert!(
+            err.contains("line 2") && err.contains("\"lots\" is not a size"),
+            "{err}"
+        );
+
+        let err = Manifest::parse("[subscribe]\nsubjects = [\"a..b\"]\n", Path::new("s.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 2") && err.contains("not a valid NATS subject"),
+            "{err}"
+        );
 
         let err = Manifest::parse(
-            "[subscribe]\nsubjects = [\"a..b\"]\n",
-            Path::new("s.toml"),
+            "[subscribe]\nsubjects = [\"a\"]\nconcurrency = 0\n",
+            Path::new("c.toml"),
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("line 2") && err.contains("not a valid NATS subject"), "{err}");
-
-        let err = Manifest::parse("[subscribe]\nsubjects = [\"a\"]\nconcurrency = 0\n", Path::new("c.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("line 3") && err.contains("concurrency"), "{err}");
+        assert!(
+            err.contains("line 3") && err.contains("concurrency"),
+            "{err}"
+        );
     }
 }

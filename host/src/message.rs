@@ -113,7 +113,10 @@ pub struct Output {
 }
 
 /// Payloads print as text when they are UTF-8, as an array of bytes otherwise.
-fn serialize_payload<S: serde::Serializer>(payload: &bytes::Bytes, s: S) -> Result<S::Ok, S::Error> {
+fn serialize_payload<S: serde::Serializer>(
+    payload: &bytes::Bytes,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     match std::str::from_utf8(payload) {
         Ok(text) => s.serialize_str(text),
         Err(_) => s.collect_seq(payload.iter()),

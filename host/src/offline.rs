@@ -75,12 +75,19 @@ pub fn report_lines(result: &Result<Outcome, HandlerError>) -> Vec<String> {
     };
     lines
         .iter()
-        .map(|line| serde_json::to_string(line).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")))
+        .map(|line| {
+            serde_json::to_string(line).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        })
         .collect()
 }
 
 /// Builds the message `natsplug call` sends.
-pub fn message(subject: &str, payload: &[u8], reply: Option<&str>, headers: &[(String, String)]) -> Message {
+pub fn message(
+    subject: &str,
+    payload: &[u8],
+    reply: Option<&str>,
+    headers: &[(String, String)],
+) -> Message {
     let mut message = Message::new(subject, payload.to_vec());
     message.reply = reply.map(str::to_owned);
     message.headers = Headers(headers.to_vec());

@@ -129,9 +129,9 @@ impl Invocation {
             None => Err(super::HandlerError::NoReplySubject { plugin: plugin() }),
             Some(subject) => {
                 let valid = !subject.is_empty()
-                    && subject
-                        .split('.')
-                        .all(|t| !t.is_empty() && t != "*" && t != ">" && !t.contains(char::is_whitespace));
+                    && subject.split('.').all(|t| {
+                        !t.is_empty() && t != "*" && t != ">" && !t.contains(char::is_whitespace)
+                    });
                 let allowed = self
                     .plugin
                     .manifest

@@ -21,11 +21,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use sha2::Digest as _;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline,
+};
 
 pub use self::error::{HandlerError, LimitKind, LoadError};
-pub use self::invocation::{Hooks, InProgress};
 use self::invocation::Invocation;
+pub use self::invocation::{Hooks, InProgress};
 use crate::manifest::Manifest;
 use crate::message::{Headers, Message, Output};
 
@@ -114,10 +116,11 @@ impl Runtime {
 
     /// Compiles and checks a plugin from its bytes.
     pub fn load(&self, name: &str, wasm: &[u8], manifest: Manifest) -> Result<Plugin, LoadError> {
-        let component = Component::new(&self.engine, wasm).map_err(|e| LoadError::NotAComponent {
-            plugin: name.to_owned(),
-            reason: format!("{e:#}"),
-        })?;
+        let component =
+            Component::new(&self.engine, wasm).map_err(|e| LoadError::NotAComponent {
+                plugin: name.to_owned(),
+                reason: format!("{e:#}"),
+            })?;
         let version = hex(&sha2::Sha256::digest(wasm)[..8]);
         self.prepare(name, component, version, manifest)
     }
@@ -156,7 +159,10 @@ impl Runtime {
             plugin: name.to_owned(),
             reason: format!("{e:#}"),
         };
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(wrong_world)?;
         let pre = bindings::PluginPre::new(instance_pre).map_err(wrong_world)?;
         Ok(Plugin {
             inner: Arc::new(PluginInner {
@@ -270,12 +276,16 @@ impl Plugin {
         let deadline = Instant::now() + limits.deadline;
         let state = Invocation::new(self.inner.clone(), message.reply.is_some(), hooks, deadline)
             .map_err(|e| HandlerError::Instantiate {
-                plugin: plugin.name.to_string(),
-                message: format!("cannot prepare the sandbox: {e:#}"),
-            })?;
+            plugin: plugin.name.to_string(),
+            message: format!("cannot prepare the sandbox: {e:#}"),
+        })?;
         let mut store = Store::new(&plugin.engine, state);
         store.limiter(|state| &mut state.limiter);
-        let fuel = if limits.fuel == 0 { u64::MAX } else { limits.fuel };
+        let fuel = if limits.fuel == 0 {
+            u64::MAX
+        } else {
+            limits.fuel
+        };
         // Fuel is enabled on the engine, so setting it cannot fail.
         store.set_fuel(fuel).expect("fuel is enabled on the engine");
         store.set_epoch_deadline(1);
@@ -381,7 +391,14 @@ fn panic_message(stderr: &str) -> Option<String> {
     let text = &stderr[start..];
     let message = text.split_once('\n').map_or(text, |(_, rest)| rest);
     let message = message.lines().next().unwrap_or(message).trim();
-    Some(if message.is_empty() { text.trim() } else { message }.to_owned())
+    Some(
+        if message.is_empty() {
+            text.trim()
+        } else {
+            message
+        }
+        .to_owned(),
+    )
 }
 
 fn wit_message(m: &Message) -> bindings::natsplug::plugin::types::Message {

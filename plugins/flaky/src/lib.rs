@@ -8,15 +8,21 @@ use natsplug_sdk::{Error, Message, Output, config, handler};
 handler!(handle);
 
 fn handle(msg: Message) -> natsplug_sdk::Result {
-    let succeed_at: u64 = config("succeed-at").and_then(|v| v.parse().ok()).unwrap_or(3);
+    let succeed_at: u64 = config("succeed-at")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let delivered = msg.delivered();
     if delivered < succeed_at {
         let reason = format!("attempt {delivered} of {succeed_at}");
-        return Err(match config("retry-delay-ms").and_then(|v| v.parse().ok()) {
-            Some(ms) => Error::retry_after(reason, Duration::from_millis(ms)),
-            None => Error::retry(reason),
-        });
+        return Err(
+            match config("retry-delay-ms").and_then(|v| v.parse().ok()) {
+                Some(ms) => Error::retry_after(reason, Duration::from_millis(ms)),
+                None => Error::retry(reason),
+            },
+        );
     }
     let subject = config("output").unwrap_or_else(|| "flaky.done".into());
-    Ok(vec![Output::to(subject).payload(format!("ok after {delivered}"))])
+    Ok(vec![
+        Output::to(subject).payload(format!("ok after {delivered}")),
+    ])
 }

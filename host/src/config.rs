@@ -1,0 +1,405 @@
+//! The host's configuration, `natsplug.toml`: the NATS connection options the timeout
+//! write-ups tell people to tune, auth and TLS, the publisher pool and its retries, the host's
+//! plugins folder and graceful timeout, and the engine's bounds. Every key has a default and
+//! can be overridden by an environment variable `NATSPLUG_<SECTION>_<KEY>` (e.g.
+//! `NATSPLUG_NATS_SERVERS=nats://a:4222,nats://b:4222`, `NATSPLUG_HOST_GRACEFUL_TIMEOUT=20s`,
+//! `NATSPLUG_NATS_TLS_CA=/etc/ca.pem`); the most used ones are also CLI flags.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+use crate::runtime::RuntimeConfig;
+
+/// The whole host configuration.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// How to reach NATS.
+    #[serde(default)]
+    pub nats: NatsConfig,
+    /// The host itself.
+    #[serde(default)]
+    pub host: HostSection,
+    /// Publishing outputs.
+    #[serde(default)]
+    pub publisher: PublisherConfig,
+    /// The WebAssembly engine.
+    #[serde(default)]
+    pub runtime: RuntimeSection,
+}
+
+/// Connection options, used by the consumer connection and every publisher connection.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URLs. Default: none, which makes `natsplug dev` start a local server and
+    /// `natsplug run` use `nats://127.0.0.1:4222`.
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// Client name shown by the server (`-consumer` / `-publisher-N` is appended).
+    /// Default: "natsplug".
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// PING interval; two missed PONGs mark the connection stale. Default: 10s.
+    #[serde(with = "humantime_serde", default = "default_ping_interval")]
+    pub ping_interval: Duration,
+    /// Timeout of the TCP connect and handshake. Default: 5s.
+    #[serde(with = "humantime_serde", default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// Timeout of requests, JetStream API calls and publish acks. Default: 10s.
+    #[serde(with = "humantime_serde", default = "default_request_timeout")]
+    pub request_timeout: Duration,
+    /// Longest wait between reconnect attempts (the delay grows up to it). Default: 5s.
+    #[serde(with = "humantime_serde", default = "default_reconnect_delay")]
+    pub reconnect_delay: Duration,
+    /// Commands buffered while reconnecting (the client's capacity). Default: 65536.
+    #[serde(default = "default_reconnect_buffer")]
+    pub reconnect_buffer: usize,
+    /// User for user/password auth. Default: none.
+    pub user: Option<String>,
+    /// Password for user/password auth. Default: none.
+    pub password: Option<String>,
+    /// Token auth. Default: none.
+    pub token: Option<String>,
+    /// NKey seed (`SU...`). Default: none.
+    pub nkey_seed: Option<String>,
+    /// Credentials file (JWT + seed). Default: none.
+    pub creds_file: Option<PathBuf>,
+    /// TLS settings. Default: TLS only if the server asks for it.
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// TLS settings.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Require TLS. Default: false.
+    #[serde(default)]
+    pub required: bool,
+    /// CA certificate (PEM) to trust. Default: the system roots.
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS. Default: none.
+    pub cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS. Default: none.
+    pub key: Option<PathBuf>,
+}
+
+/// The host itself.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSection {
+    /// The plugins folder (`NAME.wasm` + `NAME.toml`). Default: "plugins".
+    #[serde(default = "default_plugins")]
+    pub plugins: PathBuf,
+    /// On SIGTERM, how long in-flight messages may take to finish before they are nak'ed for
+    /// another host. Default: 30s.
+    #[serde(with = "humantime_serde", default = "default_graceful_timeout")]
+    pub graceful_timeout: Duration,
+    /// This host's id in logs and on the control plane. Default: "<hostname>-<pid>".
+    pub id: Option<String>,
+}
+
+/// Publishing outputs and dead letters.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublisherConfig {
+    /// Publisher connections, separate from the consumer's. Default: 2.
+    #[serde(default = "default_connections")]
+    pub connections: usize,
+    /// Attempts per output before the input is nak'ed. Default: 5.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Delay before the second attempt; doubles each time, with jitter. Default: 100ms.
+    #[serde(with = "humantime_serde", default = "default_backoff_initial")]
+    pub backoff_initial: Duration,
+    /// Longest delay between attempts. Default: 2s.
+    #[serde(with = "humantime_serde", default = "default_backoff_max")]
+    pub backoff_max: Duration,
+}
+
+/// The WebAssembly engine's bounds.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSection {
+    /// Instances alive at once, all plugins together. Default: 1000.
+    #[serde(default = "default_max_instances")]
+    pub max_instances: u32,
+    /// Largest memory limit a plugin may ask for, in bytes. Default: 1 GiB.
+    #[serde(default = "default_max_memory")]
+    pub max_memory: u64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            name: default_name(),
+            ping_interval: default_ping_interval(),
+            connect_timeout: default_connect_timeout(),
+            request_timeout: default_request_timeout(),
+            reconnect_delay: default_reconnect_delay(),
+            reconnect_buffer: default_reconnect_buffer(),
+            user: None,
+            password: None,
+            token: None,
+            nkey_seed: None,
+            creds_file: None,
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+impl Default for HostSection {
+    fn default() -> Self {
+        Self {
+            plugins: default_plugins(),
+            graceful_timeout: default_graceful_timeout(),
+            id: None,
+        }
+    }
+}
+
+impl Default for PublisherConfig {
+    fn default() -> Self {
+        Self {
+            connections: default_connections(),
+            max_attempts: default_max_attempts(),
+            backoff_initial: default_backoff_initial(),
+            backoff_max: default_backoff_max(),
+        }
+    }
+}
+
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        Self {
+            max_instances: default_max_instances(),
+            max_memory: default_max_memory(),
+        }
+    }
+}
+
+impl RuntimeSection {
+    /// The engine settings.
+    pub fn runtime_config(&self) -> RuntimeConfig {
+        RuntimeConfig {
+            max_instances: self.max_instances,
+            max_memory: self.max_memory,
+        }
+    }
+}
+
+impl HostSection {
+    /// The configured id, else "<hostname>-<pid>".
+    pub fn host_id(&self) -> String {
+        self.id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "natsplug".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+}
+
+/// Sections whose keys an environment variable may override, longest first.
+const SECTIONS: &[(&str, &[&str])] = &[
+    ("NATS_TLS_", &["nats", "tls"]),
+    ("NATS_", &["nats"]),
+    ("HOST_", &["host"]),
+    ("PUBLISHER_", &["publisher"]),
+    ("RUNTIME_", &["runtime"]),
+];
+
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: &[&str] = &["servers"];
+
+impl HostConfig {
+    /// Reads `path` (when given), then applies the `NATSPLUG_*` environment overrides.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config {path:?}"))?,
+            None => String::new(),
+        };
+        let shown = path.map_or_else(|| "<defaults>".into(), |p| p.display().to_string());
+        Self::parse(&text, &shown, std::env::vars())
+    }
+
+    /// Parses TOML text and applies overrides from `env` (name, value) pairs.
+    pub fn parse(
+        text: &str,
+        shown: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Self> {
+        let mut table: toml::Table = toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("invalid config {shown}: {}", one_line(&e)))?;
+        let mut overridden = Vec::new();
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("NATSPLUG_") else {
+                continue;
+            };
+            let Some((prefix, path)) = SECTIONS.iter().find(|(p, _)| rest.starts_with(p)) else {
+                continue;
+            };
+            let key = rest[prefix.len()..].to_ascii_lowercase();
+            let mut section = &mut table;
+            for part in *path {
+                section = section
+                    .entry(part.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    .as_table_mut()
+                    .ok_or_else(|| anyhow::anyhow!("config {shown}: [{part}] is not a table"))?;
+            }
+            section.insert(key.clone(), env_value(&key, &value));
+            overridden.push(name);
+        }
+        let config: Self = toml::Value::Table(table).try_into().map_err(|e| {
+            let from = if overridden.is_empty() {
+                String::new()
+            } else {
+                format!(" (with overrides from {})", overridden.join(", "))
+            };
+            anyhow::anyhow!("invalid config {shown}{from}: {}", one_line(&e))
+        })?;
+        Ok(config)
+    }
+}
+
+/// An environment value as TOML: lists for list keys, numbers and booleans as such, the rest
+/// as strings (durations and paths are strings).
+fn env_value(key: &str, value: &str) -> toml::Value {
+    if LIST_KEYS.contains(&key) {
+        return toml::Value::Array(
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        );
+    }
+    if let Ok(n) = value.parse::<i64>() {
+        return toml::Value::Integer(n);
+    }
+    if let Ok(b) = value.parse::<bool>() {
+        return toml::Value::Boolean(b);
+    }
+    toml::Value::String(value.to_owned())
+}
+
+fn one_line(e: &impl std::fmt::Display) -> String {
+    e.to_string().trim_end().replace('\n', " | ")
+}
+
+fn default_name() -> String {
+    "natsplug".into()
+}
+const fn default_ping_interval() -> Duration {
+    Duration::from_secs(10)
+}
+const fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+const fn default_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+const fn default_reconnect_delay() -> Duration {
+    Duration::from_secs(5)
+}
+const fn default_reconnect_buffer() -> usize {
+    65_536
+}
+fn default_plugins() -> PathBuf {
+    PathBuf::from("plugins")
+}
+const fn default_graceful_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+const fn default_connections() -> usize {
+    2
+}
+const fn default_max_attempts() -> u32 {
+    5
+}
+const fn default_backoff_initial() -> Duration {
+    Duration::from_millis(100)
+}
+const fn default_backoff_max() -> Duration {
+    Duration::from_secs(2)
+}
+const fn default_max_instances() -> u32 {
+    1000
+}
+const fn default_max_memory() -> u64 {
+    1 << 30
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = HostConfig::parse("", "x", env(&[])).unwrap();
+        assert_eq!(c, HostConfig::default());
+        assert_eq!(c.publisher.connections, 2);
+        assert_eq!(c.host.graceful_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn env_overrides_the_file() {
+        let c = HostConfig::parse(
+            "[nats]\nservers = [\"nats://file:4222\"]\nping_interval = \"3s\"\n[host]\ngraceful_timeout = \"9s\"\n",
+            "natsplug.toml",
+            env(&[
+                ("NATSPLUG_NATS_SERVERS", "nats://a:1, nats://b:2"),
+                ("NATSPLUG_HOST_GRACEFUL_TIMEOUT", "2s"),
+                ("NATSPLUG_PUBLISHER_CONNECTIONS", "4"),
+                ("NATSPLUG_NATS_TLS_CA", "/etc/ca.pem"),
+                ("NATSPLUG_LOG", "debug"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.nats.servers, vec!["nats://a:1", "nats://b:2"]);
+        assert_eq!(c.nats.ping_interval, Duration::from_secs(3));
+        assert_eq!(c.host.graceful_timeout, Duration::from_secs(2));
+        assert_eq!(c.publisher.connections, 4);
+        assert_eq!(c.nats.tls.ca, Some(PathBuf::from("/etc/ca.pem")));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_where() {
+        let err = HostConfig::parse("[nats]\nservres = []\n", "natsplug.toml", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("natsplug.toml") && err.contains("servres"),
+            "{err}"
+        );
+        let err = HostConfig::parse(
+            "",
+            "natsplug.toml",
+            env(&[("NATSPLUG_HOST_GRACEFUL", "1s")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("NATSPLUG_HOST_GRACEFUL") && err.contains("graceful"),
+            "{err}"
+        );
+    }
+}

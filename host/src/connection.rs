@@ -1,0 +1,114 @@
+//! NATS connections: one for the consumer side, a pool for the publisher side, all built from
+//! the same [`NatsConfig`] (servers, timeouts, reconnect, auth, TLS) and named by their role so
+//! `nats server report connections` shows which is which. Connection events are logged with
+//! the role.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::{ConnectOptions, Event};
+
+use crate::config::NatsConfig;
+
+/// The server used when none is configured.
+pub const DEFAULT_SERVER: &str = "nats://127.0.0.1:4222";
+
+/// Connects one client for `role` ("consumer", "publisher-0"...).
+pub async fn connect(config: &NatsConfig, role: &str) -> anyhow::Result<async_nats::Client> {
+    let servers: Vec<String> = if config.servers.is_empty() {
+        vec![DEFAULT_SERVER.to_owned()]
+    } else {
+        config.servers.clone()
+    };
+    let options = options(config, role).await?;
+    let addrs: Vec<async_nats::ServerAddr> = servers
+        .iter()
+        .map(|s| {
+            s.parse()
+                .with_context(|| format!("invalid server URL {s:?}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    options.connect(addrs).await.with_context(|| {
+        format!(
+            "cannot connect the {role} connection to {}",
+            servers.join(",")
+        )
+    })
+}
+
+async fn options(config: &NatsConfig, role: &str) -> anyhow::Result<ConnectOptions> {
+    let mut options = match &config.creds_file {
+        Some(path) => ConnectOptions::with_credentials_file(path)
+            .await
+            .with_context(|| format!("cannot read credentials file {path:?}"))?,
+        None => ConnectOptions::new(),
+    };
+    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &config.token {
+        options = options.token(token.clone());
+    }
+    if let Some(seed) = &config.nkey_seed {
+        options = options.nkey(seed.clone());
+    }
+    if config.tls.required {
+        options = options.require_tls(true);
+    }
+    if let Some(ca) = &config.tls.ca {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    let max_delay = config.reconnect_delay;
+    let role_for_events = role.to_owned();
+    Ok(options
+        .name(format!("{}-{role}", config.name))
+        .ping_interval(config.ping_interval)
+        .connection_timeout(config.connect_timeout)
+        .request_timeout(Some(config.request_timeout))
+        .client_capacity(config.reconnect_buffer)
+        .retry_on_initial_connect()
+        .reconnect_delay_callback(move |attempts| reconnect_delay(attempts, max_delay))
+        .event_callback(move |event| {
+            let role = role_for_events.clone();
+            async move { log_event(&role, event) }
+        }))
+}
+
+/// 0 for the first attempt, then 100ms doubling up to `max`.
+fn reconnect_delay(attempts: usize, max: Duration) -> Duration {
+    if attempts <= 1 {
+        return Duration::ZERO;
+    }
+    let exp = u32::try_from(attempts - 2).unwrap_or(u32::MAX).min(16);
+    Duration::from_millis(100).saturating_mul(1 << exp).min(max)
+}
+
+fn log_event(role: &str, event: Event) {
+    match event {
+        Event::Connected => tracing::info!(messaging.system = "nats", role, "connected"),
+        Event::Disconnected => tracing::warn!(messaging.system = "nats", role, "disconnected"),
+        Event::SlowConsumer(sid) => {
+            tracing::warn!(messaging.system = "nats", role, sid, "slow consumer")
+        }
+        other => {
+            tracing::info!(messaging.system = "nats", role, event = %other, "connection event")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delay_grows_to_the_max() {
+        let max = Duration::from_secs(1);
+        assert_eq!(reconnect_delay(1, max), Duration::ZERO);
+        assert_eq!(reconnect_delay(2, max), Duration::from_millis(100));
+        assert_eq!(reconnect_delay(4, max), Duration::from_millis(400));
+        assert_eq!(reconnect_delay(10, max), max);
+    }
+}

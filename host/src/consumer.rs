@@ -1,0 +1,514 @@
+//! The consumer side of one plugin: a durable pull consumer (created, updated or bound) or core
+//! NATS subscriptions, and one task per message that runs the handler with a heartbeat beside it
+//! and settles the input (publish outputs then ack, nak, or dead-letter then term).
+//!
+//! A JetStream worker pulls only as many messages as the plugin has free handler slots, so a
+//! message never waits in a local buffer while its ack_wait runs out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use async_nats::jetstream::message::Acker;
+use async_nats::jetstream::{self, AckKind};
+use futures::StreamExt as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use crate::heartbeat::Heartbeat;
+use crate::manifest::Subscribe;
+use crate::message::{Delivery, Headers, Message, subject_matches};
+use crate::publisher::{PublishError, Publisher};
+use crate::runtime::{Hooks, Plugin};
+use crate::settle::{self, Decision};
+use crate::shutdown::Shutdown;
+
+/// How long one pull request waits for messages. Short, so a stopping host gives back what it
+/// was about to receive quickly.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
+/// Longest wait between attempts to set up a consumer or pull after an error.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// What every message task of a worker shares.
+#[derive(Clone)]
+pub struct Worker {
+    /// The plugin's current version; a message keeps the version it started on.
+    pub plugin: watch::Receiver<Plugin>,
+    /// Where outputs and dead letters go.
+    pub publisher: Arc<Publisher>,
+    /// The host's shutdown signal.
+    pub shutdown: Shutdown,
+    /// Owns every message task, so the host can wait for them.
+    pub tracker: TaskTracker,
+}
+
+impl Worker {
+    fn current(&self) -> Plugin {
+        self.plugin.borrow().clone()
+    }
+
+    /// Runs the plugin's subscription until shutdown.
+    pub async fn run(self, client: async_nats::Client) {
+        let plugin = self.current();
+        let Some(subscribe) = plugin.manifest().subscribe.clone() else {
+            return;
+        };
+        if subscribe.stream.is_some() {
+            self.run_jetstream(jetstream::new(client), subscribe).await;
+        } else {
+            self.run_core(client, subscribe).await;
+        }
+    }
+
+    async fn run_jetstream(self, js: jetstream::Context, subscribe: Subscribe) {
+        let name = self.current().name().to_owned();
+        let slots = Arc::new(Semaphore::new(subscribe.concurrency.get()));
+        let mut consumer: Option<PullConsumer> = None;
+        let mut failures = 0u32;
+        while !self.shutdown.is_stopping() {
+            let Some(pull) = &consumer else {
+                match ensure_consumer(&js, &name, &subscribe).await {
+                    Ok(c) => {
+                        tracing::info!(plugin = %name, stream = ?subscribe.stream, "consumer ready");
+                        consumer = Some(c);
+                        failures = 0;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!(plugin = %name, error = %e, "cannot set up the consumer; retrying");
+                        self.pause(failures).await;
+                    }
+                }
+                continue;
+            };
+            // Wait for one free slot, then take every free one: that is how many we pull.
+            let first = tokio::select! {
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                _ = self.shutdown.stopping() => break,
+            };
+            let mut free = vec![first];
+            while let Ok(p) = slots.clone().try_acquire_owned() {
+                free.push(p);
+            }
+            let batch = pull
+                .batch()
+                .max_messages(free.len())
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(batch) => batch,
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(plugin = %name, error = %e, "pull request failed");
+                    consumer = None;
+                    self.pause(failures).await;
+                    continue;
+                }
+            };
+            failures = 0;
+            while let Some(item) = batch.next().await {
+                match item {
+                    Ok(message) => match free.pop() {
+                        // Pulled during shutdown: give it back at once.
+                        Some(_) if self.shutdown.is_stopping() => {
+                            self.tracker.spawn(async move {
+                                let (_, acker) = message.split();
+                                nak(&acker, Duration::ZERO).await;
+                            });
+                        }
+                        Some(slot) => {
+                            let worker = self.clone();
+                            let interval = subscribe.heartbeat_interval();
+                            self.tracker
+                                .spawn(worker.process_jetstream(message, slot, interval));
+                        }
+                        None => {
+                            tracing::warn!(plugin = %name, "the server sent more messages than pulled; nak'ed");
+                            let (_, acker) = message.split();
+                            nak(&acker, Duration::ZERO).await;
+                        }
+                    },
+                    Err(e) => {
+                        tracing::debug!(plugin = %name, error = %e, "pull ended with an error");
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::info!(plugin = %name, "stopped pulling");
+    }
+
+    async fn pause(&self, failures: u32) {
+        let delay = Duration::from_millis(100)
+            .saturating_mul(1 << failures.min(10))
+            .min(MAX_RETRY_DELAY);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = self.shutdown.stopping() => {}
+        }
+    }
+
+    async fn process_jetstream(
+        self,
+        message: jetstream::Message,
+        _slot: OwnedSemaphorePermit,
+        interval: Duration,
+    ) {
+        let plugin = self.current();
+        let delivery = match message.info() {
+            Ok(info) => Delivery {
+                stream: info.stream.to_owned(),
+                consumer: info.consumer.to_owned(),
+                stream_sequence: info.stream_sequence,
+                consumer_sequence: info.consumer_sequence,
+                delivered: u64::try_from(info.delivered).unwrap_or(1),
+                pending: info.pending,
+                timestamp_ns: i64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(0),
+            },
+            Err(e) => {
+                tracing::error!(plugin = plugin.name(), error = %e, "a JetStream message without delivery info; terminated");
+                let (_, acker) = message.split();
+                settle_ack(&acker, AckKind::Term).await;
+                return;
+            }
+        };
+        let (message, acker) = message.split();
+        let acker = Arc::new(acker);
+        let span = tracing::debug_span!(
+            "message",
+            plugin = plugin.name(),
+            messaging.system = "nats",
+            messaging.destination.name = %message.subject,
+            stream = %delivery.stream,
+            sequence = delivery.stream_sequence,
+            delivered = delivery.delivered,
+        );
+        let input = Message {
+            subject: message.subject.to_string(),
+            reply: None,
+            headers: Headers::from_nats(message.headers.as_ref()),
+            payload: message.payload,
+            delivery: Some(delivery),
+        };
+        let heartbeat = Heartbeat::start(acker.clone(), interval);
+        let hooks = Hooks {
+            in_progress: Some(heartbeat.in_progress()),
+        };
+        let work = async {
+            if input.delivery.as_ref().is_some_and(|d| d.delivered > 1) {
+                tracing::debug!("redelivery");
+            }
+            let delivered = input.delivery.as_ref().map_or(1, |d| d.delivered);
+            let result = plugin.handle(&input, hooks).await;
+            let decision = settle::decide(result, delivered, plugin.manifest());
+            self.settle_jetstream(&plugin, &input, &acker, decision)
+                .await;
+        };
+        tokio::select! {
+            _ = work.instrument(span) => {}
+            _ = self.shutdown.aborting() => {
+                tracing::warn!(plugin = plugin.name(), subject = %input.subject, "still in flight at the end of the graceful period: nak'ed for another host");
+                nak(&acker, Duration::ZERO).await;
+            }
+        }
+        drop(heartbeat);
+    }
+
+    async fn settle_jetstream(
+        &self,
+        plugin: &Plugin,
+        input: &Message,
+        acker: &Acker,
+        decision: Decision,
+    ) {
+        let delivered = input.delivery.as_ref().map_or(1, |d| d.delivered);
+        let manifest = plugin.manifest();
+        match decision {
+            Decision::Publish(outputs) => match self.publish_outputs(plugin, input, &outputs).await
+            {
+                Ok(()) => {
+                    if let Err(e) = acker.double_ack().await {
+                        tracing::warn!(error = %e, "ack not confirmed; a redelivery will find its outputs deduplicated");
+                    }
+                }
+                Err(e) if e.is_permanent() || settle::is_last_delivery(delivered, manifest) => {
+                    self.dead_letter_and_term(plugin, input, acker, "publish", &e.to_string())
+                        .await;
+                }
+                Err(e) => {
+                    let delay = manifest.retry.delay_for(delivered);
+                    tracing::warn!(error = %e, ?delay, "outputs not stored; the input is nak'ed, not acked");
+                    nak(acker, delay).await;
+                }
+            },
+            Decision::Nak { delay, reason } => {
+                tracing::info!(%reason, ?delay, "retry");
+                nak(acker, delay).await;
+            }
+            Decision::DeadLetter { kind, reason } => {
+                self.dead_letter_and_term(plugin, input, acker, &kind, &reason)
+                    .await;
+            }
+        }
+    }
+
+    async fn dead_letter_and_term(
+        &self,
+        plugin: &Plugin,
+        input: &Message,
+        acker: &Acker,
+        kind: &str,
+        reason: &str,
+    ) {
+        match self.dead_letter(plugin, input, kind, reason).await {
+            Ok(()) => {
+                tracing::warn!(kind, reason, "dead-lettered");
+                settle_ack(acker, AckKind::Term).await;
+            }
+            Err(e) => {
+                let delivered = input.delivery.as_ref().map_or(1, |d| d.delivered);
+                tracing::error!(error = %e, kind, reason, "cannot publish the dead letter; nak'ed to try again");
+                nak(acker, plugin.manifest().retry.delay_for(delivered)).await;
+            }
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        plugin: &Plugin,
+        input: &Message,
+        kind: &str,
+        reason: &str,
+    ) -> Result<(), PublishError> {
+        let subject = plugin.manifest().publish.dead_letter_subject(plugin.name());
+        let headers = settle::dead_letter_headers(plugin.name(), input, kind, reason);
+        let id = input.delivery.as_ref().map(|d| {
+            format!(
+                "natsplug-dead:{}:{}:{}",
+                plugin.name(),
+                d.stream,
+                d.stream_sequence
+            )
+        });
+        match self
+            .publisher
+            .store(
+                &subject,
+                headers.clone(),
+                input.payload.clone(),
+                id.as_deref(),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(PublishError::NoStream { .. }) => {
+                tracing::warn!(
+                    subject,
+                    "no stream captures the dead-letter subject: published without storage"
+                );
+                self.publisher
+                    .core(&subject, headers, input.payload.clone())
+                    .await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Publishes every output of `input` at once and waits for all of them. Stored outputs get
+    /// the `Nats-Msg-Id` `PLUGIN:STREAM:SEQUENCE:INDEX`, so a redelivered input whose outputs were
+    /// stored publishes no duplicates. A `traceparent` on the input goes on to every output.
+    async fn publish_outputs(
+        &self,
+        plugin: &Plugin,
+        input: &Message,
+        outputs: &[crate::message::Output],
+    ) -> Result<(), PublishError> {
+        let policy = &plugin.manifest().publish;
+        let traceparent = input.headers.get("traceparent");
+        let publishes = outputs.iter().enumerate().map(|(index, output)| {
+            let mut headers = output.headers.clone();
+            if let Some(tp) = traceparent {
+                if headers.get("traceparent").is_none() {
+                    headers.append("traceparent", tp);
+                }
+            }
+            let headers = headers.to_nats();
+            let payload = output.payload.clone();
+            async move {
+                match output.subject.as_deref() {
+                    // The runtime only lets a reply through when the input has a reply subject.
+                    None => match input.reply.as_deref() {
+                        Some(reply) => self.publisher.core(reply, headers, payload).await,
+                        None => Ok(()),
+                    },
+                    Some(subject) if policy.core.iter().any(|p| subject_matches(p, subject)) => {
+                        self.publisher.core(subject, headers, payload).await
+                    }
+                    Some(subject) => {
+                        let id = input.delivery.as_ref().map(|d| {
+                            format!(
+                                "{}:{}:{}:{index}",
+                                plugin.name(),
+                                d.stream,
+                                d.stream_sequence
+                            )
+                        });
+                        self.publisher
+                            .store(subject, headers, payload, id.as_deref())
+                            .await
+                            .map(drop)
+                    }
+                }
+            }
+        });
+        futures::future::try_join_all(publishes).await.map(drop)
+    }
+
+    async fn run_core(self, client: async_nats::Client, subscribe: Subscribe) {
+        let name = self.current().name().to_owned();
+        let mut subscriptions = Vec::new();
+        for subject in &subscribe.subjects {
+            let subscription = match &subscribe.queue_group {
+                Some(group) => client.queue_subscribe(subject.clone(), group.clone()).await,
+                None => client.subscribe(subject.clone()).await,
+            };
+            match subscription {
+                Ok(s) => subscriptions.push(s),
+                Err(e) => tracing::error!(plugin = %name, subject, error = %e, "cannot subscribe"),
+            }
+        }
+        tracing::info!(plugin = %name, subjects = ?subscribe.subjects, "subscribed");
+        let mut messages = futures::stream::select_all(subscriptions);
+        let slots = Arc::new(Semaphore::new(subscribe.concurrency.get()));
+        loop {
+            let message = tokio::select! {
+                m = messages.next() => m,
+                _ = self.shutdown.stopping() => break,
+            };
+            let Some(message) = message else { break };
+            let slot = tokio::select! {
+                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = self.shutdown.stopping() => break,
+            };
+            let worker = self.clone();
+            self.tracker.spawn(worker.process_core(message, slot));
+        }
+        tracing::info!(plugin = %name, "unsubscribed");
+    }
+
+    async fn process_core(self, message: async_nats::Message, _slot: OwnedSemaphorePermit) {
+        let plugin = self.current();
+        let input = Message {
+            subject: message.subject.to_string(),
+            reply: message.reply.map(|r| r.to_string()),
+            headers: Headers::from_nats(message.headers.as_ref()),
+            payload: message.payload,
+            delivery: None,
+        };
+        let span = tracing::debug_span!(
+            "message",
+            plugin = plugin.name(),
+            messaging.system = "nats",
+            messaging.destination.name = %input.subject,
+        );
+        async {
+            let result = plugin.handle(&input, Hooks::default()).await;
+            let failure = match settle::decide(result, 1, plugin.manifest()) {
+                Decision::Publish(outputs) => {
+                    match self.publish_outputs(&plugin, &input, &outputs).await {
+                        Ok(()) => None,
+                        Err(e) => Some(("publish".to_owned(), e.to_string())),
+                    }
+                }
+                Decision::Nak { reason, .. } => Some((
+                    "retry".to_owned(),
+                    format!("{reason} (core NATS messages are not redelivered)"),
+                )),
+                Decision::DeadLetter { kind, reason } => {
+                    if let Err(e) = self.dead_letter(&plugin, &input, &kind, &reason).await {
+                        tracing::error!(error = %e, "cannot publish the dead letter");
+                    }
+                    Some((kind, reason))
+                }
+            };
+            if let Some((kind, reason)) = failure {
+                tracing::warn!(kind, reason, "core message failed");
+                // A requester gets the failure at once instead of waiting for its timeout.
+                if let Some(reply) = &input.reply {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(settle::header::KIND, kind.as_str());
+                    headers.insert(
+                        settle::header::REASON,
+                        reason.replace(['\r', '\n'], " ").as_str(),
+                    );
+                    if let Err(e) = self
+                        .publisher
+                        .core(reply, headers, bytes::Bytes::new())
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cannot send the error reply");
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+}
+
+/// Creates or updates the plugin's durable consumer, or binds to an existing one.
+async fn ensure_consumer(
+    js: &jetstream::Context,
+    plugin: &str,
+    subscribe: &Subscribe,
+) -> anyhow::Result<PullConsumer> {
+    let stream_name = subscribe.stream.as_deref().unwrap_or_default();
+    let stream = js
+        .get_stream(stream_name)
+        .await
+        .map_err(|e| anyhow::anyhow!("stream {stream_name:?}: {e}"))?;
+    let durable = subscribe
+        .durable
+        .clone()
+        .unwrap_or_else(|| plugin.to_owned());
+    if subscribe.bind {
+        return stream.get_consumer(&durable).await.map_err(|e| {
+            anyhow::anyhow!("binding to consumer {durable:?} on {stream_name:?}: {e}")
+        });
+    }
+    let (filter_subject, filter_subjects) = match subscribe.subjects.as_slice() {
+        [one] => (one.clone(), Vec::new()),
+        many => (String::new(), many.to_vec()),
+    };
+    let config = pull::Config {
+        durable_name: Some(durable.clone()),
+        description: Some(format!("natsplug plugin {plugin}")),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: subscribe.ack_wait,
+        max_deliver: subscribe.max_deliver,
+        filter_subject,
+        filter_subjects,
+        ..Default::default()
+    };
+    stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating consumer {durable:?} on {stream_name:?}: {e}"))
+}
+
+async fn nak(acker: &Acker, delay: Duration) {
+    let delay = (!delay.is_zero()).then_some(delay);
+    settle_ack(acker, AckKind::Nak(delay)).await;
+}
+
+/// Sends an ack of any kind; a failure is logged, not fatal (the server will redeliver).
+async fn settle_ack(acker: &Acker, kind: AckKind) {
+    if let Err(e) = acker.ack_with(kind).await {
+        tracing::warn!(error = %e, ?kind, "cannot send ack");
+    }
+}

@@ -1,0 +1,183 @@
+//! `natsplug dev`: the embedded default. Without a configured server it starts a local
+//! `nats-server` with JetStream in a temporary store (the binary from `NATS_SERVER_BIN` or
+//! `PATH`), creates the demo streams, runs the host on the plugins folder, publishes a few
+//! sample messages and prints what comes out, then keeps running until Ctrl-C.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, stream};
+use futures::StreamExt as _;
+
+use crate::config::HostConfig;
+use crate::shutdown::Shutdown;
+
+/// The demo streams: (name, subjects).
+pub const DEMO_STREAMS: &[(&str, &[&str])] = &[
+    ("DEMO_IN", &["demo.in.>"]),
+    ("DEMO_OUT", &["demo.out.>"]),
+    ("DEAD_LETTERS", &["demo.dead.>", "natsplug.dead.>"]),
+];
+
+/// Sample messages: (subject, payload).
+pub const SAMPLES: &[(&str, &str)] = &[
+    ("demo.in.uppercase", "hello from natsplug"),
+    ("demo.in.fanout", "one message, three outputs"),
+    ("demo.in.flaky", "fails twice, then works"),
+    ("demo.in.poison", "a message nobody can handle"),
+    ("demo.in.slow", "4"),
+];
+
+/// A `nats-server` child process with its own store; killed and removed on drop.
+pub struct LocalServer {
+    child: Child,
+    url: String,
+    _store: tempfile::TempDir,
+}
+
+impl LocalServer {
+    /// Starts `nats-server -js` on a free loopback port and waits until it accepts connections.
+    pub fn start() -> anyhow::Result<Self> {
+        let binary = std::env::var_os("NATS_SERVER_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("nats-server"));
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let store = tempfile::Builder::new().prefix("natsplug-dev-").tempdir()?;
+        let child = Command::new(&binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| {
+                format!("cannot start {binary:?}: run the README's set-up, or set NATS_SERVER_BIN")
+            })?;
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if started.elapsed() > Duration::from_secs(10) {
+                anyhow::bail!("nats-server did not accept connections on port {port} within 10s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            _store: store,
+        })
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Creates the demo streams (idempotent).
+pub async fn create_demo_streams(js: &jetstream::Context) -> anyhow::Result<()> {
+    for (name, subjects) in DEMO_STREAMS {
+        js.get_or_create_stream(stream::Config {
+            name: (*name).to_owned(),
+            subjects: subjects.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create stream {name}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Runs the demo. With `once`, it exits after the samples' expected outputs were seen (or after
+/// `once_timeout`) instead of waiting for Ctrl-C; the exit is an error if any is missing.
+pub async fn run(
+    mut config: HostConfig,
+    shutdown: Shutdown,
+    once: Option<Duration>,
+) -> anyhow::Result<()> {
+    let _local = if config.nats.servers.is_empty() {
+        let server = LocalServer::start()?;
+        println!(
+            "natsplug dev: started a local nats-server with JetStream at {}",
+            server.url()
+        );
+        config.nats.servers = vec![server.url().to_owned()];
+        Some(server)
+    } else {
+        None
+    };
+    let client = crate::connection::connect(&config.nats, "dev").await?;
+    let js = jetstream::new(client.clone());
+    create_demo_streams(&js).await?;
+    let mut outputs = client
+        .subscribe("demo.out.>")
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot subscribe to demo.out.>: {e}"))?;
+    let mut dead = client
+        .subscribe("demo.dead.>")
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot subscribe to demo.dead.>: {e}"))?;
+
+    let host = tokio::spawn(crate::host::run(config.clone(), shutdown.clone()));
+    println!(
+        "natsplug dev: serving the plugins in {}",
+        config.host.plugins.display()
+    );
+    for (subject, payload) in SAMPLES {
+        js.publish(*subject, payload.as_bytes().to_vec().into())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot publish to {subject}: {e}"))?
+            .await
+            .map_err(|e| anyhow::anyhow!("no publish ack from {subject}: {e}"))?;
+        println!("  in   {subject:<22} {payload:?}");
+    }
+    // uppercase 1, fanout 3, flaky 1, slow 1 outputs; poison 1 dead letter.
+    let expected_outputs = 6;
+    let expected_dead = 1;
+    let (mut seen_outputs, mut seen_dead) = (0, 0);
+    let deadline = once.map(|d| tokio::time::Instant::now() + d);
+    let sleep_until = async move {
+        match deadline {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(sleep_until);
+    let interrupted = crate::shutdown::signal();
+    tokio::pin!(interrupted);
+    loop {
+        if once.is_some() && seen_outputs >= expected_outputs && seen_dead >= expected_dead {
+            break;
+        }
+        tokio::select! {
+            Some(m) = outputs.next() => {
+                seen_outputs += 1;
+                println!("  out  {:<22} {:?}", m.subject.as_str(), String::from_utf8_lossy(&m.payload));
+            }
+            Some(m) = dead.next() => {
+                seen_dead += 1;
+                let reason = m.headers.as_ref().and_then(|h| h.get(crate::settle::header::REASON)).map(|v| v.to_string()).unwrap_or_default();
+                println!("  dead {:<22} {:?} ({reason})", m.subject.as_str(), String::from_utf8_lossy(&m.payload));
+            }
+            _ = &mut sleep_until => break,
+            _ = &mut interrupted => break,
+        }
+    }
+    shutdown.stop();
+    host.await.context("the host task failed")??;
+    if once.is_some() && (seen_outputs < expected_outputs || seen_dead < expected_dead) {
+        anyhow::bail!(
+            "saw {seen_outputs}/{expected_outputs} outputs and {seen_dead}/{expected_dead} dead letters"
+        );
+    }
+    println!("natsplug dev: {seen_outputs} outputs, {seen_dead} dead letters; stopped");
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! The publisher pool: outputs and dead letters go out on their own connections (default 2),
+//! never on the consumer's, so a slow handler or a reconnect on one side never fails the other.
+//! A stored publish carries a deterministic `Nats-Msg-Id` and is retried with exponential
+//! backoff and jitter, bounded; it succeeds only once the stream's publish ack is in.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::{HeaderMap, jetstream};
+use bytes::Bytes;
+use rand::Rng as _;
+
+use crate::config::{NatsConfig, PublisherConfig};
+use crate::connection;
+
+/// A publish that did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// No stream captures the subject (it may be created later: retry the input).
+    #[error("no stream captures subject {subject:?}")]
+    NoStream {
+        /// The subject.
+        subject: String,
+    },
+    /// The message is larger than the server accepts; retrying cannot help.
+    #[error("message to {subject:?} is larger than the server's max_payload: {reason}")]
+    TooLarge {
+        /// The subject.
+        subject: String,
+        /// The client's message, with the sizes.
+        reason: String,
+    },
+    /// Every attempt failed (timeouts, a broken connection...).
+    #[error("publish to {subject:?} failed after {attempts} attempts: {last}")]
+    Exhausted {
+        /// The subject.
+        subject: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        last: String,
+    },
+}
+
+impl PublishError {
+    /// Whether retrying the input can never help.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::TooLarge { .. })
+    }
+}
+
+/// What the stream said about a stored message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    /// The stream already had a message with this `Nats-Msg-Id`.
+    pub duplicate: bool,
+}
+
+struct Connection {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+}
+
+/// The pool of publisher connections.
+pub struct Publisher {
+    pool: Vec<Connection>,
+    next: AtomicUsize,
+    config: PublisherConfig,
+}
+
+impl Publisher {
+    /// Opens `config.connections` connections (at least one).
+    pub async fn connect(nats: &NatsConfig, config: &PublisherConfig) -> anyhow::Result<Self> {
+        let mut pool = Vec::new();
+        for i in 0..config.connections.max(1) {
+            let client = connection::connect(nats, &format!("publisher-{i}")).await?;
+            let mut jetstream = jetstream::new(client.clone());
+            jetstream.set_timeout(nats.request_timeout);
+            pool.push(Connection { client, jetstream });
+        }
+        Ok(Self {
+            pool,
+            next: AtomicUsize::new(0),
+            config: config.clone(),
+        })
+    }
+
+    fn connection(&self) -> &Connection {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
+        &self.pool[i]
+    }
+
+    /// Publishes to a stream and waits for its ack, retrying transient failures with backoff.
+    pub async fn store(
+        &self,
+        subject: &str,
+        headers: HeaderMap,
+        payload: Bytes,
+        msg_id: Option<&str>,
+    ) -> Result<Stored, PublishError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut message = PublishMessage::build()
+                .payload(payload.clone())
+                .headers(headers.clone());
+            if let Some(id) = msg_id {
+                message = message.message_id(id);
+            }
+            let conn = self.connection();
+            let result = match conn
+                .jetstream
+                .send_publish(subject.to_owned(), message)
+                .await
+            {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            let error = match result {
+                Ok(ack) => {
+                    return Ok(Stored {
+                        duplicate: ack.duplicate,
+                    });
+                }
+                Err(e) => e,
+            };
+            match error.kind() {
+                PublishErrorKind::StreamNotFound => {
+                    return Err(PublishError::NoStream {
+                        subject: subject.to_owned(),
+                    });
+                }
+                PublishErrorKind::MaxPayloadExceeded => {
+                    return Err(PublishError::TooLarge {
+                        subject: subject.to_owned(),
+                        reason: error.to_string(),
+                    });
+                }
+                _ if attempt >= self.config.max_attempts => {
+                    return Err(PublishError::Exhausted {
+                        subject: subject.to_owned(),
+                        attempts: attempt,
+                        last: error.to_string(),
+                    });
+                }
+                _ => {
+                    let delay = self.backoff(attempt);
+                    tracing::debug!(
+                        messaging.system = "nats",
+                        messaging.destination.name = subject,
+                        attempt,
+                        error = %error,
+                        ?delay,
+                        "publish failed, retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Publishes without storage (replies, core subjects). At most once, like core NATS.
+    pub async fn core(
+        &self,
+        subject: &str,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<(), PublishError> {
+        self.connection()
+            .client
+            .publish_with_headers(subject.to_owned(), headers, payload)
+            .await
+            .map_err(|e| PublishError::Exhausted {
+                subject: subject.to_owned(),
+                attempts: 1,
+                last: e.to_string(),
+            })
+    }
+
+    /// The delay after failed attempt `attempt` (1-based): doubling from `backoff_initial`, capped
+    /// at `backoff_max`, with ±50% jitter so many hosts do not retry in step.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = attempt.saturating_sub(1).min(16);
+        let base = self
+            .config
+            .backoff_initial
+            .saturating_mul(1 << exp)
+            .min(self.config.backoff_max);
+        base.mul_f64(rand::rng().random_range(0.5..1.5))
+    }
+
+    /// Flushes and drains every connection (shutdown).
+    pub async fn close(&self) {
+        for conn in &self.pool {
+            if let Err(e) = conn.client.flush().await {
+                tracing::warn!(error = %e, "cannot flush a publisher connection");
+            }
+            if let Err(e) = conn.client.drain().await {
+                tracing::warn!(error = %e, "cannot drain a publisher connection");
+            }
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! What becomes of an input once its handler has answered: [`decide`] maps the answer (or the
+//! limit it hit) and the delivery count to a [`Decision`] under the plugin's policy. It is a
+//! pure function; the consumer carries the decision out (publish then ack, nak with a delay, or
+//! dead-letter then term). Dead letters carry headers saying why ([`dead_letter_headers`]).
+
+use std::time::Duration;
+
+use crate::manifest::{LimitAction, Manifest};
+use crate::message::{Message, Output};
+use crate::runtime::{HandlerError, LimitKind, Outcome};
+
+/// Header names on dead-lettered messages.
+pub mod header {
+    /// The plugin that gave up on the message.
+    pub const PLUGIN: &str = "Natsplug-Plugin";
+    /// Why, in words.
+    pub const REASON: &str = "Natsplug-Reason";
+    /// The kind: reject, fuel, deadline, memory, panic, trap, retries-exhausted, publish...
+    pub const KIND: &str = "Natsplug-Error-Kind";
+    /// Deliveries so far.
+    pub const DELIVERED: &str = "Natsplug-Delivered";
+    /// The input's stream.
+    pub const STREAM: &str = "Natsplug-Stream";
+    /// The input's stream sequence.
+    pub const SEQUENCE: &str = "Natsplug-Sequence";
+    /// The input's subject.
+    pub const SUBJECT: &str = "Natsplug-Subject";
+}
+
+/// What the host does with an input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Publish these outputs, wait for every publish ack, then ack the input.
+    Publish(Vec<Output>),
+    /// Nak the input; the server redelivers it after the delay.
+    Nak {
+        /// How long the server waits before redelivering.
+        delay: Duration,
+        /// Why.
+        reason: String,
+    },
+    /// Publish the input to the dead-letter subject, then terminate it.
+    DeadLetter {
+        /// The kind, for the `Natsplug-Error-Kind` header.
+        kind: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Decides what becomes of an input after delivery number `delivered` (1-based).
+pub fn decide(
+    result: Result<Outcome, HandlerError>,
+    delivered: u64,
+    manifest: &Manifest,
+) -> Decision {
+    let retry = |reason: String, delay: Option<Duration>| {
+        if is_last_delivery(delivered, manifest) {
+            Decision::DeadLetter {
+                kind: "retries-exhausted".into(),
+                reason: format!("gave up after {delivered} deliveries: {reason}"),
+            }
+        } else {
+            Decision::Nak {
+                delay: delay.unwrap_or_else(|| manifest.retry.delay_for(delivered)),
+                reason,
+            }
+        }
+    };
+    match result {
+        Ok(Outcome::Success(outputs)) => Decision::Publish(outputs),
+        Ok(Outcome::Retry { reason, delay }) => retry(reason, delay),
+        Ok(Outcome::Reject { reason }) => Decision::DeadLetter {
+            kind: "reject".into(),
+            reason,
+        },
+        Err(error) => {
+            let policy = &manifest.retry;
+            let action = match error.limit() {
+                LimitKind::Fuel => policy.on_fuel,
+                LimitKind::Deadline => policy.on_deadline,
+                LimitKind::Memory => policy.on_memory,
+                LimitKind::Trap => policy.on_trap,
+            };
+            match action {
+                LimitAction::Retry => retry(error.to_string(), None),
+                LimitAction::DeadLetter => Decision::DeadLetter {
+                    kind: error.kind().into(),
+                    reason: error.to_string(),
+                },
+            }
+        }
+    }
+}
+
+/// Whether the server will not deliver the message again after this delivery.
+pub fn is_last_delivery(delivered: u64, manifest: &Manifest) -> bool {
+    let max = manifest.subscribe.as_ref().map_or(5, |s| s.max_deliver);
+    max > 0 && delivered >= max as u64
+}
+
+/// The dead letter of `input`: its payload and headers plus the `Natsplug-*` headers.
+pub fn dead_letter_headers(
+    plugin: &str,
+    input: &Message,
+    kind: &str,
+    reason: &str,
+) -> async_nats::HeaderMap {
+    let mut headers = input.headers.to_nats();
+    headers.insert(header::PLUGIN, plugin);
+    headers.insert(header::KIND, kind);
+    // Header values are one line.
+    headers.insert(header::REASON, reason.replace(['\r', '\n'], " ").as_str());
+    headers.insert(header::SUBJECT, input.subject.as_str());
+    let delivered = input.delivery.as_ref().map_or(1, |d| d.delivered);
+    headers.insert(header::DELIVERED, delivered.to_string().as_str());
+    if let Some(d) = &input.delivery {
+        headers.insert(header::STREAM, d.stream.as_str());
+        headers.insert(header::SEQUENCE, d.stream_sequence.to_string().as_str());
+    }
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn manifest(extra: &str) -> Manifest {
+        Manifest::parse(
+            &format!("[subscribe]\nstream = \"S\"\nsubjects = [\"s\"]\nmax_deliver = 3\n{extra}"),
+            Path::new("m.toml"),
+        )
+        .unwrap()
+    }
+
+    fn nak(secs: f64, reason: &str) -> Decision {
+        Decision::Nak {
+            delay: Duration::from_secs_f64(secs),
+            reason: reason.into(),
+        }
+    }
+
+    #[test]
+    fn retries_follow_the_backoff_then_dead_letter_on_the_last_delivery() {
+        let m = manifest("[retry]\nbackoff = [\"1s\", \"7s\"]\n");
+        let retry = || {
+            Ok(Outcome::Retry {
+                reason: "busy".into(),
+                delay: None,
+            })
+        };
+        assert_eq!(decide(retry(), 1, &m), nak(1.0, "busy"));
+        assert_eq!(decide(retry(), 2, &m), nak(7.0, "busy"));
+        assert_eq!(
+            decide(retry(), 3, &m),
+            Decision::DeadLetter {
+                kind: "retries-exhausted".into(),
+                reason: "gave up after 3 deliveries: busy".into()
+            }
+        );
+        let own = Ok(Outcome::Retry {
+            reason: "x".into(),
+            delay: Some(Duration::from_millis(42)),
+        });
+        assert_eq!(decide(own, 1, &m), nak(0.042, "x"));
+    }
+
+    #[test]
+    fn limits_follow_the_policy() {
+        let m = manifest("");
+        let fuel = Err(HandlerError::OutOfFuel {
+            plugin: "p".into(),
+            fuel: 9,
+        });
+        assert!(matches!(decide(fuel, 1, &m), Decision::DeadLetter { kind, .. } if kind == "fuel"));
+        let deadline = || {
+            Err(HandlerError::Deadline {
+                plugin: "p".into(),
+                deadline: Duration::from_secs(1),
+            })
+        };
+        assert_eq!(
+            decide(deadline(), 1, &m),
+            nak(1.0, "plugin \"p\" passed its deadline of 1s")
+        );
+        assert!(
+            matches!(decide(deadline(), 3, &m), Decision::DeadLetter { kind, .. } if kind == "retries-exhausted")
+        );
+        let m = manifest("[retry]\non_trap = \"retry\"\n");
+        let panic = Err(HandlerError::Panic {
+            plugin: "p".into(),
+            message: "boom".into(),
+        });
+        assert_eq!(
+            decide(panic, 1, &m),
+            nak(1.0, "plugin \"p\" panicked: boom")
+        );
+    }
+
+    #[test]
+    fn reject_dead_letters_at_once() {
+        let m = manifest("");
+        assert_eq!(
+            decide(
+                Ok(Outcome::Reject {
+                    reason: "bad".into()
+                }),
+                1,
+                &m
+            ),
+            Decision::DeadLetter {
+                kind: "reject".into(),
+                reason: "bad".into()
+            }
+        );
+    }
+}

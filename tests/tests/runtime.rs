@@ -1,0 +1,478 @@
+//! The sandboxed runtime, without NATS: every example plugin through the real wasmtime engine,
+//! each limit with its exact error, bad plugins and manifests, and isolation between messages.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use natsplug::manifest::Manifest;
+use natsplug::message::{Headers, Message, Output};
+use natsplug::runtime::{HandlerError, Hooks, LoadError, Outcome, Plugin, Runtime, RuntimeConfig};
+use natsplug_tests::plugin_path;
+
+fn runtime() -> Runtime {
+    Runtime::new(RuntimeConfig::default()).expect("runtime")
+}
+
+fn load(rt: &Runtime, name: &str) -> Plugin {
+    rt.load_file(&plugin_path(name), None)
+        .expect("plugin loads")
+}
+
+fn load_with(rt: &Runtime, name: &str, manifest: &str) -> Plugin {
+    let manifest = Manifest::parse(manifest, Path::new("test.toml")).expect("manifest");
+    rt.load_file(&plugin_path(name), Some(manifest))
+        .expect("plugin loads")
+}
+
+fn out(subject: &str, headers: &[(&str, &str)], payload: &str) -> Output {
+    Output {
+        subject: Some(subject.to_owned()),
+        headers: Headers(
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        payload: payload.as_bytes().to_vec().into(),
+    }
+}
+
+async fn handle(plugin: &Plugin, message: &Message) -> Result<Outcome, HandlerError> {
+    plugin.handle(message, Hooks::default()).await
+}
+
+#[tokio::test]
+async fn uppercase_upper_cases_and_keeps_headers() {
+    let rt = runtime();
+    let plugin = load(&rt, "uppercase");
+    let mut msg = Message::new("demo.in.uppercase", "Hello, wasm! é");
+    msg.headers.append("trace", "1");
+    msg.headers.append("trace", "2");
+    let outcome = handle(&plugin, &msg).await.unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Success(vec![out(
+            "demo.out.uppercase",
+            &[("trace", "1"), ("trace", "2")],
+            "HELLO, WASM! É"
+        )])
+    );
+}
+
+#[tokio::test]
+async fn uppercase_rejects_invalid_utf8() {
+    let rt = runtime();
+    let plugin = load(&rt, "uppercase");
+    let outcome = handle(&plugin, &Message::new("x", vec![0xff, 0xfe]))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&outcome, Outcome::Reject { reason } if reason.contains("invalid utf-8")),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test]
+async fn fanout_returns_one_output_per_subject_and_host_publish_adds_one() {
+    let rt = runtime();
+    let plugin = load(&rt, "fanout");
+    let outcome = handle(&plugin, &Message::new("demo.in.fanout", "x"))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Success(vec![
+            out("demo.out.fanout.a", &[("fanout-index", "0")], "x"),
+            out("demo.out.fanout.b", &[("fanout-index", "1")], "x"),
+            out("demo.out.fanout.c", &[("fanout-index", "2")], "x"),
+        ])
+    );
+
+    // An extra output through the host's `publish`, to an allowed subject, comes first.
+    let mut msg = Message::new("demo.in.fanout", "y");
+    msg.headers.append("publish-to", "demo.out.fanout.extra");
+    let Outcome::Success(outputs) = handle(&plugin, &msg).await.unwrap() else {
+        panic!("fanout failed")
+    };
+    assert_eq!(outputs.len(), 4);
+    assert_eq!(outputs[0], out("demo.out.fanout.extra", &[], "y"));
+}
+
+#[tokio::test]
+async fn publish_to_a_forbidden_subject_is_refused_to_the_guest() {
+    let rt = runtime();
+    let plugin = load(&rt, "fanout");
+    let mut msg = Message::new("demo.in.fanout", "y");
+    msg.headers.append("publish-to", "secret.place");
+    let outcome = handle(&plugin, &msg).await.unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Reject {
+            reason: "plugin \"fanout\" may not publish to \"secret.place\" (not in its publish.allow list)"
+                .into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn returned_output_to_a_forbidden_subject_is_a_typed_error() {
+    let rt = runtime();
+    let plugin = load_with(&rt, "uppercase", "[config]\noutput = \"not.allowed\"\n");
+    let err = handle(&plugin, &Message::new("x", "a")).await.unwrap_err();
+    assert_eq!(
+        err,
+        HandlerError::ForbiddenSubject {
+            plugin: "uppercase".into(),
+            subject: "not.allowed".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn slow_sleeps_then_answers_and_replies_to_requests() {
+    let rt = runtime();
+    let plugin = load_with(&rt, "slow", "[limits]\ndeadline = \"5s\"\n");
+    let mut msg = Message::new("demo.in.slow", "0.3");
+    msg.reply = Some("_INBOX.1".into());
+    let started = Instant::now();
+    let outcome = handle(&plugin, &msg).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(
+        outcome,
+        Outcome::Success(vec![Output {
+            subject: None,
+            headers: Headers::default(),
+            payload: "slept 0.3".into()
+        }])
+    );
+}
+
+#[tokio::test]
+async fn a_reply_without_a_request_is_a_typed_error() {
+    let rt = runtime();
+    let plugin = load(&rt, "probe");
+    let err = handle(&plugin, &Message::new("p", "reply"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        HandlerError::NoReplySubject {
+            plugin: "probe".into()
+        }
+    );
+    let mut request = Message::new("p", "reply");
+    request.reply = Some("_INBOX.x".into());
+    let ok = handle(&plugin, &request).await.unwrap();
+    assert_eq!(
+        ok,
+        Outcome::Success(vec![Output {
+            subject: None,
+            headers: Headers::default(),
+            payload: "pong".into()
+        }])
+    );
+}
+
+#[tokio::test]
+async fn flaky_retries_until_its_delivery_count_then_succeeds() {
+    let rt = runtime();
+    let plugin = load_with(
+        &rt,
+        "flaky",
+        "[publish]\nallow = [\"flaky.done\"]\n[config]\nsucceed-at = \"3\"\nretry-delay-ms = \"250\"\n",
+    );
+    let mut msg = Message::new("f", "");
+    for delivered in 1..=3u64 {
+        msg.delivery = Some(natsplug::message::Delivery {
+            stream: "S".into(),
+            consumer: "C".into(),
+            stream_sequence: 7,
+            consumer_sequence: delivered,
+            delivered,
+            pending: 0,
+            timestamp_ns: 0,
+        });
+        let outcome = handle(&plugin, &msg).await.unwrap();
+        if delivered < 3 {
+            assert_eq!(
+                outcome,
+                Outcome::Retry {
+                    reason: format!("attempt {delivered} of 3"),
+                    delay: Some(Duration::from_millis(250))
+                }
+            );
+        } else {
+            assert_eq!(
+                outcome,
+                Outcome::Success(vec![out("flaky.done", &[], "ok after 3")])
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn poison_rejects() {
+    let rt = runtime();
+    let plugin = load(&rt, "poison");
+    let outcome = handle(&plugin, &Message::new("demo.in.poison", "bad"))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Reject {
+            reason: "poison message on demo.in.poison: bad".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn spin_is_stopped_by_fuel() {
+    let rt = runtime();
+    let plugin = load_with(&rt, "spin", "[limits]\nfuel = 50000000\n");
+    let err = handle(&plugin, &Message::new("x", "")).await.unwrap_err();
+    assert_eq!(
+        err,
+        HandlerError::OutOfFuel {
+            plugin: "spin".into(),
+            fuel: 50_000_000
+        }
+    );
+}
+
+#[tokio::test]
+async fn spin_is_stopped_by_the_deadline() {
+    let rt = runtime();
+    let plugin = load_with(&rt, "spin", "[limits]\nfuel = 0\ndeadline = \"300ms\"\n");
+    let started = Instant::now();
+    let err = handle(&plugin, &Message::new("x", "")).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(
+        err,
+        HandlerError::Deadline {
+            plugin: "spin".into(),
+            deadline: Duration::from_millis(300)
+        }
+    );
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+}
+
+#[tokio::test]
+async fn a_sleeping_guest_is_stopped_by_the_deadline() {
+    let rt = runtime();
+    let plugin = load_with(&rt, "slow", "[limits]\ndeadline = \"200ms\"\n");
+    let err = handle(&plugin, &Message::new("x", "30")).await.unwrap_err();
+    assert_eq!(
+        err,
+        HandlerError::Deadline {
+            plugin: "slow".into(),
+            deadline: Duration::from_millis(200)
+        }
+    );
+}
+
+#[tokio::test]
+async fn hog_is_stopped_at_its_memory_limit() {
+    let rt = runtime();
+    let plugin = load(&rt, "hog");
+    let err = handle(&plugin, &Message::new("x", "")).await.unwrap_err();
+    assert_eq!(
+        err,
+        HandlerError::Memory {
+            plugin: "hog".into(),
+            limit: 32 << 20
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_guest_panic_is_reported_with_its_message() {
+    let rt = runtime();
+    let plugin = load(&rt, "panic");
+    let err = handle(&plugin, &Message::new("a.b", "")).await.unwrap_err();
+    assert_eq!(
+        err,
+        HandlerError::Panic {
+            plugin: "panic".into(),
+            message: "boom on a.b".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn the_runtime_keeps_serving_after_every_kind_of_failure() {
+    let rt = runtime();
+    let upper = load(&rt, "uppercase");
+    let spin = load_with(&rt, "spin", "[limits]\nfuel = 1000000\n");
+    for plugin in ["hog", "panic"].map(|n| load(&rt, n)).iter().chain([&spin]) {
+        assert!(handle(plugin, &Message::new("x", "")).await.is_err());
+        let ok = handle(&upper, &Message::new("x", "ok")).await.unwrap();
+        assert_eq!(
+            ok,
+            Outcome::Success(vec![out("demo.out.uppercase", &[], "OK")])
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_long_guest_does_not_block_other_handlers_on_the_same_thread() {
+    // One executor thread: while `spin` burns CPU until its deadline, `uppercase` calls finish.
+    let rt = runtime();
+    let spin = load_with(&rt, "spin", "[limits]\nfuel = 0\ndeadline = \"1s\"\n");
+    let upper = load(&rt, "uppercase");
+    let local = tokio::task::LocalSet::new();
+    let (spin_done, upper_done) = local
+        .run_until(async move {
+            let spinner = tokio::task::spawn_local(async move {
+                let r = handle(&spin, &Message::new("x", "")).await;
+                (Instant::now(), r)
+            });
+            tokio::task::yield_now().await;
+            let mut last = Instant::now();
+            for _ in 0..20 {
+                let r = handle(&upper, &Message::new("x", "a")).await.unwrap();
+                assert!(matches!(r, Outcome::Success(_)));
+                last = Instant::now();
+            }
+            let (spin_done, r) = spinner.await.unwrap();
+            assert!(matches!(r, Err(HandlerError::Deadline { .. })));
+            (spin_done, last)
+        })
+        .await;
+    assert!(
+        upper_done < spin_done,
+        "uppercase calls waited for spin to finish"
+    );
+}
+
+#[tokio::test]
+async fn a_second_message_sees_none_of_the_first_ones_state() {
+    let rt = runtime();
+    let plugin = load(&rt, "counter");
+    for _ in 0..5 {
+        let outcome = handle(&plugin, &Message::new("x", "")).await.unwrap();
+        assert_eq!(
+            outcome,
+            Outcome::Success(vec![out("counter.out", &[], "1")])
+        );
+    }
+}
+
+#[test]
+fn an_invalid_component_is_a_typed_load_error() {
+    let rt = runtime();
+    let err = rt
+        .load("junk", b"\0asm not really", Manifest::default())
+        .unwrap_err();
+    assert!(
+        matches!(&err, LoadError::NotAComponent { plugin, .. } if plugin == "junk"),
+        "{err}"
+    );
+    // A core module is not a component either.
+    let err = rt
+        .load("core", b"\0asm\x01\0\0\0", Manifest::default())
+        .unwrap_err();
+    assert!(matches!(&err, LoadError::NotAComponent { .. }), "{err}");
+}
+
+#[test]
+fn a_component_of_another_world_is_a_typed_load_error() {
+    let rt = runtime();
+    // A component that exports nothing: no `handle`.
+    let wat = "(component)";
+    let err = rt
+        .load("empty", wat.as_bytes(), Manifest::default())
+        .unwrap_err();
+    assert!(
+        matches!(&err, LoadError::WrongWorld { plugin, reason } if plugin == "empty" && reason.contains("handle")),
+        "{err}"
+    );
+    // A component that imports something the host does not offer.
+    let wat = r#"(component (import "acme:db/query@1.0.0" (instance (export "run" (func)))))"#;
+    let err = rt
+        .load("db", wat.as_bytes(), Manifest::default())
+        .unwrap_err();
+    assert!(
+        matches!(&err, LoadError::WrongWorld { reason, .. } if reason.contains("acme:db/query")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_manifest_is_a_typed_load_error_naming_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("uppercase.wasm");
+    std::fs::copy(plugin_path("uppercase"), &wasm).unwrap();
+    std::fs::write(
+        dir.path().join("uppercase.toml"),
+        "[limits]\nfuel = \"lots\"\n",
+    )
+    .unwrap();
+    let err = runtime().load_file(&wasm, None).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, LoadError::Manifest(_)));
+    assert!(
+        text.contains("uppercase.toml") && text.contains("line 2") && text.contains("fuel"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_memory_limit_above_the_hosts_maximum_is_refused() {
+    let rt = Runtime::new(RuntimeConfig {
+        max_memory: 64 << 20,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let manifest = Manifest::parse("[limits]\nmemory = \"1GiB\"\n", Path::new("m.toml")).unwrap();
+    let err = rt
+        .load_file(&plugin_path("uppercase"), Some(manifest))
+        .unwrap_err();
+    assert!(matches!(err, LoadError::Unsupported { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn the_sandbox_shows_no_env_and_no_files_unless_granted() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "s3cr3t").unwrap();
+    let host_file = dir.path().join("secret.txt");
+    let rt = runtime();
+    // SAFETY of the test: the host process has environment variables (PATH at least).
+    assert!(std::env::vars().count() > 0);
+
+    let closed = load(&rt, "probe");
+    let probe = |plugin: Plugin, payload: String| async move {
+        match handle(&plugin, &Message::new("p", payload)).await.unwrap() {
+            Outcome::Success(outputs) => String::from_utf8(outputs[0].payload.to_vec()).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(probe(closed.clone(), "env".into()).await, "env:[]");
+    let read_host = format!("read:{}", host_file.display());
+    assert_eq!(
+        probe(closed.clone(), read_host.clone()).await,
+        "error:NotFound"
+    );
+    assert_eq!(
+        probe(closed, "read:/etc/hostname".into()).await,
+        "error:NotFound"
+    );
+
+    let granted = load_with(
+        &rt,
+        "probe",
+        &format!(
+            "[publish]\nallow = [\"probe.out\"]\n[sandbox]\nenv = {{ REGION = \"eu\" }}\n\
+             dirs = [{{ host = \"{}\", guest = \"/data\" }}]\n",
+            dir.path().display()
+        ),
+    );
+    assert_eq!(
+        probe(granted.clone(), "env".into()).await,
+        "env:[REGION=eu]"
+    );
+    assert_eq!(
+        probe(granted.clone(), "read:/data/secret.txt".into()).await,
+        "read:s3cr3t"
+    );
+    assert_eq!(probe(granted, read_host).await, "error:NotFound");
+}
