@@ -286,7 +286,6 @@ impl Worker {
         reason: &str,
     ) -> Result<(), PublishError> {
         let subject = plugin.manifest().publish.dead_letter_subject(plugin.name());
-        let headers = settle::dead_letter_headers(plugin.name(), input, kind, reason);
         let id = input.delivery.as_ref().map(|d| {
             format!(
                 "natsplug-dead:{}:{}:{}",
@@ -295,25 +294,42 @@ impl Worker {
                 d.stream_sequence
             )
         });
-        match self
+        let mut headers =
+            settle::dead_letter_headers(plugin.name(), &input.headers, input, kind, reason);
+        let mut payload = input.payload.clone();
+        let mut result = self
             .publisher
-            .store(
-                &subject,
-                headers.clone(),
-                input.payload.clone(),
-                id.as_deref(),
-            )
-            .await
-        {
+            .store(&subject, headers.clone(), payload.clone(), id.as_deref())
+            .await;
+        if let Err(PublishError::TooLarge { .. }) = result {
+            // The input plus our headers is over max_payload. The original stays in its stream
+            // at the sequence the headers name; the dead letter goes without its payload and
+            // its own headers.
+            headers = settle::dead_letter_headers(
+                plugin.name(),
+                &Headers::default(),
+                input,
+                kind,
+                reason,
+            );
+            headers.insert(
+                settle::header::PAYLOAD_OMITTED,
+                payload.len().to_string().as_str(),
+            );
+            payload = bytes::Bytes::new();
+            result = self
+                .publisher
+                .store(&subject, headers.clone(), payload.clone(), id.as_deref())
+                .await;
+        }
+        match result {
             Ok(_) => Ok(()),
             Err(PublishError::NoStream { .. }) => {
                 tracing::warn!(
                     subject,
                     "no stream captures the dead-letter subject: published without storage"
                 );
-                self.publisher
-                    .core(&subject, headers, input.payload.clone())
-                    .await
+                self.publisher.core(&subject, headers, payload).await
             }
             Err(e) => Err(e),
         }

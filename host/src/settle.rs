@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::manifest::{LimitAction, Manifest};
-use crate::message::{Message, Output};
+use crate::message::{Headers, Message, Output};
 use crate::runtime::{HandlerError, LimitKind, Outcome};
 
 /// Header names on dead-lettered messages.
@@ -25,6 +25,9 @@ pub mod header {
     pub const SEQUENCE: &str = "Natsplug-Sequence";
     /// The input's subject.
     pub const SUBJECT: &str = "Natsplug-Subject";
+    /// Set when the input was too large to dead-letter whole: its payload size. The original
+    /// is still in its stream at `Natsplug-Stream` / `Natsplug-Sequence`.
+    pub const PAYLOAD_OMITTED: &str = "Natsplug-Payload-Omitted";
 }
 
 /// What the host does with an input.
@@ -99,14 +102,16 @@ pub fn is_last_delivery(delivered: u64, manifest: &Manifest) -> bool {
     max > 0 && delivered >= max as u64
 }
 
-/// The dead letter of `input`: its payload and headers plus the `Natsplug-*` headers.
+/// The headers of `input`'s dead letter: `keep` (its own headers, or none) plus the
+/// `Natsplug-*` headers saying why.
 pub fn dead_letter_headers(
     plugin: &str,
+    keep: &Headers,
     input: &Message,
     kind: &str,
     reason: &str,
 ) -> async_nats::HeaderMap {
-    let mut headers = input.headers.to_nats();
+    let mut headers = keep.to_nats();
     headers.insert(header::PLUGIN, plugin);
     headers.insert(header::KIND, kind);
     // Header values are one line.

@@ -29,3 +29,278 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+/// A plugins folder of its own for one test: copies of built plugins with test manifests.
+pub struct PluginsDir {
+    dir: tempfile::TempDir,
+}
+
+impl Default for PluginsDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PluginsDir {
+    /// An empty folder.
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::Builder::new()
+                .prefix("natsplug-test-plugins-")
+                .tempdir()
+                .expect("cannot create a plugins dir"),
+        }
+    }
+
+    /// Adds built plugin `wasm` as `name` with this manifest text.
+    pub fn add(&self, name: &str, wasm: &str, manifest: &str) -> &Self {
+        std::fs::copy(
+            plugin_path(wasm),
+            self.dir.path().join(format!("{name}.wasm")),
+        )
+        .expect("cannot copy plugin");
+        std::fs::write(self.dir.path().join(format!("{name}.toml")), manifest)
+            .expect("cannot write manifest");
+        self
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+/// A host running in this process on a test server.
+pub struct TestHost {
+    shutdown: natsplug::shutdown::Shutdown,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestHost {
+    /// The config a test host uses: the server, the folder, a graceful timeout.
+    pub fn config(url: &str, plugins: &std::path::Path) -> natsplug::config::HostConfig {
+        let mut config = natsplug::config::HostConfig::default();
+        config.nats.servers = vec![url.to_owned()];
+        config.host.plugins = plugins.to_owned();
+        config.host.graceful_timeout = std::time::Duration::from_secs(10);
+        config.publisher.backoff_initial = std::time::Duration::from_millis(50);
+        config
+    }
+
+    /// Starts `natsplug::host::run` with this config.
+    pub fn start(config: natsplug::config::HostConfig) -> Self {
+        init_tracing();
+        let shutdown = natsplug::shutdown::Shutdown::new();
+        let task = tokio::spawn(natsplug::host::run(config, shutdown.clone()));
+        Self { shutdown, task }
+    }
+
+    /// Stops it gracefully and waits for it.
+    pub async fn stop(self) {
+        self.shutdown.stop();
+        self.task
+            .await
+            .expect("host task panicked")
+            .expect("host failed");
+    }
+}
+
+/// The `natsplug` binary (built by the README's test command before the tests).
+pub fn natsplug_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("NATSPLUG_BIN") {
+        return PathBuf::from(bin);
+    }
+    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/natsplug");
+    assert!(
+        bin.exists(),
+        "{bin:?} is missing: run `cargo build -p natsplug` first (scripts/test.sh does)"
+    );
+    bin
+}
+
+/// Creates a file-backed stream.
+pub async fn create_stream(js: &async_nats::jetstream::Context, name: &str, subjects: &[&str]) {
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.to_owned(),
+        subjects: subjects.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("cannot create stream {name}: {e}"));
+}
+
+/// Publishes every payload to `subject` with pipelined publish acks.
+pub async fn publish_all(js: &async_nats::jetstream::Context, subject: &str, payloads: &[String]) {
+    for chunk in payloads.chunks(500) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for payload in chunk {
+            acks.push(
+                js.publish(subject.to_owned(), payload.clone().into())
+                    .await
+                    .expect("publish"),
+            );
+        }
+        for ack in acks {
+            ack.await.expect("publish ack");
+        }
+    }
+}
+
+/// One stored message.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// Its subject.
+    pub subject: String,
+    /// Its payload as text.
+    pub payload: String,
+    /// Its headers.
+    pub headers: async_nats::HeaderMap,
+    /// When the server stored it.
+    pub stored_at: time::OffsetDateTime,
+}
+
+/// Every message of a stream (empty if the stream does not exist).
+pub async fn stream_messages(js: &async_nats::jetstream::Context, stream: &str) -> Vec<Stored> {
+    use futures::StreamExt as _;
+    let Ok(mut s) = js.get_stream(stream).await else {
+        return Vec::new();
+    };
+    let total = s.info().await.expect("stream info").state.messages as usize;
+    if total == 0 {
+        return Vec::new();
+    }
+    let consumer = s
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .expect("reader consumer");
+    let mut out = Vec::with_capacity(total);
+    while out.len() < total {
+        let mut batch = consumer
+            .batch()
+            .max_messages(total - out.len())
+            .expires(std::time::Duration::from_secs(2))
+            .messages()
+            .await
+            .expect("batch");
+        let before = out.len();
+        while let Some(Ok(m)) = batch.next().await {
+            let stored_at = m.info().expect("info").published;
+            out.push(Stored {
+                subject: m.subject.to_string(),
+                payload: String::from_utf8_lossy(&m.payload).into_owned(),
+                headers: m.headers.clone().unwrap_or_default(),
+                stored_at,
+            });
+        }
+        assert!(
+            out.len() > before,
+            "stream {stream} stopped giving messages"
+        );
+    }
+    out
+}
+
+/// How many messages a stream holds (0 if it does not exist).
+pub async fn stream_count(js: &async_nats::jetstream::Context, stream: &str) -> u64 {
+    match js.get_stream(stream).await {
+        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// A consumer's state; waits up to 10 s for the host to create the consumer.
+pub async fn consumer_info(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    durable: &str,
+) -> async_nats::jetstream::consumer::Info {
+    let stream = js.get_stream(stream).await.expect("stream");
+    let started = std::time::Instant::now();
+    loop {
+        match stream.consumer_info(durable).await {
+            Ok(info) => return info,
+            Err(e) if started.elapsed() > std::time::Duration::from_secs(10) => {
+                panic!("consumer {durable:?} not found: {e}")
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it is true; panics with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: std::time::Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A `natsplug run` child process.
+pub struct HostProcess {
+    child: std::process::Child,
+}
+
+impl HostProcess {
+    /// Starts `natsplug run` on a server and a plugins folder, with extra arguments.
+    pub fn spawn(url: &str, plugins: &std::path::Path, extra: &[&str]) -> Self {
+        let child = std::process::Command::new(natsplug_bin())
+            .args(["run", "--log", "warn", "--server", url, "--plugins"])
+            .arg(plugins)
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("cannot start natsplug");
+        Self { child }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Sends SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill -9");
+        let _ = self.child.wait();
+    }
+
+    /// Waits for it to exit, at most `timeout`.
+    pub async fn wait(&mut self, timeout: std::time::Duration) -> std::process::ExitStatus {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "natsplug did not exit within {timeout:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -40,11 +40,29 @@ fn free_port() -> u16 {
 impl NatsServer {
     /// Starts a JetStream server on 127.0.0.1 and waits until it accepts connections.
     pub fn start() -> Self {
-        Self::start_with(&[])
+        Self::start_plain()
     }
 
-    /// Starts one with extra command-line arguments (e.g. `--max_payload`).
-    pub fn start_with(extra_args: &[&str]) -> Self {
+    /// Starts one with a configuration file of this text (e.g. `max_payload: 2048`).
+    pub fn start_with_config(config: &str) -> Self {
+        let store = tempfile::Builder::new()
+            .prefix("natsplug-test-js-")
+            .tempdir()
+            .expect("cannot create a store dir");
+        let file = store.path().join("nats-server.conf");
+        std::fs::write(&file, config).expect("cannot write the server config");
+        let mut server = Self {
+            port: free_port(),
+            store,
+            child: None,
+            extra_args: vec!["-c".into(), file.display().to_string()],
+        };
+        server.restart();
+        server
+    }
+
+    /// Starts one with no extra configuration.
+    fn start_plain() -> Self {
         let mut server = Self {
             port: free_port(),
             store: tempfile::Builder::new()
@@ -52,7 +70,7 @@ impl NatsServer {
                 .tempdir()
                 .expect("cannot create a store dir"),
             child: None,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            extra_args: Vec::new(),
         };
         server.restart();
         server

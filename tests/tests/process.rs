@@ -1,0 +1,170 @@
+//! The `natsplug` binary as a process: killed with SIGKILL mid-run (nothing lost, nothing
+//! stored twice) and stopped with SIGTERM (in-flight work finishes within graceful_timeout, or
+//! is nak'ed at once for another host).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use natsplug_tests::nats::NatsServer;
+use natsplug_tests::{
+    HostProcess, PluginsDir, TestHost, consumer_info, create_stream, publish_all, stream_count,
+    stream_messages, wait_until,
+};
+
+async fn setup() -> (NatsServer, jetstream::Context) {
+    natsplug_tests::init_tracing();
+    let server = NatsServer::start();
+    let js = jetstream::new(server.connect().await);
+    create_stream(&js, "IN", &["in.>"]).await;
+    create_stream(&js, "OUT", &["out.>"]).await;
+    (server, js)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_in_the_middle_of_five_thousand_messages_loses_and_duplicates_nothing() {
+    let (server, js) = setup().await;
+    let plugins = PluginsDir::new();
+    plugins.add(
+        "uppercase",
+        "uppercase",
+        r#"
+        [subscribe]
+        stream = "IN"
+        subjects = ["in.upper"]
+        ack_wait = "2s"
+        concurrency = 32
+        max_deliver = -1
+        [publish]
+        allow = ["out.upper"]
+        [config]
+        output = "out.upper"
+        "#,
+    );
+    let payloads: Vec<String> = (0..5_000).map(|i| format!("k{i}")).collect();
+    publish_all(&js, "in.upper", &payloads).await;
+
+    let mut first = HostProcess::spawn(&server.url(), plugins.path(), &[]);
+    wait_until(Duration::from_secs(60), "1,000 outputs", || async {
+        stream_count(&js, "OUT").await >= 1_000
+    })
+    .await;
+    first.kill();
+    let at_kill = stream_count(&js, "OUT").await;
+    assert!(
+        at_kill < 5_000,
+        "the first host finished before it was killed"
+    );
+
+    let mut second = HostProcess::spawn(&server.url(), plugins.path(), &[]);
+    wait_until(Duration::from_secs(120), "every input acked", || async {
+        let info = consumer_info(&js, "IN", "uppercase").await;
+        info.num_pending == 0 && info.num_ack_pending == 0
+    })
+    .await;
+    second.terminate();
+    assert!(second.wait(Duration::from_secs(15)).await.success());
+
+    let outputs = stream_messages(&js, "OUT").await;
+    let got: BTreeSet<String> = outputs.iter().map(|m| m.payload.clone()).collect();
+    let want: BTreeSet<String> = payloads.iter().map(|p| p.to_uppercase()).collect();
+    assert_eq!(got, want, "every input has its output");
+    assert_eq!(outputs.len(), 5_000, "no output stored twice");
+}
+
+fn slow_plugin(plugins: &PluginsDir, ack_wait: &str) {
+    plugins.add(
+        "slow",
+        "slow",
+        &format!(
+            "[subscribe]\nstream = \"IN\"\nsubjects = [\"in.slow\"]\nack_wait = \"{ack_wait}\"\n\
+             concurrency = 1\n[publish]\nallow = [\"out.slow\"]\n[config]\noutput = \"out.slow\"\n"
+        ),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_in_flight_handler_finish_within_the_graceful_timeout() {
+    let (server, js) = setup().await;
+    let plugins = PluginsDir::new();
+    slow_plugin(&plugins, "3s");
+    let mut host = HostProcess::spawn(
+        &server.url(),
+        plugins.path(),
+        &["--graceful-timeout", "20s"],
+    );
+    publish_all(&js, "in.slow", &["10".to_owned()]).await;
+    wait_until(Duration::from_secs(10), "the handler in flight", || async {
+        consumer_info(&js, "IN", "slow").await.num_ack_pending == 1
+    })
+    .await;
+    let terminated = Instant::now();
+    host.terminate();
+    let status = host.wait(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        terminated.elapsed() >= Duration::from_secs(8),
+        "it did not wait for the handler"
+    );
+
+    let outputs = stream_messages(&js, "OUT").await;
+    assert_eq!(outputs.len(), 1);
+    assert_eq!(outputs[0].payload, "slept 10");
+    let info = consumer_info(&js, "IN", "slow").await;
+    assert_eq!(
+        (info.num_pending, info.num_ack_pending, info.num_redelivered),
+        (0, 0, 0)
+    );
+    assert_eq!(info.delivered.consumer_sequence, 1, "delivered once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_past_the_graceful_timeout_naks_for_another_host_at_once() {
+    let (server, js) = setup().await;
+    let plugins = PluginsDir::new();
+    // A long ack_wait: a redelivery within seconds can only come from the nak.
+    slow_plugin(&plugins, "60s");
+    let mut first =
+        HostProcess::spawn(&server.url(), plugins.path(), &["--graceful-timeout", "2s"]);
+    publish_all(&js, "in.slow", &["10".to_owned()]).await;
+    wait_until(Duration::from_secs(10), "the handler in flight", || async {
+        consumer_info(&js, "IN", "slow").await.num_ack_pending == 1
+    })
+    .await;
+    let second = TestHost::start(TestHost::config(&server.url(), plugins.path()));
+
+    let terminated = Instant::now();
+    first.terminate();
+    let status = first.wait(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status:?}");
+    let exited = terminated.elapsed();
+    assert!(
+        exited >= Duration::from_secs(2) && exited < Duration::from_secs(5),
+        "{exited:?}"
+    );
+
+    // The second host got it at once (delivery 2) and finished its 10 s.
+    wait_until(
+        Duration::from_secs(20),
+        "the output from the second host",
+        || async { stream_count(&js, "OUT").await == 1 },
+    )
+    .await;
+    assert!(
+        terminated.elapsed() < Duration::from_secs(20),
+        "waited for ack_wait"
+    );
+    let info = consumer_info(&js, "IN", "slow").await;
+    assert_eq!(
+        info.delivered.consumer_sequence, 2,
+        "delivered twice: first host, then second"
+    );
+    wait_until(Duration::from_secs(5), "the ack", || async {
+        consumer_info(&js, "IN", "slow").await.num_ack_pending == 0
+    })
+    .await;
+    second.stop().await;
+    let outputs = stream_messages(&js, "OUT").await;
+    assert_eq!(outputs.len(), 1);
+    assert_eq!(outputs[0].payload, "slept 10");
+}
