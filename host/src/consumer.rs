@@ -348,10 +348,10 @@ impl Worker {
         let traceparent = input.headers.get("traceparent");
         let publishes = outputs.iter().enumerate().map(|(index, output)| {
             let mut headers = output.headers.clone();
-            if let Some(tp) = traceparent {
-                if headers.get("traceparent").is_none() {
-                    headers.append("traceparent", tp);
-                }
+            if let Some(tp) = traceparent
+                && headers.get("traceparent").is_none()
+            {
+                headers.append("traceparent", tp);
             }
             let headers = headers.to_nats();
             let payload = output.payload.clone();

@@ -168,3 +168,32 @@ async fn sigterm_past_the_graceful_timeout_naks_for_another_host_at_once() {
     assert_eq!(outputs.len(), 1);
     assert_eq!(outputs[0].payload, "slept 10");
 }
+
+#[test]
+fn the_demo_runs_its_samples_through_and_exits_with_once() {
+    let output = std::process::Command::new(natsplug_tests::natsplug_bin())
+        .args(["dev", "--log", "error", "--once", "60s", "--plugins"])
+        .arg(natsplug_tests::plugins_dir())
+        .env_remove("NATSPLUG_SERVER")
+        .env("NATS_SERVER_BIN", natsplug_tests::nats::server_binary())
+        .output()
+        .expect("natsplug dev");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in [
+        "out  demo.out.uppercase     \"HELLO FROM NATSPLUG\"",
+        "out  demo.out.fanout.a      \"one message, three outputs\"",
+        "out  demo.out.fanout.b      \"one message, three outputs\"",
+        "out  demo.out.fanout.c      \"one message, three outputs\"",
+        "out  demo.out.flaky         \"ok after 3\"",
+        "out  demo.out.slow          \"slept 4\"",
+        "dead demo.dead.poison       \"a message nobody can handle\" (poison message on demo.in.poison: a message nobody can handle)",
+        "natsplug dev: 6 outputs, 1 dead letters; stopped",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+}
