@@ -131,6 +131,12 @@ pub struct RuntimeSection {
     /// Largest memory limit a plugin may ask for, in bytes. Default: 1 GiB.
     #[serde(default = "default_max_memory")]
     pub max_memory: u64,
+    /// Compiled components are cached here (keyed by content and engine settings), so a restart
+    /// does not recompile. Default: `$XDG_CACHE_HOME/natsplug` or `~/.cache/natsplug`.
+    pub cache_dir: Option<PathBuf>,
+    /// Set to false to compile on every start. Default: true.
+    #[serde(default = "default_cache")]
+    pub cache: bool,
 }
 
 impl Default for NatsConfig {
@@ -179,6 +185,8 @@ impl Default for RuntimeSection {
         Self {
             max_instances: default_max_instances(),
             max_memory: default_max_memory(),
+            cache_dir: None,
+            cache: default_cache(),
         }
     }
 }
@@ -186,9 +194,19 @@ impl Default for RuntimeSection {
 impl RuntimeSection {
     /// The engine settings.
     pub fn runtime_config(&self) -> RuntimeConfig {
+        let cache_dir = self.cache.then(|| {
+            self.cache_dir.clone().unwrap_or_else(|| {
+                std::env::var_os("XDG_CACHE_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                    .unwrap_or_else(std::env::temp_dir)
+                    .join("natsplug")
+            })
+        });
         RuntimeConfig {
             max_instances: self.max_instances,
             max_memory: self.max_memory,
+            cache_dir,
         }
     }
 }
@@ -335,6 +353,9 @@ const fn default_backoff_max() -> Duration {
 }
 const fn default_max_instances() -> u32 {
     1000
+}
+const fn default_cache() -> bool {
+    true
 }
 const fn default_max_memory() -> u64 {
     1 << 30

@@ -13,6 +13,7 @@ use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
@@ -23,6 +24,7 @@ use crate::publisher::{PublishError, Publisher};
 use crate::runtime::{Hooks, Plugin};
 use crate::settle::{self, Decision};
 use crate::shutdown::Shutdown;
+use crate::stats::PluginStats;
 
 /// How long one pull request waits for messages. Short, so a stopping host gives back what it
 /// was about to receive quickly.
@@ -39,8 +41,13 @@ pub struct Worker {
     pub publisher: Arc<Publisher>,
     /// The host's shutdown signal.
     pub shutdown: Shutdown,
+    /// Cancelled when this worker is replaced or its plugin removed: it stops pulling and lets
+    /// its in-flight messages finish.
+    pub retire: CancellationToken,
     /// Owns every message task, so the host can wait for them.
     pub tracker: TaskTracker,
+    /// This plugin's counters.
+    pub stats: Arc<PluginStats>,
 }
 
 impl Worker {
@@ -66,7 +73,7 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(subscribe.concurrency.get()));
         let mut consumer: Option<PullConsumer> = None;
         let mut failures = 0u32;
-        while !self.shutdown.is_stopping() {
+        while !self.shutdown.is_stopping() && !self.retire.is_cancelled() {
             let Some(pull) = &consumer else {
                 match ensure_consumer(&js, &name, &subscribe).await {
                     Ok(c) => {
@@ -89,6 +96,7 @@ impl Worker {
                     Err(_) => break,
                 },
                 _ = self.shutdown.stopping() => break,
+                _ = self.retire.cancelled() => break,
             };
             let mut free = vec![first];
             while let Ok(p) = slots.clone().try_acquire_owned() {
@@ -114,8 +122,8 @@ impl Worker {
             while let Some(item) = batch.next().await {
                 match item {
                     Ok(message) => match free.pop() {
-                        // Pulled during shutdown: give it back at once.
-                        Some(_) if self.shutdown.is_stopping() => {
+                        // Pulled during shutdown or after retirement: give it back at once.
+                        Some(_) if self.shutdown.is_stopping() || self.retire.is_cancelled() => {
                             self.tracker.spawn(async move {
                                 let (_, acker) = message.split();
                                 nak(&acker, Duration::ZERO).await;
@@ -150,6 +158,7 @@ impl Worker {
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = self.shutdown.stopping() => {}
+            _ = self.retire.cancelled() => {}
         }
     }
 
@@ -160,6 +169,7 @@ impl Worker {
         interval: Duration,
     ) {
         let plugin = self.current();
+        let _in_flight = self.stats.in_flight();
         let delivery = match message.info() {
             Ok(info) => Delivery {
                 stream: info.stream.to_owned(),
@@ -195,12 +205,13 @@ impl Worker {
             payload: message.payload,
             delivery: Some(delivery),
         };
-        let heartbeat = Heartbeat::start(acker.clone(), interval);
+        let heartbeat = Heartbeat::start(acker.clone(), interval, self.stats.clone());
         let hooks = Hooks {
             in_progress: Some(heartbeat.in_progress()),
         };
         let work = async {
             if input.delivery.as_ref().is_some_and(|d| d.delivered > 1) {
+                PluginStats::count(&self.stats.redelivered);
                 tracing::debug!("redelivery");
             }
             let delivered = input.delivery.as_ref().map_or(1, |d| d.delivered);
@@ -232,6 +243,7 @@ impl Worker {
             Decision::Publish(outputs) => match self.publish_outputs(plugin, input, &outputs).await
             {
                 Ok(()) => {
+                    PluginStats::count(&self.stats.processed);
                     if let Err(e) = acker.double_ack().await {
                         tracing::warn!(error = %e, "ack not confirmed; a redelivery will find its outputs deduplicated");
                     }
@@ -243,11 +255,13 @@ impl Worker {
                 Err(e) => {
                     let delay = manifest.retry.delay_for(delivered);
                     tracing::warn!(error = %e, ?delay, "outputs not stored; the input is nak'ed, not acked");
+                    PluginStats::count(&self.stats.retried);
                     nak(acker, delay).await;
                 }
             },
             Decision::Nak { delay, reason } => {
                 tracing::info!(%reason, ?delay, "retry");
+                PluginStats::count(&self.stats.retried);
                 nak(acker, delay).await;
             }
             Decision::DeadLetter { kind, reason } => {
@@ -268,6 +282,7 @@ impl Worker {
         match self.dead_letter(plugin, input, kind, reason).await {
             Ok(()) => {
                 tracing::warn!(kind, reason, "dead-lettered");
+                PluginStats::count(&self.stats.dead_lettered);
                 settle_ack(acker, AckKind::Term).await;
             }
             Err(e) => {
@@ -405,6 +420,7 @@ impl Worker {
             let message = tokio::select! {
                 m = messages.next() => m,
                 _ = self.shutdown.stopping() => break,
+                _ = self.retire.cancelled() => break,
             };
             let Some(message) = message else { break };
             let slot = tokio::select! {
@@ -419,6 +435,7 @@ impl Worker {
 
     async fn process_core(self, message: async_nats::Message, _slot: OwnedSemaphorePermit) {
         let plugin = self.current();
+        let _in_flight = self.stats.in_flight();
         let input = Message {
             subject: message.subject.to_string(),
             reply: message.reply.map(|r| r.to_string()),
@@ -437,7 +454,10 @@ impl Worker {
             let failure = match settle::decide(result, 1, plugin.manifest()) {
                 Decision::Publish(outputs) => {
                     match self.publish_outputs(&plugin, &input, &outputs).await {
-                        Ok(()) => None,
+                        Ok(()) => {
+                            PluginStats::count(&self.stats.processed);
+                            None
+                        }
                         Err(e) => Some(("publish".to_owned(), e.to_string())),
                     }
                 }
@@ -446,8 +466,9 @@ impl Worker {
                     format!("{reason} (core NATS messages are not redelivered)"),
                 )),
                 Decision::DeadLetter { kind, reason } => {
-                    if let Err(e) = self.dead_letter(&plugin, &input, &kind, &reason).await {
-                        tracing::error!(error = %e, "cannot publish the dead letter");
+                    match self.dead_letter(&plugin, &input, &kind, &reason).await {
+                        Ok(()) => PluginStats::count(&self.stats.dead_lettered),
+                        Err(e) => tracing::error!(error = %e, "cannot publish the dead letter"),
                     }
                     Some((kind, reason))
                 }

@@ -4,7 +4,6 @@
 //! never asks still keeps its message alive, and one that loops is stopped by its own limits.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
@@ -12,22 +11,20 @@ use async_nats::jetstream::message::Acker;
 use tokio::sync::Notify;
 
 use crate::runtime::InProgress;
+use crate::stats::PluginStats;
 
 /// A running heartbeat; it stops when dropped.
 pub struct Heartbeat {
     task: tokio::task::JoinHandle<()>,
     nudge: Arc<Notify>,
-    sent: Arc<AtomicU64>,
 }
 
 impl Heartbeat {
-    /// Starts sending ack-progress for `acker` every `interval`.
-    pub fn start(acker: Arc<Acker>, interval: Duration) -> Self {
+    /// Starts sending ack-progress for `acker` every `interval`, counted in `stats`.
+    pub fn start(acker: Arc<Acker>, interval: Duration, stats: Arc<PluginStats>) -> Self {
         let nudge = Arc::new(Notify::new());
-        let sent = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn({
             let nudge = nudge.clone();
-            let sent = sent.clone();
             async move {
                 loop {
                     tokio::select! {
@@ -35,26 +32,19 @@ impl Heartbeat {
                         _ = nudge.notified() => {}
                     }
                     match acker.ack_with(AckKind::Progress).await {
-                        Ok(()) => {
-                            sent.fetch_add(1, Ordering::Relaxed);
-                        }
+                        Ok(()) => PluginStats::count(&stats.heartbeats),
                         Err(e) => tracing::warn!(error = %e, "cannot send ack-progress"),
                     }
                 }
             }
         });
-        Self { task, nudge, sent }
+        Self { task, nudge }
     }
 
     /// The hook the guest's `in-progress` calls: a heartbeat right now.
     pub fn in_progress(&self) -> InProgress {
         let nudge = self.nudge.clone();
         Arc::new(move || nudge.notify_one())
-    }
-
-    /// Heartbeats sent so far.
-    pub fn sent(&self) -> u64 {
-        self.sent.load(Ordering::Relaxed)
     }
 }
 

@@ -1,54 +1,62 @@
-//! The host: [`run`] loads the plugins folder, connects the consumer side and the publisher
-//! pool, runs one worker per plugin, and on shutdown stops pulling, waits up to
-//! `graceful_timeout` for in-flight messages, naks the rest and closes the connections.
+//! The host: [`run`] connects the consumer side and the publisher pool, serves the plugins
+//! folder (watching it for changes), answers the control plane, and on shutdown stops pulling,
+//! waits up to `graceful_timeout` for in-flight messages, naks the rest and closes the
+//! connections.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Context as _;
-use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::config::HostConfig;
-use crate::consumer::Worker;
+use crate::plugins::{Change, Registry, SETTLE_TIME};
 use crate::publisher::Publisher;
 use crate::runtime::Runtime;
 use crate::shutdown::Shutdown;
-use crate::{connection, plugins};
+use crate::{connection, control, reload};
 
 /// How long aborted messages get to send their nak after the graceful period.
-const ABORT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+const ABORT_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the host until `shutdown` stops it.
 pub async fn run(config: HostConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     let host_id = config.host.host_id();
     let runtime = Runtime::new(config.runtime.runtime_config())?;
-    let dir = &config.host.plugins;
-    let (loaded, _failed) = plugins::load_folder(&runtime, dir)
-        .with_context(|| format!("cannot read the plugins folder {dir:?}"))?;
+    anyhow::ensure!(
+        config.host.plugins.is_dir(),
+        "the plugins folder {:?} does not exist",
+        config.host.plugins
+    );
     let client = connection::connect(&config.nats, "consumer").await?;
     let publisher = Arc::new(Publisher::connect(&config.nats, &config.publisher).await?);
-    tracing::info!(host = %host_id, plugins = loaded.len(), "host started");
-
     let tracker = TaskTracker::new();
-    let mut versions = Vec::new();
-    for plugin in loaded {
-        if plugin.manifest().subscribe.is_none() {
-            tracing::info!(
-                plugin = plugin.name(),
-                "no [subscribe] in its manifest: loaded, not subscribed"
-            );
-            continue;
-        }
-        let (tx, rx) = watch::channel(plugin);
-        versions.push(tx);
-        let worker = Worker {
-            plugin: rx,
-            publisher: publisher.clone(),
-            shutdown: shutdown.clone(),
-            tracker: tracker.clone(),
-        };
-        tracker.spawn(worker.run(client.clone()));
+    let registry = Arc::new(Registry::new(
+        runtime,
+        config.host.plugins.clone(),
+        client.clone(),
+        publisher.clone(),
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+    // Files still being written are looked at again until they settle.
+    while registry
+        .sync(None, false)
+        .await
+        .iter()
+        .any(|r| r.change == Change::Waiting)
+    {
+        tokio::time::sleep(SETTLE_TIME).await;
     }
+    let watcher = reload::watch(registry.clone(), shutdown.clone())?;
+    let control = control::serve(
+        client.clone(),
+        host_id.clone(),
+        registry.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    let plugins = registry.list().await;
+    tracing::info!(host = %host_id, plugins = plugins.len(), failed = plugins.iter().filter(|p| p.error.is_some()).count(), "host started");
 
     shutdown.stopping().await;
     tracker.close();
@@ -74,11 +82,11 @@ pub async fn run(config: HostConfig, shutdown: Shutdown) -> anyhow::Result<()> {
             tracing::error!("some messages did not settle after the abort");
         }
     }
+    let _ = tokio::join!(watcher, control);
     publisher.close().await;
     if let Err(e) = client.drain().await {
         tracing::warn!(error = %e, "cannot drain the consumer connection");
     }
-    drop(versions);
     tracing::info!(host = %host_id, "host stopped");
     Ok(())
 }

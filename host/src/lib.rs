@@ -11,7 +11,10 @@
 //! - [`offline`]: `natsplug validate` and `natsplug call`, the plugin author's test loop.
 //! - [`config`]: the host configuration (`natsplug.toml` + `NATSPLUG_*` overrides).
 //! - [`connection`]: NATS connections by role (consumer, publisher-N).
-//! - [`plugins`]: the plugins folder.
+//! - [`plugins`]: the plugins folder and the registry of served versions.
+//! - [`reload`]: watches the folder and hot-swaps plugins.
+//! - [`control`]: the control plane over NATS (`natsplug list|reload|status`).
+//! - [`stats`]: per-plugin counters.
 //! - [`consumer`]: per-plugin pull consumer or core subscription, one task per message.
 //! - [`heartbeat`]: ack-progress while a message is in the host's hands.
 //! - [`settle`]: what becomes of an input (publish then ack, nak, dead-letter then term).
@@ -23,6 +26,7 @@
 pub mod config;
 pub mod connection;
 pub mod consumer;
+pub mod control;
 pub mod dev;
 pub mod heartbeat;
 pub mod host;
@@ -31,6 +35,8 @@ pub mod message;
 pub mod offline;
 pub mod plugins;
 pub mod publisher;
+pub mod reload;
 pub mod runtime;
 pub mod settle;
 pub mod shutdown;
+pub mod stats;

@@ -52,8 +52,41 @@ impl HostArgs {
     }
 }
 
+/// Options of the control commands.
+#[derive(Args)]
+struct ControlArgs {
+    #[command(flatten)]
+    host: HostArgs,
+    /// Ask only this host (its id), instead of every host on the NATS system.
+    #[arg(long = "host-id")]
+    host_id: Option<String>,
+    /// How long to wait for the hosts' answers.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+    /// Print one JSON line per host instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// List the plugins of every host (version, loaded-at, counters, load errors).
+    List {
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Reload one plugin, or all, from the plugins folder on every host.
+    Reload {
+        /// The plugin; all when absent.
+        plugin: Option<String>,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// The status of every host.
+    Status {
+        #[command(flatten)]
+        control: ControlArgs,
+    },
     /// Run the host: serve every plugin of the plugins folder until SIGINT/SIGTERM.
     Run {
         #[command(flatten)]
@@ -131,8 +164,121 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
+async fn control<T>(
+    control: &ControlArgs,
+    verb: &str,
+    body: &impl serde::Serialize,
+    show: impl Fn(&T) -> String,
+) -> anyhow::Result<()>
+where
+    T: for<'de> serde::Deserialize<'de> + serde::Serialize,
+{
+    let config = control.host.load()?;
+    let client = natsplug::connection::connect(&config.nats, "cli").await?;
+    let answers = natsplug::control::call::<T>(
+        &client,
+        verb,
+        body,
+        control.host_id.as_deref(),
+        control.timeout,
+    )
+    .await?;
+    anyhow::ensure!(
+        !answers.is_empty(),
+        "no natsplug host answered within {:?}",
+        control.timeout
+    );
+    let mut failed = false;
+    for a in &answers {
+        match (&a.answer, control.json) {
+            (Ok(answer), true) => println!(
+                "{}",
+                serde_json::json!({ "host": a.host, "answer": answer })
+            ),
+            (Err(e), true) => println!("{}", serde_json::json!({ "host": a.host, "error": e })),
+            (Ok(answer), false) => println!("host {}\n{}", a.host, show(answer)),
+            (Err(e), false) => println!("host {}\n  error: {e}", a.host),
+        }
+        failed |= a.answer.is_err();
+    }
+    anyhow::ensure!(!failed, "some hosts did not answer");
+    Ok(())
+}
+
+fn show_plugins(plugins: &natsplug::control::ListAnswer) -> String {
+    let mut out = format!(
+        "  {:<16} {:<17} {:<21} {:>9} {:>9} {:>7} {:>5} {:>6}  {}",
+        "PLUGIN",
+        "VERSION",
+        "LOADED",
+        "IN-FLIGHT",
+        "PROCESSED",
+        "RETRIED",
+        "DEAD",
+        "REDELV",
+        "ERROR"
+    );
+    for p in plugins {
+        out.push_str(&format!(
+            "\n  {:<16} {:<17} {:<21} {:>9} {:>9} {:>7} {:>5} {:>6}  {}",
+            p.name,
+            p.version.as_deref().unwrap_or("-"),
+            p.loaded_at
+                .as_deref()
+                .map(|t| t.get(..19).unwrap_or(t))
+                .unwrap_or("-"),
+            p.stats.in_flight,
+            p.stats.processed,
+            p.stats.retried,
+            p.stats.dead_lettered,
+            p.stats.redelivered,
+            p.error.as_deref().unwrap_or(""),
+        ));
+    }
+    out
+}
+
+fn show_reload(results: &natsplug::control::ReloadAnswer) -> String {
+    results
+        .iter()
+        .map(|r| {
+            format!(
+                "  {:<16} {:<10} {:<17} {}",
+                r.plugin,
+                serde_json::to_value(r.change)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                r.version.as_deref().unwrap_or("-"),
+                r.error.as_deref().unwrap_or("")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn show_status(s: &natsplug::control::HostStatus) -> String {
+    format!(
+        "  started {} (up {} s), connected: {}, plugins: {} ({} failed), in flight: {}, processed: {}, dead-lettered: {}",
+        s.started_at,
+        s.uptime_secs,
+        s.connected,
+        s.plugins,
+        s.failed,
+        s.in_flight,
+        s.processed,
+        s.dead_lettered
+    )
+}
+
 async fn run(command: Command) -> ExitCode {
     match command {
+        Command::List { control: c } => report(control(&c, "list", &(), show_plugins).await),
+        Command::Reload { plugin, control: c } => {
+            let body = natsplug::control::ReloadRequest { plugin };
+            report(control(&c, "reload", &body, show_reload).await)
+        }
+        Command::Status { control: c } => report(control(&c, "status", &(), show_status).await),
         Command::Run { host } => report(
             async {
                 let config = host.load()?;

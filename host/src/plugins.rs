@@ -1,10 +1,33 @@
-//! The plugins folder: every `NAME.wasm` in it, with `NAME.toml` beside it as its manifest.
-//! A plugin that fails to load is reported with its file and reason and skipped; the others
-//! are served.
+//! The plugins folder and what the host serves from it. Every `NAME.wasm` (with `NAME.toml`
+//! beside it as its manifest) is a plugin. [`Registry::sync`] brings the served set in line with
+//! the folder: new files are loaded, changed ones replaced, removed ones unloaded.
+//!
+//! A new version is compiled and checked off the hot path (a blocking thread); if it fails, the
+//! old version keeps serving and the error is kept for `natsplug list`. If it passes, new
+//! messages go to it while messages already in a handler finish on the old one. A manifest
+//! change that touches the subscription restarts the plugin's worker on the new settings, which
+//! updates the durable consumer in place; in-flight messages are not affected.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use crate::runtime::{LoadError, Plugin, Runtime};
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+use tokio::sync::{Mutex, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::consumer::Worker;
+use crate::manifest::{Manifest, Subscribe};
+use crate::publisher::Publisher;
+use crate::runtime::{Plugin, Runtime};
+use crate::shutdown::Shutdown;
+use crate::stats::{PluginStats, StatsSnapshot};
+
+/// A file modified more recently than this is still being written: it is looked at again later.
+pub const SETTLE_TIME: Duration = Duration::from_millis(250);
 
 /// The `*.wasm` files of a folder, sorted by name. Hidden files (a copy in progress) are skipped.
 pub fn wasm_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -22,24 +45,334 @@ pub fn wasm_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Loads every plugin of `dir`; returns the loaded ones and the failures.
-pub fn load_folder(
-    runtime: &Runtime,
-    dir: &Path,
-) -> std::io::Result<(Vec<Plugin>, Vec<LoadError>)> {
-    let mut loaded = Vec::new();
-    let mut failed = Vec::new();
-    for path in wasm_files(dir)? {
-        match runtime.load_file(&path, None) {
-            Ok(plugin) => {
-                tracing::info!(plugin = plugin.name(), version = plugin.version(), file = %path.display(), "plugin loaded");
-                loaded.push(plugin);
-            }
+/// What one plugin looks like to `natsplug list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginInfo {
+    /// Plugin name (the file stem).
+    pub name: String,
+    /// The served version: 16 hex digits of the SHA-256 of the component and its manifest.
+    pub version: Option<String>,
+    /// When the served version was loaded (RFC 3339).
+    pub loaded_at: Option<String>,
+    /// Whether it has a running subscription.
+    pub subscribed: bool,
+    /// Its counters on this host.
+    #[serde(flatten)]
+    pub stats: StatsSnapshot,
+    /// The last load error, if the file on disk could not be loaded.
+    pub error: Option<String>,
+}
+
+/// What a sync did to one plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Change {
+    /// A new plugin is served.
+    Loaded,
+    /// A new version replaced the served one.
+    Replaced,
+    /// The file has not changed.
+    Unchanged,
+    /// The file is gone; its worker stops once its in-flight messages are done.
+    Removed,
+    /// The file could not be loaded; the previous version (if any) keeps serving.
+    Failed,
+    /// The file is still being written; it is looked at again shortly.
+    Waiting,
+}
+
+/// The result of a sync for one plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadResult {
+    /// Plugin name.
+    pub plugin: String,
+    /// What happened.
+    pub change: Change,
+    /// The version served afterwards.
+    pub version: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+#[derive(Default)]
+struct Entry {
+    /// The served plugin; its receivers are the worker and its message tasks.
+    current: Option<watch::Sender<Plugin>>,
+    version: Option<String>,
+    loaded_at: Option<SystemTime>,
+    subscribe: Option<Subscribe>,
+    /// Cancelled to retire the running worker.
+    retire: Option<CancellationToken>,
+    /// The stamp that failed to load, so an unchanged broken file is not recompiled every sync.
+    failed_stamp: Option<String>,
+    error: Option<String>,
+    stats: Arc<PluginStats>,
+}
+
+/// The plugins a host serves, and their workers.
+pub struct Registry {
+    runtime: Runtime,
+    dir: PathBuf,
+    client: async_nats::Client,
+    publisher: Arc<Publisher>,
+    shutdown: Shutdown,
+    tracker: TaskTracker,
+    /// Serializes syncs; held while compiling.
+    syncing: Mutex<()>,
+    /// The plugins; held only briefly, so `list` never waits for a compile.
+    entries: std::sync::Mutex<BTreeMap<String, Entry>>,
+}
+
+impl Registry {
+    /// A registry serving `dir`; nothing is loaded until [`sync`](Self::sync).
+    pub fn new(
+        runtime: Runtime,
+        dir: PathBuf,
+        client: async_nats::Client,
+        publisher: Arc<Publisher>,
+        shutdown: Shutdown,
+        tracker: TaskTracker,
+    ) -> Self {
+        Self {
+            runtime,
+            dir,
+            client,
+            publisher,
+            shutdown,
+            tracker,
+            syncing: Mutex::default(),
+            entries: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The folder served.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Brings the served plugins in line with the folder (all, or the one named `only`). With
+    /// `force`, a file that failed before is tried again even if it has not changed.
+    pub async fn sync(&self, only: Option<&str>, force: bool) -> Vec<ReloadResult> {
+        let _syncing = self.syncing.lock().await;
+        let files = match wasm_files(&self.dir) {
+            Ok(files) => files,
             Err(e) => {
-                tracing::error!(file = %path.display(), error = %e, "plugin not loaded");
-                failed.push(e);
+                tracing::error!(dir = %self.dir.display(), error = %e, "cannot read the plugins folder");
+                return Vec::new();
+            }
+        };
+        let mut results = Vec::new();
+        let mut present = Vec::new();
+        for path in files {
+            let name = crate::runtime::plugin_name(&path);
+            present.push(name.clone());
+            if only.is_some_and(|o| o != name) {
+                continue;
+            }
+            results.push(self.sync_one(&name, &path, force).await);
+        }
+        let mut entries = self.entries();
+        let gone: Vec<String> = entries
+            .keys()
+            .filter(|name| !present.contains(name) && only.is_none_or(|o| o == name.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(entry) = entries.remove(&name) {
+                if let Some(retire) = entry.retire {
+                    retire.cancel();
+                }
+                tracing::info!(plugin = %name, "plugin removed: its worker stops after its in-flight messages");
+                results.push(ReloadResult {
+                    plugin: name,
+                    change: Change::Removed,
+                    version: None,
+                    error: None,
+                });
+            }
+        }
+        results
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+        // The map stays consistent if a holder panicked: every update is a single assignment.
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn sync_one(&self, name: &str, path: &Path, force: bool) -> ReloadResult {
+        let result = |change, entry: &Entry| ReloadResult {
+            plugin: name.to_owned(),
+            change,
+            version: entry.version.clone(),
+            error: entry.error.clone(),
+        };
+        let manifest_path = path.with_extension("toml");
+        let read = if [path, manifest_path.as_path()]
+            .iter()
+            .any(|p| recently_modified(p))
+        {
+            None
+        } else {
+            Some((std::fs::read(path), read_optional(&manifest_path)))
+        };
+        let (wasm, manifest_text, stamp) = {
+            let mut entries = self.entries();
+            let entry = entries.entry(name.to_owned()).or_default();
+            let (wasm, manifest_text) = match read {
+                None => return result(Change::Waiting, entry),
+                Some((Ok(wasm), Ok(manifest))) => (wasm, manifest),
+                Some((Err(e), _) | (_, Err(e))) => {
+                    entry.error = Some(format!("cannot read {}: {e}", path.display()));
+                    return result(Change::Failed, entry);
+                }
+            };
+            let stamp = stamp(&wasm, manifest_text.as_deref());
+            if entry.version.as_deref() == Some(stamp.as_str()) {
+                return result(Change::Unchanged, entry);
+            }
+            if !force && entry.failed_stamp.as_deref() == Some(stamp.as_str()) {
+                return result(Change::Failed, entry);
+            }
+            (wasm, manifest_text, stamp)
+        };
+        let compiled = self
+            .compile(name, wasm, manifest_text, &manifest_path)
+            .await;
+        let mut entries = self.entries();
+        let entry = entries.entry(name.to_owned()).or_default();
+        match compiled {
+            Ok(plugin) => {
+                let change = if entry.current.is_some() {
+                    Change::Replaced
+                } else {
+                    Change::Loaded
+                };
+                tracing::info!(plugin = name, version = %stamp, ?change, "plugin served");
+                self.serve(entry, plugin);
+                entry.version = Some(stamp);
+                entry.loaded_at = Some(SystemTime::now());
+                entry.failed_stamp = None;
+                entry.error = None;
+                result(change, entry)
+            }
+            Err(error) => {
+                tracing::error!(plugin = name, file = %path.display(), %error, "plugin not loaded; the previous version keeps serving");
+                entry.failed_stamp = Some(stamp);
+                entry.error = Some(error);
+                result(Change::Failed, entry)
             }
         }
     }
-    Ok((loaded, failed))
+
+    /// Compiles and checks a plugin on a blocking thread (a large component takes seconds).
+    async fn compile(
+        &self,
+        name: &str,
+        wasm: Vec<u8>,
+        manifest_text: Option<String>,
+        manifest_path: &Path,
+    ) -> Result<Plugin, String> {
+        let manifest = match manifest_text {
+            Some(text) => Manifest::parse(&text, manifest_path).map_err(|e| e.to_string())?,
+            None => Manifest::default(),
+        };
+        let runtime = self.runtime.clone();
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || runtime.load(&name, &wasm, manifest))
+            .await
+            .map_err(|e| format!("the compile task failed: {e}"))?
+            .map_err(|e| e.to_string())
+    }
+
+    /// Makes `plugin` the served version of `entry`.
+    fn serve(&self, entry: &mut Entry, plugin: Plugin) {
+        let subscribe = plugin.manifest().subscribe.clone();
+        if let Some(current) = &entry.current
+            && entry.subscribe == subscribe
+        {
+            // Same subscription: new messages take the new version; in-flight ones keep theirs.
+            current.send_replace(plugin);
+            return;
+        }
+        if let Some(retire) = entry.retire.take() {
+            retire.cancel();
+        }
+        let (sender, receiver) = watch::channel(plugin);
+        if subscribe.is_some() {
+            let retire = CancellationToken::new();
+            let worker = Worker {
+                plugin: receiver,
+                publisher: self.publisher.clone(),
+                shutdown: self.shutdown.clone(),
+                retire: retire.clone(),
+                tracker: self.tracker.clone(),
+                stats: entry.stats.clone(),
+            };
+            self.tracker.spawn(worker.run(self.client.clone()));
+            entry.retire = Some(retire);
+        }
+        entry.current = Some(sender);
+        entry.subscribe = subscribe;
+    }
+
+    /// Every plugin, served or failed, with its counters.
+    pub async fn list(&self) -> Vec<PluginInfo> {
+        self.entries()
+            .iter()
+            .map(|(name, entry)| PluginInfo {
+                name: name.clone(),
+                version: entry.version.clone(),
+                loaded_at: entry.loaded_at.map(rfc3339),
+                subscribed: entry.retire.is_some(),
+                stats: entry.stats.snapshot(),
+                error: entry.error.clone(),
+            })
+            .collect()
+    }
+
+    /// The served version of a plugin.
+    pub async fn current(&self, name: &str) -> Option<Plugin> {
+        let entries = self.entries();
+        entries
+            .get(name)?
+            .current
+            .as_ref()
+            .map(|c| c.borrow().clone())
+    }
+}
+
+fn read_optional(path: &Path) -> std::io::Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn recently_modified(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < SETTLE_TIME)
+}
+
+/// 16 hex digits of the SHA-256 of the component and its manifest.
+fn stamp(wasm: &[u8], manifest: Option<&str>) -> String {
+    let mut hash = sha2::Sha256::new();
+    hash.update(wasm);
+    hash.update([0]);
+    hash.update(manifest.unwrap_or_default().as_bytes());
+    hash.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }

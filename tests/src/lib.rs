@@ -84,6 +84,10 @@ impl TestHost {
         config.host.plugins = plugins.to_owned();
         config.host.graceful_timeout = std::time::Duration::from_secs(10);
         config.publisher.backoff_initial = std::time::Duration::from_millis(50);
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        config.host.id = Some(format!("test-host-{}-{n}", std::process::id()));
+        config.runtime.cache = false;
         config
     }
 
@@ -103,6 +107,56 @@ impl TestHost {
             .expect("host task panicked")
             .expect("host failed");
     }
+}
+
+/// Runs the `natsplug` CLI; its stdout if it succeeded.
+pub fn try_natsplug_cli(args: &[&str]) -> Option<String> {
+    let output = std::process::Command::new(natsplug_bin())
+        .args(args)
+        .output()
+        .expect("cannot run natsplug");
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Runs the `natsplug` CLI with these arguments; returns its stdout (panics if it fails).
+pub fn natsplug_cli(args: &[&str]) -> String {
+    let output = std::process::Command::new(natsplug_bin())
+        .args(args)
+        .output()
+        .expect("cannot run natsplug");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "natsplug {args:?} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The version natsplug shows for a plugin: 16 hex digits of SHA-256(wasm, 0, manifest).
+pub fn plugin_version(wasm: &[u8], manifest: &str) -> String {
+    use sha2::Digest as _;
+    let mut hash = sha2::Sha256::new();
+    hash.update(wasm);
+    hash.update([0]);
+    hash.update(manifest.as_bytes());
+    hash.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Replaces a file atomically (write aside, then rename), as deploy tools should.
+pub fn replace_file(path: &std::path::Path, contents: &[u8]) {
+    let aside = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().expect("a file name").to_string_lossy()
+    ));
+    std::fs::write(&aside, contents).expect("write");
+    std::fs::rename(&aside, path).expect("rename");
 }
 
 /// The `natsplug` binary (built by the README's test command before the tests).

@@ -50,6 +50,9 @@ pub struct RuntimeConfig {
     pub max_instances: u32,
     /// Largest memory limit a manifest may ask for. Default: 1 GiB.
     pub max_memory: u64,
+    /// Where compiled components are cached, keyed by content and engine settings, so a restart
+    /// does not recompile them. Default: none (no cache).
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -57,6 +60,7 @@ impl Default for RuntimeConfig {
         Self {
             max_instances: 1000,
             max_memory: 1 << 30,
+            cache_dir: None,
         }
     }
 }
@@ -90,6 +94,14 @@ impl Runtime {
             .epoch_interruption(true)
             .concurrency_support(false)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if let Some(dir) = &config.cache_dir {
+            let mut cache = wasmtime::CacheConfig::new();
+            cache.with_directory(dir);
+            let cache = wasmtime::Cache::new(cache)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("cannot use the compile cache {dir:?}"))?;
+            wasm.cache(Some(cache));
+        }
         let engine = Engine::new(&wasm)
             .map_err(anyhow::Error::from)
             .context("cannot create the wasmtime engine")?;
