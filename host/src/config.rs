@@ -29,6 +29,17 @@ pub struct HostConfig {
     /// The WebAssembly engine.
     #[serde(default)]
     pub runtime: RuntimeSection,
+    /// The admin HTTP listener.
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// The admin HTTP listener (`/metrics`, `/healthz`, `/readyz`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to listen on, e.g. "0.0.0.0:9090". Default: none (off).
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// Connection options, used by the consumer connection and every publisher connection.
@@ -232,6 +243,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ("HOST_", &["host"]),
     ("PUBLISHER_", &["publisher"]),
     ("RUNTIME_", &["runtime"]),
+    ("ADMIN_", &["admin"]),
 ];
 
 /// Keys whose environment value is a comma-separated list.

@@ -3,24 +3,36 @@
 //! `nats server report connections` shows which is which. Connection events are logged with
 //! the role.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::{ConnectOptions, Event};
 
 use crate::config::NatsConfig;
+use crate::metrics::{Metrics, RoleLabel};
 
 /// The server used when none is configured.
 pub const DEFAULT_SERVER: &str = "nats://127.0.0.1:4222";
 
 /// Connects one client for `role` ("consumer", "publisher-0"...).
 pub async fn connect(config: &NatsConfig, role: &str) -> anyhow::Result<async_nats::Client> {
+    connect_with(config, role, None).await
+}
+
+/// Connects one client for `role`, counting its state and reconnects in `metrics`.
+pub async fn connect_with(
+    config: &NatsConfig,
+    role: &str,
+    metrics: Option<Arc<Metrics>>,
+) -> anyhow::Result<async_nats::Client> {
     let servers: Vec<String> = if config.servers.is_empty() {
         vec![DEFAULT_SERVER.to_owned()]
     } else {
         config.servers.clone()
     };
-    let options = options(config, role).await?;
+    let options = options(config, role, metrics).await?;
     let addrs: Vec<async_nats::ServerAddr> = servers
         .iter()
         .map(|s| {
@@ -36,7 +48,11 @@ pub async fn connect(config: &NatsConfig, role: &str) -> anyhow::Result<async_na
     })
 }
 
-async fn options(config: &NatsConfig, role: &str) -> anyhow::Result<ConnectOptions> {
+async fn options(
+    config: &NatsConfig,
+    role: &str,
+    metrics: Option<Arc<Metrics>>,
+) -> anyhow::Result<ConnectOptions> {
     let mut options = match &config.creds_file {
         Some(path) => ConnectOptions::with_credentials_file(path)
             .await
@@ -63,6 +79,7 @@ async fn options(config: &NatsConfig, role: &str) -> anyhow::Result<ConnectOptio
     }
     let max_delay = config.reconnect_delay;
     let role_for_events = role.to_owned();
+    let was_connected = Arc::new(AtomicBool::new(false));
     Ok(options
         .name(format!("{}-{role}", config.name))
         .ping_interval(config.ping_interval)
@@ -73,7 +90,31 @@ async fn options(config: &NatsConfig, role: &str) -> anyhow::Result<ConnectOptio
         .reconnect_delay_callback(move |attempts| reconnect_delay(attempts, max_delay))
         .event_callback(move |event| {
             let role = role_for_events.clone();
-            async move { log_event(&role, event) }
+            let metrics = metrics.clone();
+            let was_connected = was_connected.clone();
+            async move {
+                if let Some(metrics) = metrics {
+                    let up = metrics
+                        .connected
+                        .get_or_create(&RoleLabel { role: role.clone() });
+                    match event {
+                        Event::Connected => {
+                            up.set(1);
+                            if was_connected.swap(true, Ordering::Relaxed) {
+                                metrics
+                                    .reconnects
+                                    .get_or_create(&RoleLabel { role: role.clone() })
+                                    .inc();
+                            }
+                        }
+                        Event::Disconnected | Event::Closed => {
+                            up.set(0);
+                        }
+                        _ => {}
+                    }
+                }
+                log_event(&role, event)
+            }
         }))
 }
 

@@ -20,15 +20,18 @@ use tracing::Instrument as _;
 use crate::heartbeat::Heartbeat;
 use crate::manifest::Subscribe;
 use crate::message::{Delivery, Headers, Message, subject_matches};
+use crate::metrics::PluginMetrics;
 use crate::publisher::{PublishError, Publisher};
 use crate::runtime::{Hooks, Plugin};
 use crate::settle::{self, Decision};
 use crate::shutdown::Shutdown;
-use crate::stats::PluginStats;
 
 /// How long one pull request waits for messages. Short, so a stopping host gives back what it
 /// was about to receive quickly.
 const PULL_EXPIRES: Duration = Duration::from_secs(1);
+/// The nak delay of a message pulled while stopping: longer than [`PULL_EXPIRES`], so its
+/// redelivery goes to another pull request, not back into the one being drained.
+const GIVE_BACK_DELAY: Duration = Duration::from_secs(2);
 /// Longest wait between attempts to set up a consumer or pull after an error.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
@@ -46,8 +49,10 @@ pub struct Worker {
     pub retire: CancellationToken,
     /// Owns every message task, so the host can wait for them.
     pub tracker: TaskTracker,
-    /// This plugin's counters.
-    pub stats: Arc<PluginStats>,
+    /// This plugin's metrics.
+    pub metrics: PluginMetrics,
+    /// Set while the consumer (or the core subscription) is in place.
+    pub bound: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Worker {
@@ -78,6 +83,7 @@ impl Worker {
                 match ensure_consumer(&js, &name, &subscribe).await {
                     Ok(c) => {
                         tracing::info!(plugin = %name, stream = ?subscribe.stream, "consumer ready");
+                        self.bound.store(true, std::sync::atomic::Ordering::Relaxed);
                         consumer = Some(c);
                         failures = 0;
                     }
@@ -113,6 +119,8 @@ impl Worker {
                 Err(e) => {
                     failures += 1;
                     tracing::warn!(plugin = %name, error = %e, "pull request failed");
+                    self.bound
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
                     consumer = None;
                     self.pause(failures).await;
                     continue;
@@ -122,11 +130,13 @@ impl Worker {
             while let Some(item) = batch.next().await {
                 match item {
                     Ok(message) => match free.pop() {
-                        // Pulled during shutdown or after retirement: give it back at once.
+                        // Pulled during shutdown or after retirement: give it back. The delay
+                        // outlasts this open pull, or the server would redeliver it straight
+                        // into it, burning a delivery per round until max_deliver.
                         Some(_) if self.shutdown.is_stopping() || self.retire.is_cancelled() => {
                             self.tracker.spawn(async move {
                                 let (_, acker) = message.split();
-                                nak(&acker, Duration::ZERO).await;
+                                nak(&acker, GIVE_BACK_DELAY).await;
                             });
                         }
                         Some(slot) => {
@@ -138,7 +148,7 @@ impl Worker {
                         None => {
                             tracing::warn!(plugin = %name, "the server sent more messages than pulled; nak'ed");
                             let (_, acker) = message.split();
-                            nak(&acker, Duration::ZERO).await;
+                            nak(&acker, GIVE_BACK_DELAY).await;
                         }
                     },
                     Err(e) => {
@@ -169,7 +179,7 @@ impl Worker {
         interval: Duration,
     ) {
         let plugin = self.current();
-        let _in_flight = self.stats.in_flight();
+        let _in_flight = self.metrics.in_flight();
         let delivery = match message.info() {
             Ok(info) => Delivery {
                 stream: info.stream.to_owned(),
@@ -189,7 +199,7 @@ impl Worker {
         };
         let (message, acker) = message.split();
         let acker = Arc::new(acker);
-        let span = tracing::debug_span!(
+        let span = tracing::info_span!(
             "message",
             plugin = plugin.name(),
             messaging.system = "nats",
@@ -205,17 +215,17 @@ impl Worker {
             payload: message.payload,
             delivery: Some(delivery),
         };
-        let heartbeat = Heartbeat::start(acker.clone(), interval, self.stats.clone());
+        let heartbeat = Heartbeat::start(acker.clone(), interval, self.metrics.heartbeats.clone());
         let hooks = Hooks {
             in_progress: Some(heartbeat.in_progress()),
         };
         let work = async {
             if input.delivery.as_ref().is_some_and(|d| d.delivered > 1) {
-                PluginStats::count(&self.stats.redelivered);
+                self.metrics.redeliveries.inc();
                 tracing::debug!("redelivery");
             }
             let delivered = input.delivery.as_ref().map_or(1, |d| d.delivered);
-            let result = plugin.handle(&input, hooks).await;
+            let result = self.handle(&plugin, &input, hooks).await;
             let decision = settle::decide(result, delivered, plugin.manifest());
             self.settle_jetstream(&plugin, &input, &acker, decision)
                 .await;
@@ -228,6 +238,22 @@ impl Worker {
             }
         }
         drop(heartbeat);
+    }
+
+    /// Runs the handler and records its duration and limit hits.
+    async fn handle(
+        &self,
+        plugin: &Plugin,
+        input: &Message,
+        hooks: Hooks,
+    ) -> Result<crate::runtime::Outcome, crate::runtime::HandlerError> {
+        let started = std::time::Instant::now();
+        let result = plugin.handle(input, hooks).await;
+        self.metrics.handled(started.elapsed(), 0);
+        if let Err(e) = &result {
+            self.metrics.limit_hit(e.kind());
+        }
+        result
     }
 
     async fn settle_jetstream(
@@ -243,7 +269,7 @@ impl Worker {
             Decision::Publish(outputs) => match self.publish_outputs(plugin, input, &outputs).await
             {
                 Ok(()) => {
-                    PluginStats::count(&self.stats.processed);
+                    self.metrics.acked.inc();
                     if let Err(e) = acker.double_ack().await {
                         tracing::warn!(error = %e, "ack not confirmed; a redelivery will find its outputs deduplicated");
                     }
@@ -255,13 +281,13 @@ impl Worker {
                 Err(e) => {
                     let delay = manifest.retry.delay_for(delivered);
                     tracing::warn!(error = %e, ?delay, "outputs not stored; the input is nak'ed, not acked");
-                    PluginStats::count(&self.stats.retried);
+                    self.metrics.retried.inc();
                     nak(acker, delay).await;
                 }
             },
             Decision::Nak { delay, reason } => {
                 tracing::info!(%reason, ?delay, "retry");
-                PluginStats::count(&self.stats.retried);
+                self.metrics.retried.inc();
                 nak(acker, delay).await;
             }
             Decision::DeadLetter { kind, reason } => {
@@ -282,7 +308,7 @@ impl Worker {
         match self.dead_letter(plugin, input, kind, reason).await {
             Ok(()) => {
                 tracing::warn!(kind, reason, "dead-lettered");
-                PluginStats::count(&self.stats.dead_lettered);
+                self.metrics.dead_letter(kind);
                 settle_ack(acker, AckKind::Term).await;
             }
             Err(e) => {
@@ -414,6 +440,10 @@ impl Worker {
             }
         }
         tracing::info!(plugin = %name, subjects = ?subscribe.subjects, "subscribed");
+        self.bound.store(
+            !subscriptions.is_empty(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let mut messages = futures::stream::select_all(subscriptions);
         let slots = Arc::new(Semaphore::new(subscribe.concurrency.get()));
         loop {
@@ -435,7 +465,7 @@ impl Worker {
 
     async fn process_core(self, message: async_nats::Message, _slot: OwnedSemaphorePermit) {
         let plugin = self.current();
-        let _in_flight = self.stats.in_flight();
+        let _in_flight = self.metrics.in_flight();
         let input = Message {
             subject: message.subject.to_string(),
             reply: message.reply.map(|r| r.to_string()),
@@ -443,19 +473,19 @@ impl Worker {
             payload: message.payload,
             delivery: None,
         };
-        let span = tracing::debug_span!(
+        let span = tracing::info_span!(
             "message",
             plugin = plugin.name(),
             messaging.system = "nats",
             messaging.destination.name = %input.subject,
         );
         async {
-            let result = plugin.handle(&input, Hooks::default()).await;
+            let result = self.handle(&plugin, &input, Hooks::default()).await;
             let failure = match settle::decide(result, 1, plugin.manifest()) {
                 Decision::Publish(outputs) => {
                     match self.publish_outputs(&plugin, &input, &outputs).await {
                         Ok(()) => {
-                            PluginStats::count(&self.stats.processed);
+                            self.metrics.acked.inc();
                             None
                         }
                         Err(e) => Some(("publish".to_owned(), e.to_string())),
@@ -467,7 +497,7 @@ impl Worker {
                 )),
                 Decision::DeadLetter { kind, reason } => {
                     match self.dead_letter(&plugin, &input, &kind, &reason).await {
-                        Ok(()) => PluginStats::count(&self.stats.dead_lettered),
+                        Ok(()) => self.metrics.dead_letter(&kind),
                         Err(e) => tracing::error!(error = %e, "cannot publish the dead letter"),
                     }
                     Some((kind, reason))

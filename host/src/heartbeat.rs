@@ -11,7 +11,7 @@ use async_nats::jetstream::message::Acker;
 use tokio::sync::Notify;
 
 use crate::runtime::InProgress;
-use crate::stats::PluginStats;
+use prometheus_client::metrics::counter::Counter;
 
 /// A running heartbeat; it stops when dropped.
 pub struct Heartbeat {
@@ -20,8 +20,8 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
-    /// Starts sending ack-progress for `acker` every `interval`, counted in `stats`.
-    pub fn start(acker: Arc<Acker>, interval: Duration, stats: Arc<PluginStats>) -> Self {
+    /// Starts sending ack-progress for `acker` every `interval`, counted in `sent`.
+    pub fn start(acker: Arc<Acker>, interval: Duration, sent: Counter) -> Self {
         let nudge = Arc::new(Notify::new());
         let task = tokio::spawn({
             let nudge = nudge.clone();
@@ -32,7 +32,9 @@ impl Heartbeat {
                         _ = nudge.notified() => {}
                     }
                     match acker.ack_with(AckKind::Progress).await {
-                        Ok(()) => PluginStats::count(&stats.heartbeats),
+                        Ok(()) => {
+                            sent.inc();
+                        }
                         Err(e) => tracing::warn!(error = %e, "cannot send ack-progress"),
                     }
                 }

@@ -3,12 +3,16 @@
 //! waits up to `graceful_timeout` for in-flight messages, naks the rest and closes the
 //! connections.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{self, Admin};
 use crate::config::HostConfig;
+use crate::metrics::Metrics;
 use crate::plugins::{Change, Registry, SETTLE_TIME};
 use crate::publisher::Publisher;
 use crate::runtime::Runtime;
@@ -21,14 +25,30 @@ const ABORT_GRACE: Duration = Duration::from_secs(5);
 /// Runs the host until `shutdown` stops it.
 pub async fn run(config: HostConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     let host_id = config.host.host_id();
+    let metrics = Arc::new(Metrics::new());
+    let admin = Arc::new(Admin {
+        metrics: metrics.clone(),
+        client: OnceLock::new(),
+        registry: OnceLock::new(),
+        loaded: AtomicBool::new(false),
+        shutdown: shutdown.clone(),
+    });
+    // The admin listener answers (not ready) before anything else is up, and until the end.
+    let admin_stop = CancellationToken::new();
+    let admin_task = match config.admin.listen {
+        Some(addr) => Some(admin::serve(addr, admin.clone(), admin_stop.clone()).await?),
+        None => None,
+    };
     let runtime = Runtime::new(config.runtime.runtime_config())?;
     anyhow::ensure!(
         config.host.plugins.is_dir(),
         "the plugins folder {:?} does not exist",
         config.host.plugins
     );
-    let client = connection::connect(&config.nats, "consumer").await?;
-    let publisher = Arc::new(Publisher::connect(&config.nats, &config.publisher).await?);
+    let client = connection::connect_with(&config.nats, "consumer", Some(metrics.clone())).await?;
+    let _ = admin.client.set(client.clone());
+    let publisher =
+        Arc::new(Publisher::connect(&config.nats, &config.publisher, metrics.clone()).await?);
     let tracker = TaskTracker::new();
     let registry = Arc::new(Registry::new(
         runtime,
@@ -37,7 +57,9 @@ pub async fn run(config: HostConfig, shutdown: Shutdown) -> anyhow::Result<()> {
         publisher.clone(),
         shutdown.clone(),
         tracker.clone(),
+        metrics.clone(),
     ));
+    let _ = admin.registry.set(registry.clone());
     // Files still being written are looked at again until they settle.
     while registry
         .sync(None, false)
@@ -47,6 +69,7 @@ pub async fn run(config: HostConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     {
         tokio::time::sleep(SETTLE_TIME).await;
     }
+    admin.loaded.store(true, Ordering::Relaxed);
     let watcher = reload::watch(registry.clone(), shutdown.clone())?;
     let control = control::serve(
         client.clone(),
@@ -86,6 +109,10 @@ pub async fn run(config: HostConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     publisher.close().await;
     if let Err(e) = client.drain().await {
         tracing::warn!(error = %e, "cannot drain the consumer connection");
+    }
+    admin_stop.cancel();
+    if let Some(task) = admin_task {
+        let _ = task.await;
     }
     tracing::info!(host = %host_id, "host stopped");
     Ok(())

@@ -14,7 +14,9 @@
 //! - [`plugins`]: the plugins folder and the registry of served versions.
 //! - [`reload`]: watches the folder and hot-swaps plugins.
 //! - [`control`]: the control plane over NATS (`natsplug list|reload|status`).
-//! - [`stats`]: per-plugin counters.
+//! - [`admin`]: the admin HTTP listener: `/metrics`, `/healthz`, `/readyz`.
+//! - [`metrics`]: Prometheus metrics; per-plugin handles the control plane reads too.
+//! - [`scaffold`]: `natsplug new`, a plugin project with a test through the real runtime.
 //! - [`consumer`]: per-plugin pull consumer or core subscription, one task per message.
 //! - [`heartbeat`]: ack-progress while a message is in the host's hands.
 //! - [`settle`]: what becomes of an input (publish then ack, nak, dead-letter then term).
@@ -23,6 +25,7 @@
 //! - [`host`]: `run(config, shutdown)`, the whole host.
 //! - [`dev`]: `natsplug dev`, a local server, demo streams and sample messages.
 
+pub mod admin;
 pub mod config;
 pub mod connection;
 pub mod consumer;
@@ -32,11 +35,12 @@ pub mod heartbeat;
 pub mod host;
 pub mod manifest;
 pub mod message;
+pub mod metrics;
 pub mod offline;
 pub mod plugins;
 pub mod publisher;
 pub mod reload;
 pub mod runtime;
+pub mod scaffold;
 pub mod settle;
 pub mod shutdown;
-pub mod stats;

@@ -15,8 +15,23 @@ struct Cli {
     /// Log filter (tracing env-filter syntax).
     #[arg(long, env = "NATSPLUG_LOG", default_value = "info", global = true)]
     log: String,
+    /// Log format: human-readable text, or one JSON object per line.
+    #[arg(
+        long,
+        env = "NATSPLUG_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Options of the commands that run a host.
@@ -34,6 +49,9 @@ struct HostArgs {
     /// Graceful shutdown timeout, e.g. "20s" (overrides host.graceful_timeout).
     #[arg(long, value_parser = humantime::parse_duration)]
     graceful_timeout: Option<std::time::Duration>,
+    /// Serve /metrics, /healthz and /readyz on this address (overrides admin.listen).
+    #[arg(long)]
+    admin: Option<std::net::SocketAddr>,
 }
 
 impl HostArgs {
@@ -47,6 +65,9 @@ impl HostArgs {
         }
         if let Some(timeout) = self.graceful_timeout {
             config.host.graceful_timeout = timeout;
+        }
+        if let Some(addr) = self.admin {
+            config.admin.listen = Some(addr);
         }
         Ok(config)
     }
@@ -81,6 +102,17 @@ enum Command {
         plugin: Option<String>,
         #[command(flatten)]
         control: ControlArgs,
+    },
+    /// Create a plugin project: a handler, a manifest and a test through the real runtime.
+    New {
+        /// The plugin's name (lowercase, digits, '-', '_').
+        name: String,
+        /// Its language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: natsplug::scaffold::Lang,
+        /// Where to create it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
     },
     /// The status of every host.
     Status {
@@ -140,10 +172,17 @@ fn parse_header(text: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -279,6 +318,13 @@ async fn run(command: Command) -> ExitCode {
             report(control(&c, "reload", &body, show_reload).await)
         }
         Command::Status { control: c } => report(control(&c, "status", &(), show_status).await),
+        Command::New { name, lang, dir } => {
+            report(natsplug::scaffold::new(&dir, &name, lang).map(|path| {
+                println!("created {}", path.display());
+                println!("build: cargo build --release --target wasm32-wasip2");
+                println!("test:  NATSPLUG_BIN=$(command -v natsplug) cargo test");
+            }))
+        }
         Command::Run { host } => report(
             async {
                 let config = host.load()?;

@@ -21,10 +21,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::consumer::Worker;
 use crate::manifest::{Manifest, Subscribe};
+use crate::metrics::{Metrics, PluginMetrics, ResultLabels, StatsSnapshot, VersionLabels};
 use crate::publisher::Publisher;
 use crate::runtime::{Plugin, Runtime};
 use crate::shutdown::Shutdown;
-use crate::stats::{PluginStats, StatsSnapshot};
 
 /// A file modified more recently than this is still being written: it is looked at again later.
 pub const SETTLE_TIME: Duration = Duration::from_millis(250);
@@ -106,7 +106,9 @@ struct Entry {
     /// The stamp that failed to load, so an unchanged broken file is not recompiled every sync.
     failed_stamp: Option<String>,
     error: Option<String>,
-    stats: Arc<PluginStats>,
+    metrics: Option<PluginMetrics>,
+    /// Set by the worker while its subscription is in place.
+    bound: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The plugins a host serves, and their workers.
@@ -117,6 +119,7 @@ pub struct Registry {
     publisher: Arc<Publisher>,
     shutdown: Shutdown,
     tracker: TaskTracker,
+    metrics: Arc<Metrics>,
     /// Serializes syncs; held while compiling.
     syncing: Mutex<()>,
     /// The plugins; held only briefly, so `list` never waits for a compile.
@@ -132,6 +135,7 @@ impl Registry {
         publisher: Arc<Publisher>,
         shutdown: Shutdown,
         tracker: TaskTracker,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             runtime,
@@ -140,6 +144,7 @@ impl Registry {
             publisher,
             shutdown,
             tracker,
+            metrics,
             syncing: Mutex::default(),
             entries: std::sync::Mutex::default(),
         }
@@ -182,6 +187,7 @@ impl Registry {
                 if let Some(retire) = entry.retire {
                     retire.cancel();
                 }
+                self.count_reload(&name, Change::Removed, entry.version.as_deref(), None);
                 tracing::info!(plugin = %name, "plugin removed: its worker stops after its in-flight messages");
                 results.push(ReloadResult {
                     plugin: name,
@@ -251,6 +257,7 @@ impl Registry {
                 };
                 tracing::info!(plugin = name, version = %stamp, ?change, "plugin served");
                 self.serve(entry, plugin);
+                self.count_reload(name, change, entry.version.as_deref(), Some(&stamp));
                 entry.version = Some(stamp);
                 entry.loaded_at = Some(SystemTime::now());
                 entry.failed_stamp = None;
@@ -261,6 +268,7 @@ impl Registry {
                 tracing::error!(plugin = name, file = %path.display(), %error, "plugin not loaded; the previous version keeps serving");
                 entry.failed_stamp = Some(stamp);
                 entry.error = Some(error);
+                self.count_reload(name, Change::Failed, None, None);
                 result(Change::Failed, entry)
             }
         }
@@ -288,6 +296,7 @@ impl Registry {
 
     /// Makes `plugin` the served version of `entry`.
     fn serve(&self, entry: &mut Entry, plugin: Plugin) {
+        let name = plugin.name().to_owned();
         let subscribe = plugin.manifest().subscribe.clone();
         if let Some(current) = &entry.current
             && entry.subscribe == subscribe
@@ -308,13 +317,50 @@ impl Registry {
                 shutdown: self.shutdown.clone(),
                 retire: retire.clone(),
                 tracker: self.tracker.clone(),
-                stats: entry.stats.clone(),
+                metrics: entry
+                    .metrics
+                    .get_or_insert_with(|| self.metrics.plugin(&name))
+                    .clone(),
+                bound: {
+                    entry.bound = Arc::default();
+                    entry.bound.clone()
+                },
             };
             self.tracker.spawn(worker.run(self.client.clone()));
             entry.retire = Some(retire);
         }
         entry.current = Some(sender);
         entry.subscribe = subscribe;
+    }
+
+    /// Counts a load in `natsplug_plugin_reloads_total` and moves `natsplug_plugin_info` from
+    /// the old version to the new one.
+    fn count_reload(&self, name: &str, change: Change, old: Option<&str>, new: Option<&str>) {
+        let result = serde_json::to_value(change)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        self.metrics
+            .reloads
+            .get_or_create(&ResultLabels {
+                plugin: name.to_owned(),
+                result,
+            })
+            .inc();
+        let info = |version: &str| VersionLabels {
+            plugin: name.to_owned(),
+            version: version.to_owned(),
+        };
+        if let Some(new) = new {
+            if let Some(old) = old {
+                self.metrics.plugin_info.remove(&info(old));
+            }
+            self.metrics.plugin_info.get_or_create(&info(new)).set(1);
+        } else if change == Change::Removed
+            && let Some(old) = old
+        {
+            self.metrics.plugin_info.remove(&info(old));
+        }
     }
 
     /// Every plugin, served or failed, with its counters.
@@ -326,9 +372,24 @@ impl Registry {
                 version: entry.version.clone(),
                 loaded_at: entry.loaded_at.map(rfc3339),
                 subscribed: entry.retire.is_some(),
-                stats: entry.stats.snapshot(),
+                stats: entry
+                    .metrics
+                    .as_ref()
+                    .map(PluginMetrics::snapshot)
+                    .unwrap_or_default(),
                 error: entry.error.clone(),
             })
+            .collect()
+    }
+
+    /// The subscribed plugins whose subscription is not in place (yet).
+    pub async fn unbound(&self) -> Vec<String> {
+        self.entries()
+            .iter()
+            .filter(|(_, e)| {
+                e.retire.is_some() && !e.bound.load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .map(|(name, _)| name.clone())
             .collect()
     }
 

@@ -3,6 +3,7 @@
 //! A stored publish carries a deterministic `Nats-Msg-Id` and is retried with exponential
 //! backoff and jitter, bounded; it succeeds only once the stream's publish ack is in.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use rand::Rng as _;
 
 use crate::config::{NatsConfig, PublisherConfig};
 use crate::connection;
+use crate::metrics::Metrics;
 
 /// A publish that did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,14 +70,21 @@ pub struct Publisher {
     pool: Vec<Connection>,
     next: AtomicUsize,
     config: PublisherConfig,
+    metrics: Arc<Metrics>,
 }
 
 impl Publisher {
     /// Opens `config.connections` connections (at least one).
-    pub async fn connect(nats: &NatsConfig, config: &PublisherConfig) -> anyhow::Result<Self> {
+    pub async fn connect(
+        nats: &NatsConfig,
+        config: &PublisherConfig,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         let mut pool = Vec::new();
         for i in 0..config.connections.max(1) {
-            let client = connection::connect(nats, &format!("publisher-{i}")).await?;
+            let client =
+                connection::connect_with(nats, &format!("publisher-{i}"), Some(metrics.clone()))
+                    .await?;
             let mut jetstream = jetstream::new(client.clone());
             jetstream.set_timeout(nats.request_timeout);
             pool.push(Connection { client, jetstream });
@@ -84,6 +93,7 @@ impl Publisher {
             pool,
             next: AtomicUsize::new(0),
             config: config.clone(),
+            metrics,
         })
     }
 
@@ -110,6 +120,8 @@ impl Publisher {
                 message = message.message_id(id);
             }
             let conn = self.connection();
+            self.metrics.publish_attempts.inc();
+            let started = std::time::Instant::now();
             let result = match conn
                 .jetstream
                 .send_publish(subject.to_owned(), message)
@@ -120,6 +132,11 @@ impl Publisher {
             };
             let error = match result {
                 Ok(ack) => {
+                    let took = started.elapsed().as_secs_f64();
+                    self.metrics.publish_ack_duration.observe(took);
+                    if ack.duplicate {
+                        self.metrics.deduplicated.inc();
+                    }
                     return Ok(Stored {
                         duplicate: ack.duplicate,
                     });
@@ -128,17 +145,20 @@ impl Publisher {
             };
             match error.kind() {
                 PublishErrorKind::StreamNotFound => {
+                    self.metrics.publish_failures.inc();
                     return Err(PublishError::NoStream {
                         subject: subject.to_owned(),
                     });
                 }
                 PublishErrorKind::MaxPayloadExceeded => {
+                    self.metrics.publish_failures.inc();
                     return Err(PublishError::TooLarge {
                         subject: subject.to_owned(),
                         reason: error.to_string(),
                     });
                 }
                 _ if attempt >= self.config.max_attempts => {
+                    self.metrics.publish_failures.inc();
                     return Err(PublishError::Exhausted {
                         subject: subject.to_owned(),
                         attempts: attempt,
@@ -146,6 +166,7 @@ impl Publisher {
                     });
                 }
                 _ => {
+                    self.metrics.publish_retries.inc();
                     let delay = self.backoff(attempt);
                     tracing::debug!(
                         messaging.system = "nats",

@@ -197,3 +197,40 @@ fn the_demo_runs_its_samples_through_and_exits_with_once() {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
 }
+
+#[test]
+fn natsplug_new_creates_a_rust_plugin_whose_own_test_passes_in_the_real_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let parent = dir.path().to_str().unwrap();
+    let out = natsplug_tests::natsplug_cli(&["new", "shouty", "--dir", parent]);
+    assert!(
+        out.starts_with(&format!("created {parent}/shouty")),
+        "{out}"
+    );
+    for file in ["Cargo.toml", "src/lib.rs", "shouty.toml", "tests/call.rs"] {
+        assert!(
+            dir.path().join("shouty").join(file).is_file(),
+            "{file} missing"
+        );
+    }
+    // A bad name is refused with a clear message, and nothing is created.
+    assert!(natsplug_tests::try_natsplug_cli(&["new", "Bad Name", "--dir", parent]).is_none());
+    assert!(!dir.path().join("Bad Name").exists());
+
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/scaffold");
+    let output = std::process::Command::new(env!("CARGO"))
+        .args(["test", "--quiet"])
+        .current_dir(dir.path().join("shouty"))
+        .env("NATSPLUG_BIN", natsplug_tests::natsplug_bin())
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .output()
+        .expect("cargo test");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("1 passed"), "{stdout}");
+}

@@ -476,3 +476,27 @@ async fn the_sandbox_shows_no_env_and_no_files_unless_granted() {
     );
     assert_eq!(probe(granted, read_host).await, "error:NotFound");
 }
+
+#[test]
+fn a_second_runtime_loads_compiled_components_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RuntimeConfig {
+        cache_dir: Some(dir.path().to_owned()),
+        ..RuntimeConfig::default()
+    };
+    let first = Runtime::new(config.clone()).unwrap();
+    load(&first, "uppercase");
+    assert_eq!(first.cache_stats(), Some((0, 1)), "compiled once");
+    let second = Runtime::new(config).unwrap();
+    let plugin = load(&second, "uppercase");
+    assert_eq!(second.cache_stats(), Some((1, 0)), "served from the cache");
+    let outcome = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(handle(&plugin, &Message::new("x", "cached")))
+        .unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Success(vec![out("demo.out.uppercase", &[], "CACHED")])
+    );
+    assert_eq!(runtime().cache_stats(), None);
+}

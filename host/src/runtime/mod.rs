@@ -71,6 +71,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<Invocation>>,
     config: RuntimeConfig,
+    cache: Option<wasmtime::Cache>,
 }
 
 impl Runtime {
@@ -94,14 +95,17 @@ impl Runtime {
             .epoch_interruption(true)
             .concurrency_support(false)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        if let Some(dir) = &config.cache_dir {
+        let cache = if let Some(dir) = &config.cache_dir {
             let mut cache = wasmtime::CacheConfig::new();
             cache.with_directory(dir);
             let cache = wasmtime::Cache::new(cache)
                 .map_err(anyhow::Error::from)
                 .with_context(|| format!("cannot use the compile cache {dir:?}"))?;
-            wasm.cache(Some(cache));
-        }
+            wasm.cache(Some(cache.clone()));
+            Some(cache)
+        } else {
+            None
+        };
         let engine = Engine::new(&wasm)
             .map_err(anyhow::Error::from)
             .context("cannot create the wasmtime engine")?;
@@ -118,7 +122,15 @@ impl Runtime {
             engine,
             linker: Arc::new(linker),
             config,
+            cache,
         })
+    }
+
+    /// Compile-cache (hits, misses) since this runtime started; `None` without a cache.
+    pub fn cache_stats(&self) -> Option<(usize, usize)> {
+        self.cache
+            .as_ref()
+            .map(|c| (c.cache_hits(), c.cache_misses()))
     }
 
     /// The wasmtime engine.

@@ -1,0 +1,360 @@
+//! Prometheus metrics, one registry per host, encoded by `prometheus-client` at `/metrics`.
+//! Per-plugin metrics carry a `plugin` label; [`PluginMetrics`] holds one plugin's handles so the
+//! hot path increments without a label lookup, and the control plane reads the same counters.
+//!
+//! Names follow Prometheus conventions: `natsplug_` prefix, `_total` counters, `_seconds`
+//! histograms, base units.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A `plugin` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabel {
+    /// Plugin name.
+    pub plugin: String,
+}
+
+/// `plugin` and `outcome` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// Plugin name.
+    pub plugin: String,
+    /// acked, retried, dead_lettered.
+    pub outcome: String,
+}
+
+/// `plugin` and `kind` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// Plugin name.
+    pub plugin: String,
+    /// The kind (a limit: fuel, deadline, memory, panic, trap...; a dead letter: reject...).
+    pub kind: String,
+}
+
+/// `plugin` and `result` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// Plugin name.
+    pub plugin: String,
+    /// loaded, replaced, removed, failed.
+    pub result: String,
+}
+
+/// `plugin` and `version` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    /// Plugin name.
+    pub plugin: String,
+    /// Served version.
+    pub version: String,
+}
+
+/// A `role` label (consumer, publisher-N).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabel {
+    /// Connection role.
+    pub role: String,
+}
+
+fn duration_histogram() -> Histogram {
+    // 100 µs to ~100 s.
+    Histogram::new(exponential_buckets(0.0001, 4.0, 11))
+}
+
+/// Every metric of a host.
+pub struct Metrics {
+    registry: Registry,
+    /// Inputs by plugin and outcome.
+    pub messages: Family<OutcomeLabels, Counter>,
+    /// Handler limit hits and refusals by plugin and kind.
+    pub limit_hits: Family<KindLabels, Counter>,
+    /// Dead letters by plugin and kind.
+    pub dead_letters: Family<KindLabels, Counter>,
+    /// Handler wall time by plugin.
+    pub handler_duration: Family<PluginLabel, Histogram, fn() -> Histogram>,
+    /// Fuel consumed by plugin.
+    pub fuel: Family<PluginLabel, Counter>,
+    /// Messages in a handler or being settled, by plugin.
+    pub in_flight: Family<PluginLabel, Gauge>,
+    /// Ack-progress heartbeats sent, by plugin.
+    pub heartbeats: Family<PluginLabel, Counter>,
+    /// Deliveries with a delivery count above 1, by plugin.
+    pub redeliveries: Family<PluginLabel, Counter>,
+    /// Stored publishes attempted (first tries and retries).
+    pub publish_attempts: Counter,
+    /// Stored publishes retried after a failure.
+    pub publish_retries: Counter,
+    /// Stored publishes that failed for good.
+    pub publish_failures: Counter,
+    /// Time from publish to publish ack.
+    pub publish_ack_duration: Histogram,
+    /// Outputs the server reported as duplicates (already stored).
+    pub deduplicated: Counter,
+    /// Plugin loads by plugin and result.
+    pub reloads: Family<ResultLabels, Counter>,
+    /// 1 for the served version of each plugin.
+    pub plugin_info: Family<VersionLabels, Gauge>,
+    /// 1 while the connection of a role is up.
+    pub connected: Family<RoleLabel, Gauge>,
+    /// Reconnects by connection role.
+    pub reconnects: Family<RoleLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("natsplug");
+        let m = Self {
+            messages: Family::default(),
+            limit_hits: Family::default(),
+            dead_letters: Family::default(),
+            handler_duration: Family::new_with_constructor(duration_histogram),
+            fuel: Family::default(),
+            in_flight: Family::default(),
+            heartbeats: Family::default(),
+            redeliveries: Family::default(),
+            publish_attempts: Counter::default(),
+            publish_retries: Counter::default(),
+            publish_failures: Counter::default(),
+            publish_ack_duration: duration_histogram(),
+            deduplicated: Counter::default(),
+            reloads: Family::default(),
+            plugin_info: Family::default(),
+            connected: Family::default(),
+            reconnects: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "messages",
+            "Inputs by plugin and outcome",
+            m.messages.clone(),
+        );
+        registry.register(
+            "limit_hits",
+            "Handler limit hits and refusals by kind",
+            m.limit_hits.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Inputs dead-lettered, by kind",
+            m.dead_letters.clone(),
+        );
+        registry.register_with_unit(
+            "handler_duration",
+            "Handler wall time",
+            prometheus_client::registry::Unit::Seconds,
+            m.handler_duration.clone(),
+        );
+        registry.register("fuel_consumed", "Fuel consumed by handlers", m.fuel.clone());
+        registry.register(
+            "in_flight_messages",
+            "Messages in a handler or being settled",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "heartbeats",
+            "Ack-progress heartbeats sent",
+            m.heartbeats.clone(),
+        );
+        registry.register(
+            "redeliveries",
+            "Deliveries with a delivery count above 1",
+            m.redeliveries.clone(),
+        );
+        registry.register(
+            "publish_attempts",
+            "Stored publishes attempted",
+            m.publish_attempts.clone(),
+        );
+        registry.register(
+            "publish_retries",
+            "Stored publishes retried",
+            m.publish_retries.clone(),
+        );
+        registry.register(
+            "publish_failures",
+            "Stored publishes that failed for good",
+            m.publish_failures.clone(),
+        );
+        registry.register_with_unit(
+            "publish_ack_duration",
+            "Time from publish to publish ack",
+            prometheus_client::registry::Unit::Seconds,
+            m.publish_ack_duration.clone(),
+        );
+        registry.register(
+            "outputs_deduplicated",
+            "Outputs the server reported as duplicates",
+            m.deduplicated.clone(),
+        );
+        registry.register(
+            "plugin_reloads",
+            "Plugin loads by result",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "plugin_info",
+            "The served version of each plugin",
+            m.plugin_info.clone(),
+        );
+        registry.register(
+            "connection_up",
+            "1 while the connection of a role is up",
+            m.connected.clone(),
+        );
+        registry.register(
+            "connection_reconnects",
+            "Reconnects by connection role",
+            m.reconnects.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+
+    /// One plugin's handles.
+    pub fn plugin(self: &Arc<Self>, plugin: &str) -> PluginMetrics {
+        let label = PluginLabel {
+            plugin: plugin.to_owned(),
+        };
+        let outcome = |outcome: &str| {
+            self.messages
+                .get_or_create(&OutcomeLabels {
+                    plugin: plugin.to_owned(),
+                    outcome: outcome.to_owned(),
+                })
+                .clone()
+        };
+        PluginMetrics {
+            plugin: plugin.to_owned(),
+            acked: outcome("acked"),
+            retried: outcome("retried"),
+            dead_lettered: outcome("dead_lettered"),
+            in_flight: self.in_flight.get_or_create(&label).clone(),
+            heartbeats: self.heartbeats.get_or_create(&label).clone(),
+            redeliveries: self.redeliveries.get_or_create(&label).clone(),
+            fuel: self.fuel.get_or_create(&label).clone(),
+            duration: self.handler_duration.get_or_create(&label).clone(),
+            all: self.clone(),
+        }
+    }
+}
+
+/// One plugin's metric handles; the control plane's counters are read from them.
+#[derive(Clone)]
+pub struct PluginMetrics {
+    plugin: String,
+    /// Inputs acked after their outputs were stored.
+    pub acked: Counter,
+    /// Inputs nak'ed for a retry.
+    pub retried: Counter,
+    /// Inputs dead-lettered.
+    pub dead_lettered: Counter,
+    /// Messages in flight.
+    pub in_flight: Gauge,
+    /// Heartbeats sent.
+    pub heartbeats: Counter,
+    /// Redeliveries seen.
+    pub redeliveries: Counter,
+    /// Fuel consumed.
+    pub fuel: Counter,
+    /// Handler wall time.
+    pub duration: Histogram,
+    all: Arc<Metrics>,
+}
+
+impl PluginMetrics {
+    /// Counts a limit hit or refusal of this plugin.
+    pub fn limit_hit(&self, kind: &str) {
+        self.all
+            .limit_hits
+            .get_or_create(&KindLabels {
+                plugin: self.plugin.clone(),
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a dead letter of this plugin.
+    pub fn dead_letter(&self, kind: &str) {
+        self.dead_lettered.inc();
+        self.all
+            .dead_letters
+            .get_or_create(&KindLabels {
+                plugin: self.plugin.clone(),
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records one handler call.
+    pub fn handled(&self, took: Duration, fuel: u64) {
+        self.duration.observe(took.as_secs_f64());
+        self.fuel.inc_by(fuel);
+    }
+
+    /// Marks a message in flight until the guard drops.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+
+    /// The counters as the control plane shows them.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            in_flight: self.in_flight.get().max(0) as u64,
+            processed: self.acked.get(),
+            retried: self.retried.get(),
+            dead_lettered: self.dead_lettered.get(),
+            redelivered: self.redeliveries.get(),
+            heartbeats: self.heartbeats.get(),
+        }
+    }
+}
+
+/// Counts one message in flight while alive.
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The counters at one moment, as the control plane reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StatsSnapshot {
+    /// Messages in flight.
+    pub in_flight: u64,
+    /// Inputs acked after their outputs were stored.
+    pub processed: u64,
+    /// Inputs nak'ed for a retry.
+    pub retried: u64,
+    /// Inputs dead-lettered.
+    pub dead_lettered: u64,
+    /// Deliveries with a delivery count above 1.
+    pub redelivered: u64,
+    /// Ack-progress heartbeats sent.
+    pub heartbeats: u64,
+}

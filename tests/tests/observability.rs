@@ -1,0 +1,321 @@
+//! Metrics, health and logs against a real nats-server: exact counts per plugin and outcome
+//! after known inputs, readiness through the host's life, trace context on outputs, and JSON
+//! logs carrying the message context.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use natsplug_tests::nats::NatsServer;
+use natsplug_tests::{
+    PluginsDir, TestHost, consumer_info, create_stream, publish_all, stream_count, stream_messages,
+    wait_until,
+};
+
+/// A GET on the admin listener: (status code, body).
+async fn get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let status = response.get(9..12)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_every_outcome_exactly() {
+    natsplug_tests::init_tracing();
+    let server = NatsServer::start();
+    let js = jetstream::new(server.connect().await);
+    create_stream(&js, "IN", &["in.>"]).await;
+    create_stream(&js, "OUT", &["out.>"]).await;
+    create_stream(&js, "DEAD", &["dead.>"]).await;
+    let plugins = PluginsDir::new();
+    let sub = |s: &str, extra: &str| {
+        format!(
+            "[subscribe]\nstream = \"IN\"\nsubjects = [\"in.{s}\"]\n{extra}\n[publish]\nallow = [\"out.{s}\"]\n\
+             dead_letter = \"dead.{s}\"\n"
+        )
+    };
+    plugins
+        .add("uppercase", "uppercase", &format!("{}[config]\noutput = \"out.uppercase\"\n", sub("uppercase", "")))
+        .add(
+            "flaky",
+            "flaky",
+            &format!("{}[retry]\nbackoff = [\"200ms\"]\n[config]\noutput = \"out.flaky\"\nsucceed-at = \"2\"\n", sub("flaky", "")),
+        )
+        .add("poison", "poison", &sub("poison", ""))
+        .add("spin", "spin", &format!("{}[limits]\nfuel = 100000000\n", sub("spin", "")))
+        .add(
+            "slow",
+            "slow",
+            &format!(
+                "{}[config]\noutput = \"out.slow\"\n",
+                sub("slow", "ack_wait = \"3s\"\nheartbeat = \"800ms\"")
+            ),
+        );
+    let admin = free_addr();
+    let mut config = TestHost::config(&server.url(), plugins.path());
+    config.admin.listen = Some(admin);
+    let host = TestHost::start(config);
+
+    let mut traced = async_nats::HeaderMap::new();
+    traced.insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    );
+    js.publish_with_headers("in.uppercase", traced, "traced".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    publish_all(
+        &js,
+        "in.uppercase",
+        &(1..5).map(|i| format!("u{i}")).collect::<Vec<_>>(),
+    )
+    .await;
+    publish_all(&js, "in.flaky", &["f".to_owned()]).await;
+    publish_all(&js, "in.poison", &["p".to_owned()]).await;
+    publish_all(&js, "in.spin", &["s".to_owned()]).await;
+    publish_all(&js, "in.slow", &["2".to_owned()]).await;
+
+    wait_until(
+        Duration::from_secs(30),
+        "7 outputs and 2 dead letters",
+        || async { stream_count(&js, "OUT").await == 7 && stream_count(&js, "DEAD").await == 2 },
+    )
+    .await;
+    for plugin in ["uppercase", "flaky", "poison", "spin", "slow"] {
+        wait_until(Duration::from_secs(10), "settled", || async {
+            consumer_info(&js, "IN", plugin).await.num_ack_pending == 0
+        })
+        .await;
+    }
+    let (status, text) = get(admin, "/metrics").await.expect("scrape");
+    assert_eq!(status, 200);
+    for (series, value) in [
+        (
+            r#"natsplug_messages_total{plugin="uppercase",outcome="acked"}"#,
+            5.0,
+        ),
+        (
+            r#"natsplug_messages_total{plugin="flaky",outcome="retried"}"#,
+            1.0,
+        ),
+        (
+            r#"natsplug_messages_total{plugin="flaky",outcome="acked"}"#,
+            1.0,
+        ),
+        (
+            r#"natsplug_messages_total{plugin="poison",outcome="dead_lettered"}"#,
+            1.0,
+        ),
+        (
+            r#"natsplug_messages_total{plugin="spin",outcome="dead_lettered"}"#,
+            1.0,
+        ),
+        (
+            r#"natsplug_messages_total{plugin="slow",outcome="acked"}"#,
+            1.0,
+        ),
+        (
+            r#"natsplug_dead_letters_total{plugin="poison",kind="reject"}"#,
+            1.0,
+        ),
+        (
+            r#"natsplug_dead_letters_total{plugin="spin",kind="fuel"}"#,
+            1.0,
+        ),
+        (
+            r#"natsplug_limit_hits_total{plugin="spin",kind="fuel"}"#,
+            1.0,
+        ),
+        (r#"natsplug_redeliveries_total{plugin="flaky"}"#, 1.0),
+        (r#"natsplug_heartbeats_total{plugin="slow"}"#, 2.0),
+        (r#"natsplug_heartbeats_total{plugin="uppercase"}"#, 0.0),
+        (
+            r#"natsplug_handler_duration_seconds_count{plugin="uppercase"}"#,
+            5.0,
+        ),
+        (
+            r#"natsplug_handler_duration_seconds_count{plugin="flaky"}"#,
+            2.0,
+        ),
+        (r#"natsplug_in_flight_messages{plugin="slow"}"#, 0.0),
+        // 5 + 1 + 1 outputs and 2 dead letters, each stored on the first attempt.
+        ("natsplug_publish_attempts_total", 9.0),
+        ("natsplug_publish_retries_total", 0.0),
+        ("natsplug_publish_failures_total", 0.0),
+        ("natsplug_outputs_deduplicated_total", 0.0),
+        (
+            r#"natsplug_plugin_reloads_total{plugin="uppercase",result="loaded"}"#,
+            1.0,
+        ),
+        (r#"natsplug_connection_up{role="consumer"}"#, 1.0),
+        (r#"natsplug_connection_up{role="publisher-0"}"#, 1.0),
+    ] {
+        assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
+    }
+    assert!(
+        text.contains(r#"natsplug_plugin_info{plugin="uppercase",version=""#),
+        "{text}"
+    );
+    let (status, body) = get(admin, "/healthz").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+    // The trace context went from the input to its output.
+    let outputs = stream_messages(&js, "OUT").await;
+    let traced = outputs.iter().find(|m| m.payload == "TRACED").unwrap();
+    assert_eq!(
+        traced.headers.get("traceparent").unwrap().as_str(),
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    );
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_connection_and_drops_at_shutdown() {
+    natsplug_tests::init_tracing();
+    let mut server = NatsServer::start();
+    let js = jetstream::new(server.connect().await);
+    create_stream(&js, "IN", &["in.>"]).await;
+    create_stream(&js, "OUT", &["out.>"]).await;
+    server.stop();
+    let plugins = PluginsDir::new();
+    plugins.add(
+        "slow",
+        "slow",
+        "[subscribe]\nstream = \"IN\"\nsubjects = [\"in.slow\"]\n[publish]\nallow = [\"out.slow\"]\n[config]\noutput = \"out.slow\"\n",
+    );
+    let admin = free_addr();
+    let mut config = TestHost::config(&server.url(), plugins.path());
+    config.admin.listen = Some(admin);
+    config.nats.reconnect_delay = Duration::from_millis(200);
+    let host = TestHost::start(config);
+
+    wait_until(Duration::from_secs(10), "the admin listener", || async {
+        get(admin, "/healthz").await.is_some()
+    })
+    .await;
+    let (status, body) = get(admin, "/readyz").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("not connected"), "{body}");
+
+    server.restart();
+    wait_until(Duration::from_secs(20), "ready", || async {
+        get(admin, "/readyz").await.is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+    assert_eq!(get(admin, "/readyz").await.unwrap().1, "ready\n");
+
+    // A 3 s handler in flight keeps the host in its graceful period after the stop.
+    let js = jetstream::new(server.connect().await);
+    publish_all(&js, "in.slow", &["3".to_owned()]).await;
+    wait_until(Duration::from_secs(10), "in flight", || async {
+        consumer_info(&js, "IN", "slow").await.num_ack_pending == 1
+    })
+    .await;
+    let stopping = tokio::spawn(host.stop());
+    wait_until(Duration::from_secs(5), "not ready", || async {
+        get(admin, "/readyz")
+            .await
+            .is_some_and(|(s, b)| s == 503 && b.contains("shutting down"))
+    })
+    .await;
+    assert_eq!(
+        stream_count(&js, "OUT").await,
+        0,
+        "the handler is still running"
+    );
+    stopping.await.unwrap();
+    assert_eq!(
+        stream_count(&js, "OUT").await,
+        1,
+        "it finished before the host stopped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_parse_line_by_line_and_carry_the_message_context() {
+    natsplug_tests::init_tracing();
+    let server = NatsServer::start();
+    let js = jetstream::new(server.connect().await);
+    create_stream(&js, "IN", &["in.>"]).await;
+    create_stream(&js, "OUT", &["out.>"]).await;
+    let plugins = PluginsDir::new();
+    plugins.add(
+        "slow",
+        "slow",
+        "[subscribe]\nstream = \"IN\"\nsubjects = [\"in.slow\"]\n[publish]\nallow = [\"out.slow\"]\n[config]\noutput = \"out.slow\"\n",
+    );
+    publish_all(&js, "in.slow", &["0.1".to_owned()]).await;
+    let child = std::process::Command::new(natsplug_tests::natsplug_bin())
+        .args([
+            "run",
+            "--log-format",
+            "json",
+            "--log",
+            "info",
+            "--server",
+            &server.url(),
+            "--plugins",
+        ])
+        .arg(plugins.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(15), "the output", || async {
+        stream_count(&js, "OUT").await == 1
+    })
+    .await;
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.stderr)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() > 3);
+    // The guest's own log line, with the plugin and the message it was handling.
+    let guest = lines
+        .iter()
+        .find(|l| l["message"] == "sleeping 0.1 s")
+        .expect("the guest's log line");
+    assert_eq!(guest["target"], "natsplug::guest");
+    assert_eq!(guest["plugin"], "slow");
+    assert_eq!(guest["level"], "INFO");
+    let span = &guest["span"];
+    assert_eq!(span["name"], "message");
+    assert_eq!(span["messaging.destination.name"], "in.slow");
+    assert_eq!(span["stream"], "IN");
+    assert_eq!(span["sequence"], 1);
+    assert_eq!(span["delivered"], 1);
+    assert_eq!(span["messaging.system"], "nats");
+}
