@@ -248,8 +248,8 @@ impl Worker {
         hooks: Hooks,
     ) -> Result<crate::runtime::Outcome, crate::runtime::HandlerError> {
         let started = std::time::Instant::now();
-        let result = plugin.handle(input, hooks).await;
-        self.metrics.handled(started.elapsed(), 0);
+        let (result, fuel) = plugin.handle_metered(input, hooks).await;
+        self.metrics.handled(started.elapsed(), fuel);
         if let Err(e) = &result {
             self.metrics.limit_hit(e.kind());
         }

@@ -182,6 +182,16 @@ async fn metrics_count_every_outcome_exactly() {
         text.contains(r#"natsplug_plugin_info{plugin="uppercase",version=""#),
         "{text}"
     );
+    // spin burned exactly its budget; uppercase burned some for each of its 5 calls.
+    assert_eq!(
+        sample(&text, r#"natsplug_fuel_consumed_total{plugin="spin"}"#),
+        Some(100_000_000.0)
+    );
+    let upper_fuel = sample(&text, r#"natsplug_fuel_consumed_total{plugin="uppercase"}"#).unwrap();
+    assert!(
+        upper_fuel > 5.0 * 1_000.0 && upper_fuel < 5.0 * 1_000_000.0,
+        "{upper_fuel}"
+    );
     let (status, body) = get(admin, "/healthz").await.unwrap();
     assert_eq!((status, body.as_str()), (200, "ok\n"));
 

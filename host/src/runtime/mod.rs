@@ -295,6 +295,26 @@ impl Plugin {
 
     /// Runs the handler on one message in a fresh instance, under the manifest's limits.
     pub async fn handle(&self, message: &Message, hooks: Hooks) -> Result<Outcome, HandlerError> {
+        self.handle_metered(message, hooks).await.0
+    }
+
+    /// [`handle`](Self::handle), also returning the fuel the call consumed.
+    pub async fn handle_metered(
+        &self,
+        message: &Message,
+        hooks: Hooks,
+    ) -> (Result<Outcome, HandlerError>, u64) {
+        let mut fuel_used = 0;
+        let result = self.call(message, hooks, &mut fuel_used).await;
+        (result, fuel_used)
+    }
+
+    async fn call(
+        &self,
+        message: &Message,
+        hooks: Hooks,
+        fuel_used: &mut u64,
+    ) -> Result<Outcome, HandlerError> {
         let plugin = &self.inner;
         let limits = &plugin.manifest.limits;
         let deadline = Instant::now() + limits.deadline;
@@ -336,6 +356,7 @@ impl Plugin {
         // The epoch callback stops a busy guest; the timeout also stops one that is waiting on
         // the host (a sleep, a poll), which the epoch cannot interrupt.
         let result = tokio::time::timeout(limits.deadline, run).await;
+        *fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
         let stderr = store.data().stderr.finish();
         store.data().stdout.finish();
         let name = || plugin.name.to_string();
