@@ -8,12 +8,14 @@ use serde::Serialize;
 
 use crate::manifest::Manifest;
 use crate::message::{Headers, Message, Output};
-use crate::runtime::{HandlerError, Hooks, LoadError, Outcome, Plugin, Runtime, RuntimeConfig};
+use crate::runtime::{HandlerError, Hooks, LoadError, Outcome, Plugin, Runtime};
 
 /// Loads a plugin file the way the host would: the manifest from `manifest`, else the one
-/// beside the file, else the defaults.
+/// beside the file, else the defaults. Compiled components come from the host's default compile
+/// cache, so the second `natsplug call` of a large (Python, JavaScript) plugin starts at once.
 pub fn load(path: &Path, manifest: Option<&Path>) -> Result<(Runtime, Plugin), LoadError> {
-    let runtime = Runtime::new(RuntimeConfig::default()).map_err(|e| LoadError::NotAComponent {
+    let config = crate::config::RuntimeSection::default().runtime_config();
+    let runtime = Runtime::new(config).map_err(|e| LoadError::NotAComponent {
         plugin: crate::runtime::plugin_name(path),
         reason: format!("{e:#}"),
     })?;
