@@ -50,6 +50,9 @@ pub struct Manifest {
     /// What the guest may see of the machine. Default: nothing.
     #[serde(default)]
     pub sandbox: Sandbox,
+    /// Instance policy: fresh per message (isolation) or reused.
+    #[serde(default)]
+    pub instance: InstancePolicy,
     /// Free-form values the guest reads with `config(key)`. Default: none.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
@@ -201,6 +204,30 @@ impl PublishPolicy {
             .clone()
             .unwrap_or_else(|| format!("natsplug.dead.{name}"))
     }
+}
+
+/// How instances are used.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstancePolicy {
+    /// Messages one instance handles before it is dropped. 1 is a fresh instance per message:
+    /// nothing carries over from one message to the next. More trades that isolation for speed
+    /// (a guest's globals persist between the messages of one instance); an instance that traps
+    /// or hits a limit is always dropped. Default: 1.
+    #[serde(default = "default_reuse")]
+    pub reuse: std::num::NonZeroU32,
+}
+
+impl Default for InstancePolicy {
+    fn default() -> Self {
+        Self {
+            reuse: default_reuse(),
+        }
+    }
+}
+
+const fn default_reuse() -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::MIN
 }
 
 /// What the guest may see of the machine; by default nothing: no files, no network, no

@@ -500,3 +500,62 @@ fn a_second_runtime_loads_compiled_components_from_the_cache() {
     );
     assert_eq!(runtime().cache_stats(), None);
 }
+
+#[tokio::test]
+async fn an_instance_reused_for_three_messages_then_replaced() {
+    let rt = runtime();
+    let plugin = load_with(
+        &rt,
+        "counter",
+        "[publish]\nallow = [\"counter.out\"]\n[instance]\nreuse = 3\n",
+    );
+    let mut seen = Vec::new();
+    for _ in 0..7 {
+        let Outcome::Success(outputs) = handle(&plugin, &Message::new("x", "")).await.unwrap()
+        else {
+            panic!("counter failed")
+        };
+        seen.push(String::from_utf8(outputs[0].payload.to_vec()).unwrap());
+    }
+    assert_eq!(seen, ["1", "2", "3", "1", "2", "3", "1"]);
+}
+
+#[tokio::test]
+async fn a_reused_instance_gets_its_whole_fuel_budget_for_every_message() {
+    let rt = runtime();
+    // About 7k fuel a call: without a reset, the budget would run out within a few calls.
+    let plugin = load_with(
+        &rt,
+        "counter",
+        "[publish]\nallow = [\"counter.out\"]\n[instance]\nreuse = 100\n[limits]\nfuel = 50000\n",
+    );
+    for n in 1..=20 {
+        let outcome = handle(&plugin, &Message::new("x", "")).await.unwrap();
+        assert_eq!(
+            outcome,
+            Outcome::Success(vec![out("counter.out", &[], &n.to_string())])
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_instance_that_traps_is_never_reused() {
+    let rt = runtime();
+    // Running out of fuel is a trap. Calling a trapped instance again fails at its entry with
+    // another error than OutOfFuel, so three OutOfFuel errors mean three fresh instances.
+    let plugin = load_with(
+        &rt,
+        "spin",
+        "[instance]\nreuse = 10\n[limits]\nfuel = 1000000\n",
+    );
+    for _ in 0..3 {
+        let err = handle(&plugin, &Message::new("x", "")).await.unwrap_err();
+        assert_eq!(
+            err,
+            HandlerError::OutOfFuel {
+                plugin: "spin".into(),
+                fuel: 1_000_000
+            }
+        );
+    }
+}

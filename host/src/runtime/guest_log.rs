@@ -92,14 +92,15 @@ impl GuestLog {
         }
     }
 
-    /// Logs what is left of an unfinished line and returns the kept end of the stream.
+    /// Logs what is left of an unfinished line and returns the kept end of the stream since the
+    /// last call (a reused instance starts each call with an empty tail).
     pub(crate) fn finish(&self) -> String {
         let mut buffer = self.lock();
         if !buffer.partial.is_empty() {
             let line = std::mem::take(&mut buffer.partial);
             self.emit(&mut buffer, &line);
         }
-        buffer.tail.clone()
+        std::mem::take(&mut buffer.tail)
     }
 }
 

@@ -78,12 +78,8 @@ pub(crate) struct Invocation {
 }
 
 impl Invocation {
-    pub(crate) fn new(
-        plugin: Arc<PluginInner>,
-        has_reply: bool,
-        hooks: Hooks,
-        deadline: Instant,
-    ) -> anyhow::Result<Self> {
+    /// The state of a new instance; [`begin`](Self::begin) readies it for each call.
+    pub(crate) fn new(plugin: Arc<PluginInner>) -> anyhow::Result<Self> {
         let stdout = GuestLog::stdout(plugin.name.clone());
         let stderr = GuestLog::stderr(plugin.name.clone());
         let mut wasi = WasiCtxBuilder::new();
@@ -112,13 +108,21 @@ impl Invocation {
             plugin,
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            deadline,
+            deadline: Instant::now(),
             stdout,
             stderr,
-            has_reply,
-            hooks,
+            has_reply: false,
+            hooks: Hooks::default(),
             extra: Vec::new(),
         })
+    }
+
+    /// Readies the state for one call: its reply subject, hooks and deadline; no outputs yet.
+    pub(crate) fn begin(&mut self, has_reply: bool, hooks: Hooks, deadline: Instant) {
+        self.has_reply = has_reply;
+        self.hooks = hooks;
+        self.deadline = deadline;
+        self.extra.clear();
     }
 
     /// Checks that an output may be published: an allowed subject, or a reply to a request.

@@ -195,6 +195,7 @@ impl Runtime {
                 manifest,
                 pre,
                 engine: self.engine.clone(),
+                warm: std::sync::Mutex::default(),
             }),
         })
     }
@@ -254,6 +255,32 @@ pub(crate) struct PluginInner {
     pub(crate) manifest: Manifest,
     pre: bindings::PluginPre<Invocation>,
     engine: Engine,
+    /// Instances kept for reuse (`[instance] reuse` > 1), at most one per concurrent call.
+    warm: std::sync::Mutex<Vec<Warm>>,
+}
+
+/// An instance kept for its next message, with the messages it has handled.
+struct Warm {
+    store: Store<Invocation>,
+    instance: bindings::Plugin,
+    uses: u32,
+}
+
+impl PluginInner {
+    fn take_warm(&self) -> Option<Warm> {
+        // The list is valid even if a holder panicked: pushes and pops are whole.
+        self.warm
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
+    }
+
+    fn put_warm(&self, warm: Warm) {
+        self.warm
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(warm);
+    }
 }
 
 /// A loaded plugin: its manifest and its pre-instantiated component. Cheap to clone; messages
@@ -309,6 +336,25 @@ impl Plugin {
         (result, fuel_used)
     }
 
+    /// A fresh store for one instance: the sandbox, the memory limiter, the epoch callback.
+    fn new_store(&self) -> Result<Store<Invocation>, HandlerError> {
+        let plugin = &self.inner;
+        let state = Invocation::new(plugin.clone()).map_err(|e| HandlerError::Instantiate {
+            plugin: plugin.name.to_string(),
+            message: format!("cannot prepare the sandbox: {e:#}"),
+        })?;
+        let mut store = Store::new(&plugin.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        Ok(store)
+    }
+
     async fn call(
         &self,
         message: &Message,
@@ -317,14 +363,18 @@ impl Plugin {
     ) -> Result<Outcome, HandlerError> {
         let plugin = &self.inner;
         let limits = &plugin.manifest.limits;
-        let deadline = Instant::now() + limits.deadline;
-        let state = Invocation::new(self.inner.clone(), message.reply.is_some(), hooks, deadline)
-            .map_err(|e| HandlerError::Instantiate {
-            plugin: plugin.name.to_string(),
-            message: format!("cannot prepare the sandbox: {e:#}"),
-        })?;
-        let mut store = Store::new(&plugin.engine, state);
-        store.limiter(|state| &mut state.limiter);
+        let reuse = plugin.manifest.instance.reuse.get();
+        // A warm instance (when the manifest opts in), else a fresh store.
+        let warm = if reuse > 1 { plugin.take_warm() } else { None };
+        let (mut store, warm_instance, uses) = match warm {
+            Some(w) => (w.store, Some(w.instance), w.uses),
+            None => (self.new_store()?, None, 0),
+        };
+        store.data_mut().begin(
+            message.reply.is_some(),
+            hooks,
+            Instant::now() + limits.deadline,
+        );
         let fuel = if limits.fuel == 0 {
             u64::MAX
         } else {
@@ -333,25 +383,22 @@ impl Plugin {
         // Fuel is enabled on the engine, so setting it cannot fail.
         store.set_fuel(fuel).expect("fuel is enabled on the engine");
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|ctx| {
-            if Instant::now() >= ctx.data().deadline {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
 
         let input = wit_message(message);
         let run = async {
-            let instance = plugin
-                .pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(Failed::Instantiate)?;
-            instance
+            let instance = match warm_instance {
+                Some(instance) => instance,
+                None => plugin
+                    .pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(Failed::Instantiate)?,
+            };
+            let answer = instance
                 .call_handle(&mut store, &input)
                 .await
-                .map_err(Failed::Call)
+                .map_err(Failed::Call)?;
+            Ok((instance, answer))
         };
         // The epoch callback stops a busy guest; the timeout also stops one that is waiting on
         // the host (a sleep, a poll), which the epoch cannot interrupt.
@@ -360,7 +407,8 @@ impl Plugin {
         let stderr = store.data().stderr.finish();
         store.data().stdout.finish();
         let name = || plugin.name.to_string();
-        let answer = match result {
+        // An instance that trapped or was cut off is never used again.
+        let (instance, answer) = match result {
             Err(_elapsed) => {
                 return Err(HandlerError::Deadline {
                     plugin: name(),
@@ -368,26 +416,34 @@ impl Plugin {
                 });
             }
             Ok(Err(failed)) => return Err(self.classify(failed, &store, &stderr)),
-            Ok(Ok(answer)) => answer,
+            Ok(Ok(done)) => done,
         };
-        match answer {
+        let extra = std::mem::take(&mut store.data_mut().extra);
+        let outcome = match answer {
             Ok(outputs) => {
-                let state = store.into_data();
-                let mut all = state.extra.clone();
+                let mut all = extra;
                 all.extend(outputs.into_iter().map(wit_output));
                 for output in &all {
-                    state.check(output)?;
+                    store.data().check(output)?;
                 }
-                Ok(Outcome::Success(all))
+                Outcome::Success(all)
             }
-            Err(bindings::natsplug::plugin::types::Failure::Retry(retry)) => Ok(Outcome::Retry {
+            Err(bindings::natsplug::plugin::types::Failure::Retry(retry)) => Outcome::Retry {
                 reason: retry.reason,
                 delay: retry.delay_ms.map(Duration::from_millis),
-            }),
+            },
             Err(bindings::natsplug::plugin::types::Failure::Reject(reason)) => {
-                Ok(Outcome::Reject { reason })
+                Outcome::Reject { reason }
             }
+        };
+        if uses + 1 < reuse {
+            plugin.put_warm(Warm {
+                store,
+                instance,
+                uses: uses + 1,
+            });
         }
+        Ok(outcome)
     }
 
     fn classify(&self, failed: Failed, store: &Store<Invocation>, stderr: &str) -> HandlerError {
