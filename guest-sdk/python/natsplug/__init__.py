@@ -1,0 +1,477 @@
+"""Write natsplug message handlers in Python.
+
+A plugin is one decorated function. The host (natsplug) calls it once per message in a fresh
+sandboxed instance, keeps the JetStream message alive with heartbeats while it runs, and turns
+the answer into an ack, a retry or a dead-letter::
+
+    from natsplug import Message, Output, Reject, config, handler, log
+
+    @handler
+    def handle(msg: Message) -> list[Output]:
+        text = msg.payload_str()          # raises Reject on invalid UTF-8
+        log.info(f"upper-casing {len(text)} bytes")
+        subject = config("output") or "out"
+        return [Output.to(subject, text.upper())]
+
+- Return a list of outputs (or one `Output`, or None for none): the host publishes every output
+  (awaiting the publish acks), then acks the input. `Output.reply(...)` answers a request.
+- ``raise Retry(reason, delay_ms=...)``: the input is nak'ed and comes back later.
+- ``raise Reject(reason)``: the input goes to the plugin's dead-letter subject and is terminated.
+- Any other exception is a crash, like a Rust panic: the host reports ``panicked: Type: message``
+  and applies the manifest's ``on_trap`` policy (dead-letter by default). ``raise Panic(msg)``
+  crashes with exactly ``msg``.
+
+Build with componentize-py against the natsplug WIT (``scripts/build-guests.sh`` does it)::
+
+    componentize-py -d wit -w plugin componentize -p guest-sdk/python -p DIR app -o app.wasm
+
+and try it offline with ``natsplug call app.wasm --subject S --payload TEXT``.
+
+Layout:
+
+- `Message`, `Headers`, `Delivery`: what the handler receives.
+- `Output`: what it publishes. `Retry`, `Reject`, `Panic`: how it fails.
+- `log`, `in_progress`, `publish`, `config`: the functions the host offers.
+- `handler`: makes a function the plugin's handler.
+- `natsplug.rust`: helpers that reproduce Rust's string and number semantics, for ports of Rust
+  plugins that must answer byte for byte the same.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Optional, Union
+
+# The bindings componentize-py generates from the WIT contract (world `plugin`).
+import wit_world
+from componentize_py_types import Err
+from wit_world.imports import host as _host
+from wit_world.imports import types as _types
+
+__all__ = [
+    "Delivery",
+    "Headers",
+    "Message",
+    "Output",
+    "Panic",
+    "PublishError",
+    "Reject",
+    "Retry",
+    "Utf8Error",
+    "config",
+    "handler",
+    "in_progress",
+    "log",
+    "publish",
+]
+
+Payload = Union[bytes, bytearray, memoryview, str]
+
+
+def _bytes(payload: Payload) -> bytes:
+    if isinstance(payload, str):
+        return payload.encode("utf-8")
+    return bytes(payload)
+
+
+class Headers:
+    """Message headers. NATS headers are multi-valued: a name may appear several times, in order.
+
+    Names compare case-sensitively, as NATS does.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Optional[Iterable[tuple[str, str]]] = None) -> None:
+        self._items: list[tuple[str, str]] = [(str(n), str(v)) for n, v in (items or ())]
+
+    def get(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        """The first value of `name`, else `default`."""
+        for n, v in self._items:
+            if n == name:
+                return v
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of `name`, in order."""
+        return [v for n, v in self._items if n == name]
+
+    def append(self, name: str, value: str) -> None:
+        """Adds a value for `name`, keeping the ones already there."""
+        self._items.append((str(name), str(value)))
+
+    def insert(self, name: str, value: str) -> None:
+        """Sets `name` to this one value (at the end), removing the others."""
+        self._items = [(n, v) for n, v in self._items if n != name]
+        self._items.append((str(name), str(value)))
+
+    def remove(self, name: str) -> None:
+        """Removes every value of `name`."""
+        self._items = [(n, v) for n, v in self._items if n != name]
+
+    def items(self) -> list[tuple[str, str]]:
+        """Every (name, value) pair, in order."""
+        return list(self._items)
+
+    def copy(self) -> "Headers":
+        return Headers(self._items)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(list(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return any(n == name for n, _ in self._items)
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __setitem__(self, name: str, value: str) -> None:
+        self.insert(name, value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Headers) and self._items == other._items
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+    @classmethod
+    def _from_wit(cls, headers: list) -> "Headers":
+        return cls((h.name, h.value) for h in headers)
+
+    def _to_wit(self) -> list:
+        return [_types.Header(name=n, value=v) for n, v in self._items]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """JetStream facts about a delivery."""
+
+    stream: str
+    """The stream that stored the message."""
+    consumer: str
+    """The durable consumer that delivered it."""
+    stream_sequence: int
+    """The message's sequence in the stream."""
+    consumer_sequence: int
+    """The delivery's sequence in the consumer."""
+    delivered: int
+    """How many times this message has been delivered: 1 on the first delivery."""
+    pending: int
+    """Messages still pending on the consumer after this one."""
+    timestamp_ns: int
+    """When the stream stored the message, in nanoseconds since the Unix epoch."""
+
+
+class Utf8Error(ValueError):
+    """The payload is not valid UTF-8. The message is the Rust SDK's, word for word."""
+
+    def __init__(self, valid_up_to: int, error_len: Optional[int]) -> None:
+        self.valid_up_to = valid_up_to
+        self.error_len = error_len
+        if error_len is None:
+            text = f"incomplete utf-8 byte sequence from index {valid_up_to}"
+        else:
+            text = f"invalid utf-8 sequence of {error_len} bytes from index {valid_up_to}"
+        super().__init__(text)
+
+
+def _utf8_error(data: bytes) -> Utf8Error:
+    """Where and how `data` stops being UTF-8, exactly as Rust's `str::from_utf8` reports it."""
+    i, n = 0, len(data)
+    while i < n:
+        start = i
+        first = data[i]
+        if first < 0x80:
+            i += 1
+            continue
+        width = 2 if 0xC2 <= first <= 0xDF else 3 if 0xE0 <= first <= 0xEF else 4 if 0xF0 <= first <= 0xF4 else 0
+        if width == 0:
+            return Utf8Error(start, 1)
+        if i + 1 >= n:
+            return Utf8Error(start, None)
+        second = data[i + 1]
+        if width == 2:
+            if not 0x80 <= second <= 0xBF:
+                return Utf8Error(start, 1)
+            i += 2
+            continue
+        if width == 3:
+            low, high = (0xA0, 0xBF) if first == 0xE0 else (0x80, 0x9F) if first == 0xED else (0x80, 0xBF)
+        else:
+            low, high = (0x90, 0xBF) if first == 0xF0 else (0x80, 0x8F) if first == 0xF4 else (0x80, 0xBF)
+        if not low <= second <= high:
+            return Utf8Error(start, 1)
+        for k in range(2, width):
+            if i + k >= n:
+                return Utf8Error(start, None)
+            if not 0x80 <= data[i + k] <= 0xBF:
+                return Utf8Error(start, k)
+        i += width
+    raise AssertionError("valid UTF-8")  # pragma: no cover
+
+
+class Message:
+    """An incoming message."""
+
+    __slots__ = ("subject", "reply", "headers", "payload", "delivery")
+
+    def __init__(
+        self,
+        subject: str,
+        payload: Payload = b"",
+        headers: Optional[Headers] = None,
+        reply: Optional[str] = None,
+        delivery: Optional[Delivery] = None,
+    ) -> None:
+        self.subject: str = subject
+        """The subject it was published to."""
+        self.reply: Optional[str] = reply
+        """The reply subject of a request, if any."""
+        self.headers: Headers = headers if headers is not None else Headers()
+        """Its headers."""
+        self.payload: bytes = _bytes(payload)
+        """Its payload."""
+        self.delivery: Optional[Delivery] = delivery
+        """JetStream facts; None for a core NATS message."""
+
+    def payload_str(self) -> str:
+        """The payload as UTF-8 text. Raises `Utf8Error` (a `ValueError`) when it is not."""
+        try:
+            return self.payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _utf8_error(self.payload) from None
+
+    def text(self) -> str:
+        """The payload as UTF-8 text; invalid UTF-8 rejects the message (`Reject`), with the
+        same reason the Rust SDK's `payload_str().map_err(Error::reject)?` gives."""
+        try:
+            return self.payload_str()
+        except Utf8Error as e:
+            raise Reject(str(e)) from None
+
+    def header(self, name: str) -> Optional[str]:
+        """The first value of a header."""
+        return self.headers.get(name)
+
+    @property
+    def delivered(self) -> int:
+        """How many times this message has been delivered (1 for core NATS messages)."""
+        return self.delivery.delivered if self.delivery is not None else 1
+
+    def __repr__(self) -> str:
+        return (
+            f"Message(subject={self.subject!r}, reply={self.reply!r}, headers={self.headers!r}, "
+            f"payload={self.payload!r}, delivery={self.delivery!r})"
+        )
+
+    @classmethod
+    def _from_wit(cls, m) -> "Message":
+        d = m.delivery
+        return cls(
+            subject=m.subject,
+            reply=m.reply,
+            headers=Headers._from_wit(m.headers),
+            payload=bytes(m.payload),
+            delivery=None
+            if d is None
+            else Delivery(
+                stream=d.stream,
+                consumer=d.consumer,
+                stream_sequence=d.stream_sequence,
+                consumer_sequence=d.consumer_sequence,
+                delivered=d.delivered,
+                pending=d.pending,
+                timestamp_ns=d.timestamp_ns,
+            ),
+        )
+
+
+class Output:
+    """A message to publish. Make one with `Output.to` or `Output.reply`."""
+
+    __slots__ = ("subject", "headers", "payload")
+
+    def __init__(
+        self,
+        subject: Optional[str],
+        payload: Payload = b"",
+        headers: Union[Headers, Iterable[tuple[str, str]], dict, None] = None,
+    ) -> None:
+        self.subject: Optional[str] = subject
+        """Where to publish; None answers the input's request."""
+        self.payload: bytes = _bytes(payload)
+        """Its payload (a str is encoded as UTF-8)."""
+        self.headers: Headers = Headers(headers.items() if isinstance(headers, dict) else headers)
+        """Its headers (a copy of what was passed)."""
+
+    @classmethod
+    def to(cls, subject: str, payload: Payload = b"", headers=None) -> "Output":
+        """An output to `subject`. `headers`: a `Headers`, a dict or (name, value) pairs."""
+        return cls(subject, payload, headers)
+
+    @classmethod
+    def reply(cls, payload: Payload = b"", headers=None) -> "Output":
+        """The reply to the input's request."""
+        return cls(None, payload, headers)
+
+    def header(self, name: str, value: str) -> "Output":
+        """Adds a header value; returns the output, for chaining."""
+        self.headers.append(name, value)
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Output)
+            and (self.subject, self.headers, self.payload) == (other.subject, other.headers, other.payload)
+        )
+
+    def __repr__(self) -> str:
+        return f"Output(subject={self.subject!r}, headers={self.headers!r}, payload={self.payload!r})"
+
+    def _to_wit(self):
+        return _types.Output(subject=self.subject, headers=self.headers._to_wit(), payload=self.payload)
+
+
+class Retry(Exception):
+    """Transient failure: nak the input so it is delivered again, after `delay_ms` milliseconds
+    or, when None, after the plugin's backoff delay."""
+
+    def __init__(self, reason: object, delay_ms: Optional[float] = None) -> None:
+        self.reason = str(reason)
+        self.delay_ms = None if delay_ms is None else max(0, min(int(delay_ms), 2**64 - 1))
+        super().__init__(self.reason)
+
+
+class Reject(Exception):
+    """Permanent failure: the input goes to the dead-letter subject and is terminated."""
+
+    def __init__(self, reason: object) -> None:
+        self.reason = str(reason)
+        super().__init__(self.reason)
+
+
+class Panic(Exception):
+    """Crash the handler like a Rust `panic!(message)`: the host reports
+    `plugin "NAME" panicked: message` and applies the manifest's `on_trap` policy."""
+
+
+class PublishError(Exception):
+    """`publish` was refused; the message says why (e.g. a subject the manifest does not allow)."""
+
+
+class _Log:
+    """Structured logging to the host's log, tagged with the plugin and the message."""
+
+    __slots__ = ()
+
+    def trace(self, message: str) -> None:
+        _host.log(_host.Level.TRACE, str(message))
+
+    def debug(self, message: str) -> None:
+        _host.log(_host.Level.DEBUG, str(message))
+
+    def info(self, message: str) -> None:
+        _host.log(_host.Level.INFO, str(message))
+
+    def warn(self, message: str) -> None:
+        _host.log(_host.Level.WARN, str(message))
+
+    warning = warn
+
+    def error(self, message: str) -> None:
+        _host.log(_host.Level.ERROR, str(message))
+
+
+log = _Log()
+"""``log.info("...")`` and friends: trace, debug, info, warn (or warning), error."""
+
+
+def in_progress() -> None:
+    """Tells the server right now that the message is still being worked on. The host already
+    sends these heartbeats on its own while a handler runs; this is for being explicit."""
+    _host.in_progress()
+
+
+def publish(output: Output) -> None:
+    """Adds an output besides the ones the handler returns. It is published with them, and only
+    if the handler succeeds. Raises `PublishError` at once if the subject is not allowed."""
+    try:
+        _host.publish(output._to_wit())
+    except Err as e:
+        raise PublishError(e.value) from None
+
+
+def config(key: str, default: Optional[str] = None) -> Optional[str]:
+    """A value from the `[config]` table of the plugin's manifest, else `default`."""
+    value = _host.config(key)
+    return default if value is None else value
+
+
+Handler = Callable[[Message], Union[None, Output, Iterable[Output]]]
+
+
+def _outputs(result) -> list:
+    if result is None:
+        return []
+    if isinstance(result, Output):
+        return [result._to_wit()]
+    outputs = []
+    for output in result:
+        if not isinstance(output, Output):
+            raise TypeError(f"a handler returns Output values, not {type(output).__name__}")
+        outputs.append(output._to_wit())
+    return outputs
+
+
+def _crash(error: BaseException) -> None:
+    """Ends the call like a Rust panic: the traceback and a `panicked at` line on stderr (the host
+    reads the message from it), then a trap."""
+    message = str(error) if isinstance(error, Panic) else f"{type(error).__name__}: {error}"
+    tb = traceback.extract_tb(error.__traceback__)
+    where = f"{tb[-1].filename}:{tb[-1].lineno}:1" if tb else "<handler>"
+    stderr = sys.stderr
+    if not isinstance(error, Panic):
+        traceback.print_exception(error, file=stderr)
+    stderr.write(f"panicked at {where}:\n{message}\n")
+    stderr.flush()
+    os.abort()
+
+
+def dispatch(handle: Handler, message) -> list:
+    """Runs `handle` on a WIT message and maps its answer onto the contract. Not for apps."""
+    try:
+        return _outputs(handle(Message._from_wit(message)))
+    except Retry as e:
+        raise Err(_types.Failure_Retry(_types.Retry(reason=e.reason, delay_ms=e.delay_ms))) from None
+    except Reject as e:
+        raise Err(_types.Failure_Reject(e.reason)) from None
+    except Exception as e:  # a crash: report it the way a Rust panic is reported
+        _crash(e)
+        raise
+
+
+def handler(handle: Handler) -> Handler:
+    """Makes `handle`, a function from `Message` to outputs, the plugin's handler.
+
+    It defines the `WitWorld` class that componentize-py looks for in the app module (so the
+    app module needs nothing else), and returns `handle` unchanged, so tests can call it.
+    """
+    module = sys.modules[handle.__module__]
+
+    class WitWorld(wit_world.WitWorld):
+        def handle(self, message):  # noqa: D401 - the WIT export
+            return dispatch(handle, message)
+
+    WitWorld.__module__ = handle.__module__
+    WitWorld.__qualname__ = "WitWorld"
+    setattr(module, "WitWorld", WitWorld)
+    return handle

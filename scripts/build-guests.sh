@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Builds the Python and JavaScript plugins into components and lays them out beside the Rust ones:
+# plugins/python/NAME/app.py -> target/plugins/dist/NAME-py.wasm (+ NAME-py.toml, from NAME.toml)
+# plugins/js/NAME/app.js     -> target/plugins/dist/NAME-js.wasm (+ NAME-js.toml)
+# Python uses componentize-py, JavaScript componentize-js (through guest-sdk/js/componentize.mjs);
+# scripts/setup.sh installs both under .tools/. A build takes 7-10 s, so a plugin is rebuilt only
+# when its inputs change: a stamp keeps the hash of its folder, the guest SDK, the WIT, the
+# toolchain version and this script. Prints the dist folder on its last line.
+# NATSPLUG_GUESTS_DIST overrides the dist folder.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+dist="${NATSPLUG_GUESTS_DIST:-$root/target/plugins/dist}"
+work="$root/target/guests"
+componentize_py="${COMPONENTIZE_PY:-$root/.tools/venv/bin/componentize-py}"
+node_modules="${GUEST_NODE_MODULES:-$root/.tools/node/node_modules}"
+export GUEST_NODE_MODULES="$node_modules"
+
+if [ ! -x "$componentize_py" ] || [ ! -d "$node_modules/@bytecodealliance/componentize-js" ]; then
+  echo "build-guests: the guest toolchains are missing; run scripts/setup.sh first" >&2
+  exit 1
+fi
+py_toolchain="$("$componentize_py" --version)"
+js_toolchain="componentize-js $(node -p "require('$node_modules/@bytecodealliance/componentize-js/package.json').version") node $(node --version)"
+
+# The hash of every file under the given paths (names and contents; not docs, tests or the
+# manifests, which are copied on every run).
+inputs_hash() {
+  find "$@" -type f ! -name '*.pyc' ! -name '*.md' ! -name '*.toml' ! -path '*/__pycache__/*' ! -path '*/node_modules/*' \
+    ! -path '*/test/*' ! -path '*/tests/*' -print0 |
+    LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1
+}
+
+# Copies $1 to $2 through a temporary name then a rename, so a watcher never sees a half-written
+# file; leaves $2 alone when it already has the same bytes.
+install_file() {
+  if ! cmp -s "$1" "$2"; then
+    local tmp
+    tmp="$(dirname "$2")/.$(basename "$2").tmp"
+    cp "$1" "$tmp" && mv "$tmp" "$2"
+  fi
+}
+
+mkdir -p "$dist" "$work"
+built=0
+skipped=0
+# build LANG SUFFIX APP_FILE SDK_DIR TOOLCHAIN: every plugins/LANG/NAME/APP_FILE.
+build() {
+  local lang="$1" suffix="$2" app="$3" sdk="$4" toolchain="$5" dir name out stamp hash tmp
+  for dir in "$root/plugins/$lang"/*/; do
+    [ -f "$dir/$app" ] || continue
+    name="$(basename "$dir")-$suffix"
+    out="$work/$name.wasm"
+    stamp="$work/$name.stamp"
+    hash="$( (echo "$toolchain"; inputs_hash "${dir#"$root/"}" "$sdk" wit scripts/build-guests.sh) | sha256sum | cut -d' ' -f1)"
+    if [ -f "$out" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$hash" ]; then
+      skipped=$((skipped + 1))
+    else
+      echo "build-guests: building $name ($toolchain)" >&2
+      tmp="$work/.$name.wasm.tmp"
+      rm -f "$tmp"
+      case "$suffix" in
+        py)
+          # From a copy: componentize-py's pre-init writes __pycache__ beside the sources.
+          rm -rf "$work/src/$name" && mkdir -p "$work/src/$name"
+          mkdir "$work/src/$name/sdk" && cp -R "$sdk/natsplug" "$work/src/$name/sdk/"
+          cp -R "$dir" "$work/src/$name/app"
+          env -u VIRTUAL_ENV "$componentize_py" --quiet -d wit -w plugin componentize \
+            -p "$work/src/$name/sdk" -p "$work/src/$name/app" "${app%.py}" -o "$tmp" ;;
+        js) node guest-sdk/js/componentize.mjs "$dir/$app" "$tmp" ;;
+      esac
+      mv "$tmp" "$out"
+      echo "$hash" >"$stamp"
+      built=$((built + 1))
+    fi
+    # The manifest first, so the component is never there without it.
+    if [ -f "$dir/$(basename "$dir").toml" ]; then
+      install_file "$dir/$(basename "$dir").toml" "$dist/$name.toml"
+    fi
+    install_file "$out" "$dist/$name.wasm"
+  done
+}
+
+build python py app.py guest-sdk/python "$py_toolchain"
+build js js app.js guest-sdk/js "$js_toolchain"
+echo "build-guests: $built built, $skipped unchanged" >&2
+echo "$dist"
