@@ -9,4 +9,5 @@ cd "$root"
 . scripts/setup.sh
 cargo build --release -p natsplug --bin natsplug
 plugins="$(scripts/build-plugins.sh | tail -n 1)"
+scripts/build-guests.sh >/dev/null
 exec target/release/natsplug dev --plugins "$plugins" "$@"

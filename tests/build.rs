@@ -1,5 +1,6 @@
-//! Builds the example plugins (wasm32-wasip2) once per build of the tests, through the same
-//! script the demo uses, and tells the tests where the plugins folder is.
+//! Builds the example plugins (Rust for wasm32-wasip2, Python and JavaScript components) once
+//! per build of the tests, through the same scripts the demo uses, and tells the tests where
+//! the plugins folder is.
 use std::path::Path;
 use std::process::Command;
 
@@ -38,4 +39,17 @@ fn main() {
         .expect("the script prints the folder")
         .trim();
     println!("cargo:rustc-env=NATSPLUG_PLUGINS_DIR={dist}");
+
+    // The Python and JavaScript plugins, with the toolchains scripts/setup.sh installs. Without
+    // them the build goes on and the language tests say what is missing.
+    let guests = Command::new("bash")
+        .arg(root.join("scripts/build-guests.sh"))
+        .output()
+        .expect("cannot run scripts/build-guests.sh");
+    if !guests.status.success() {
+        println!(
+            "cargo:warning=Python/JavaScript plugins not built (run scripts/setup.sh): {}",
+            String::from_utf8_lossy(&guests.stderr).trim()
+        );
+    }
 }

@@ -29,6 +29,8 @@ pub const SAMPLES: &[(&str, &str)] = &[
     ("demo.in.flaky", "fails twice, then works"),
     ("demo.in.poison", "a message nobody can handle"),
     ("demo.in.slow", "4"),
+    ("demo.in.py.uppercase", "hello from python"),
+    ("demo.in.js.uppercase", "hello from javascript"),
 ];
 
 /// A `nats-server` child process with its own store; killed and removed on drop.
@@ -139,8 +141,9 @@ pub async fn run(
             .map_err(|e| anyhow::anyhow!("no publish ack from {subject}: {e}"))?;
         println!("  in   {subject:<22} {payload:?}");
     }
-    // uppercase 1, fanout 3, flaky 1, slow 1 outputs; poison 1 dead letter.
-    let expected_outputs = 6;
+    // uppercase (Rust, Python, JavaScript) 3, fanout 3, flaky 1, slow 1 outputs; poison 1
+    // dead letter.
+    let expected_outputs = 8;
     let expected_dead = 1;
     let (mut seen_outputs, mut seen_dead) = (0, 0);
     let deadline = once.map(|d| tokio::time::Instant::now() + d);

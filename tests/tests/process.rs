@@ -172,7 +172,8 @@ async fn sigterm_past_the_graceful_timeout_naks_for_another_host_at_once() {
 #[test]
 fn the_demo_runs_its_samples_through_and_exits_with_once() {
     let output = std::process::Command::new(natsplug_tests::natsplug_bin())
-        .args(["dev", "--log", "error", "--once", "60s", "--plugins"])
+        // Python and JavaScript components compile in 10-20 s each on a cold cache.
+        .args(["dev", "--log", "error", "--once", "240s", "--plugins"])
         .arg(natsplug_tests::plugins_dir())
         .env_remove("NATSPLUG_SERVER")
         .env("NATS_SERVER_BIN", natsplug_tests::nats::server_binary())
@@ -191,8 +192,10 @@ fn the_demo_runs_its_samples_through_and_exits_with_once() {
         "out  demo.out.fanout.c      \"one message, three outputs\"",
         "out  demo.out.flaky         \"ok after 3\"",
         "out  demo.out.slow          \"slept 4\"",
+        "out  demo.out.uppercase     \"HELLO FROM PYTHON\"",
+        "out  demo.out.uppercase     \"HELLO FROM JAVASCRIPT\"",
         "dead demo.dead.poison       \"a message nobody can handle\" (poison message on demo.in.poison: a message nobody can handle)",
-        "natsplug dev: 6 outputs, 1 dead letters; stopped",
+        "natsplug dev: 8 outputs, 1 dead letters; stopped",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
