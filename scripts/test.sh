@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# The README's test command: set-up, then every test of the workspace (unit tests, the runtime
-# against the real plugins, and the engine against a real nats-server per test).
+# The README's test command: set-up, then every test: the guest SDKs' unit tests, and the
+# workspace's (unit tests, the runtime against the real plugins in Rust, Python and JavaScript,
+# and the engine against a real nats-server per test).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 . scripts/setup.sh
 # Some tests run the `natsplug` binary as a separate process (kill -9, SIGTERM).
 cargo build --quiet -p natsplug --bin natsplug
+# The guest SDKs' own unit tests (Python and JavaScript), then the workspace.
+python3 -m unittest discover -s guest-sdk/python/tests
+node --import ./guest-sdk/js/test/register.mjs --test guest-sdk/js/test/natsplug.test.mjs
 cargo test -p natsplug -p natsplug-sdk -p natsplug-tests "$@"
