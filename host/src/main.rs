@@ -320,9 +320,24 @@ async fn run(command: Command) -> ExitCode {
         Command::Status { control: c } => report(control(&c, "status", &(), show_status).await),
         Command::New { name, lang, dir } => {
             report(natsplug::scaffold::new(&dir, &name, lang).map(|path| {
+                use natsplug::scaffold::Lang;
+                let (build, test) = match lang {
+                    Lang::Rust => (
+                        "cargo build --release --target wasm32-wasip2",
+                        "NATSPLUG_BIN=$(command -v natsplug) cargo test",
+                    ),
+                    Lang::Python => (
+                        "./build.sh",
+                        "NATSPLUG_BIN=$(command -v natsplug) python3 -m unittest",
+                    ),
+                    Lang::Js => (
+                        "node build.mjs",
+                        "NATSPLUG_BIN=$(command -v natsplug) node --test",
+                    ),
+                };
                 println!("created {}", path.display());
-                println!("build: cargo build --release --target wasm32-wasip2");
-                println!("test:  NATSPLUG_BIN=$(command -v natsplug) cargo test");
+                println!("build: {build}");
+                println!("test:  {test}");
             }))
         }
         Command::Run { host } => report(

@@ -10,11 +10,22 @@ use anyhow::Context as _;
 pub enum Lang {
     /// Rust with natsplug-sdk (wasm32-wasip2).
     Rust,
+    /// Python with componentize-py.
+    Python,
+    /// JavaScript with componentize-js.
+    Js,
 }
 
-/// Where the Rust SDK is: this checkout's `guest-sdk/` (natsplug-sdk is not on crates.io yet).
+/// This natsplug checkout: its `guest-sdk/`, `wit/` and `.tools/` serve the new project (the
+/// SDKs are not published to the package registries yet).
+fn checkout() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::canonicalize(&root).unwrap_or(root)
+}
+
+/// Where the Rust SDK is.
 pub fn sdk_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk")
+    checkout().join("guest-sdk")
 }
 
 /// Creates the project `name` in `parent/name`; returns its folder.
@@ -31,16 +42,73 @@ pub fn new(parent: &Path, name: &str, lang: Lang) -> anyhow::Result<PathBuf> {
     anyhow::ensure!(!dir.exists(), "{} already exists", dir.display());
     let files: Vec<(PathBuf, String)> = match lang {
         Lang::Rust => rust_files(name),
+        Lang::Python => python_files(name),
+        Lang::Js => js_files(name)?,
     };
     for (path, text) in files {
+        let executable = path.extension().is_some_and(|e| e == "sh");
         let path = dir.join(path);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
         }
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        #[cfg(unix)]
+        if executable {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        }
     }
     Ok(dir)
+}
+
+/// Fills `{name}`, `{file}` (the name with `_`), `{root}` (this checkout) in a template.
+fn fill(template: &str, name: &str) -> String {
+    template
+        .replace("{name}", name)
+        .replace("{file}", &name.replace('-', "_"))
+        .replace("{root}", &checkout().display().to_string())
+}
+
+fn python_files(name: &str) -> Vec<(PathBuf, String)> {
+    vec![
+        (PathBuf::from("app.py"), fill(PYTHON_APP, name)),
+        (PathBuf::from("build.sh"), fill(PYTHON_BUILD, name)),
+        (
+            PathBuf::from(format!("{name}.toml")),
+            fill(GUEST_MANIFEST, name),
+        ),
+        (PathBuf::from("test_call.py"), fill(PYTHON_TEST, name)),
+        (
+            PathBuf::from(".gitignore"),
+            "*.wasm\n__pycache__/\n".to_owned(),
+        ),
+    ]
+}
+
+fn js_files(name: &str) -> anyhow::Result<Vec<(PathBuf, String)>> {
+    // componentize-js sees only the project folder: the SDK is copied into it.
+    let sdk = checkout().join("guest-sdk/js");
+    let read = |file: &str| {
+        std::fs::read_to_string(sdk.join(file)).with_context(|| {
+            format!(
+                "cannot read the JavaScript SDK {}",
+                sdk.join(file).display()
+            )
+        })
+    };
+    Ok(vec![
+        (PathBuf::from("app.js"), fill(JS_APP, name)),
+        (PathBuf::from("natsplug/natsplug.js"), read("natsplug.js")?),
+        (PathBuf::from("natsplug/rust.js"), read("rust.js")?),
+        (PathBuf::from("build.mjs"), fill(JS_BUILD, name)),
+        (
+            PathBuf::from(format!("{name}.toml")),
+            fill(GUEST_MANIFEST, name),
+        ),
+        (PathBuf::from("call.test.mjs"), fill(JS_TEST, name)),
+        (PathBuf::from(".gitignore"), "*.wasm\n".to_owned()),
+    ])
 }
 
 fn rust_files(name: &str) -> Vec<(PathBuf, String)> {
@@ -135,3 +203,125 @@ fn upper_cases_the_payload_in_the_real_runtime() {
     );
 }
 "##;
+
+const PYTHON_APP: &str = r#""""The `{name}` natsplug plugin: answers every message with its payload upper-cased, to the
+subject named by the `output` config value."""
+from natsplug import Message, Output, Reject, config, handler
+
+
+@handler
+def handle(msg: Message) -> list[Output]:
+    subject = config("output")
+    if subject is None:
+        raise Reject("no `output` in [config]")
+    return [Output.to(subject, msg.text().upper())]
+"#;
+
+const PYTHON_BUILD: &str = r#"#!/usr/bin/env bash
+# Builds {name}.wasm from app.py with componentize-py (installed by natsplug's scripts/setup.sh).
+set -euo pipefail
+cd "$(dirname "$0")"
+"${COMPONENTIZE_PY:-{root}/.tools/venv/bin/componentize-py}" --quiet -d "{root}/wit" -w plugin \
+  componentize -p "{root}/guest-sdk/python" -p . app -o {name}.wasm
+"#;
+
+const PYTHON_TEST: &str = r#""""Builds the plugin and runs it through the real natsplug runtime with `natsplug call` (the
+binary from NATSPLUG_BIN, else `natsplug` on PATH): python3 -m unittest"""
+import json
+import os
+import subprocess
+import unittest
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+class Call(unittest.TestCase):
+    def test_upper_cases_the_payload_in_the_real_runtime(self):
+        subprocess.run(["bash", str(HERE / "build.sh")], check=True)
+        natsplug = os.environ.get("NATSPLUG_BIN", "natsplug")
+        out = subprocess.run(
+            [natsplug, "call", str(HERE / "{name}.wasm"), "--manifest", str(HERE / "{name}.toml"),
+             "--subject", "in.{name}", "--payload", "hello"],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        self.assertEqual(
+            json.loads(out),
+            {"outcome": "output", "subject": "out.{name}", "headers": [], "payload": "HELLO"},
+        )
+
+
+if __name__ == "__main__":
+    unittest.main()
+"#;
+
+const JS_APP: &str = r#"// The `{name}` natsplug plugin: answers every message with its payload upper-cased, to the
+// subject named by the `output` config value.
+import { Output, Reject, config, handler } from './natsplug/natsplug.js';
+
+export const handle = handler((msg) => {
+  const subject = config('output');
+  if (subject === undefined) throw new Reject('no `output` in [config]');
+  return [Output.to(subject, msg.text().toUpperCase())];
+});
+"#;
+
+const JS_BUILD: &str = r#"// Builds {name}.wasm from app.js with componentize-js (installed by natsplug's
+// scripts/setup.sh): node build.mjs
+import { writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const modules = process.env.GUEST_NODE_MODULES ?? '{root}/.tools/node/node_modules';
+const entry = join(modules, '@bytecodealliance', 'componentize-js', 'src', 'componentize.js');
+const { componentize } = await import(pathToFileURL(entry).href);
+// componentize-js maps the current folder into its sandbox: the app's imports resolve in it.
+process.chdir(here);
+const { component } = await componentize({
+  sourcePath: join(here, 'app.js'),
+  witPath: '{root}/wit',
+  worldName: 'plugin',
+  disableFeatures: ['http', 'fetch-event'],
+});
+await writeFile(join(here, '{name}.wasm'), component);
+"#;
+
+const JS_TEST: &str = r#"// Builds the plugin and runs it through the real natsplug runtime with `natsplug call` (the
+// binary from NATSPLUG_BIN, else `natsplug` on PATH): node --test
+import { execFileSync } from 'node:child_process';
+import { strict as assert } from 'node:assert';
+import { dirname, join } from 'node:path';
+import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+
+test('upper-cases the payload in the real runtime', () => {
+  execFileSync('node', [join(here, 'build.mjs')], { stdio: 'inherit' });
+  const out = execFileSync(process.env.NATSPLUG_BIN ?? 'natsplug', [
+    'call', join(here, '{name}.wasm'), '--manifest', join(here, '{name}.toml'),
+    '--subject', 'in.{name}', '--payload', 'hello',
+  ]).toString();
+  assert.deepEqual(JSON.parse(out), {
+    outcome: 'output', subject: 'out.{name}', headers: [], payload: 'HELLO',
+  });
+});
+"#;
+
+const GUEST_MANIFEST: &str = r#"# The manifest of the `{name}` plugin. Every field is documented in the natsplug README.
+[subscribe]
+stream = "IN"
+subjects = ["in.{name}"]
+
+# Python and JavaScript components are large: give them room.
+[limits]
+memory = "64MiB"
+fuel = 1_000_000_000
+
+[publish]
+allow = ["out.{name}"]
+
+[config]
+output = "out.{name}"
+"#;

@@ -237,3 +237,33 @@ fn natsplug_new_creates_a_rust_plugin_whose_own_test_passes_in_the_real_runtime(
     );
     assert!(stdout.contains("1 passed"), "{stdout}");
 }
+
+#[test]
+fn natsplug_new_creates_python_and_javascript_plugins_whose_own_tests_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let parent = dir.path().to_str().unwrap();
+    for (lang, name, test) in [
+        ("python", "py-shout", ["python3", "-m", "unittest"]),
+        ("js", "js-shout", ["node", "--test", "call.test.mjs"]),
+    ] {
+        let out = natsplug_tests::natsplug_cli(&["new", name, "--lang", lang, "--dir", parent]);
+        assert!(
+            out.starts_with(&format!("created {parent}/{name}")),
+            "{out}"
+        );
+        let output = std::process::Command::new(test[0])
+            .args(&test[1..])
+            .current_dir(dir.path().join(name))
+            .env("NATSPLUG_BIN", natsplug_tests::natsplug_bin())
+            .output()
+            .expect("the project's test");
+        let all = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.status.success(), "{lang}: {all}");
+        let passed = if lang == "python" { "OK" } else { "# pass 1" };
+        assert!(all.contains(passed), "{lang}: {all}");
+    }
+}
