@@ -1,14 +1,17 @@
-//! The cost of one handler call with a fresh instance (store + WASI context + instantiate +
-//! call + drop) for the `uppercase` plugin, against a native Rust function doing the same work
-//! (upper-case the payload, build the output with the input's headers), in one run.
+//! The cost of one handler call: `uppercase` in Rust, Python and JavaScript, with a fresh
+//! instance per message (store + WASI context + instantiate + call + drop) and with an instance
+//! reused for many messages (`[instance] reuse`), against a native Rust function doing the same
+//! work (upper-case the payload, build the output with the input's headers), in one run.
 //!
 //! `cargo bench -p natsplug-tests --bench call`
 
 use std::hint::black_box;
+use std::path::Path;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use natsplug::manifest::Manifest;
 use natsplug::message::{Headers, Message, Output};
-use natsplug::runtime::{Hooks, Outcome, Runtime, RuntimeConfig};
+use natsplug::runtime::{Hooks, Outcome, Plugin, Runtime, RuntimeConfig};
 use natsplug_tests::plugin_path;
 
 fn native_uppercase(msg: &Message) -> Outcome {
@@ -20,37 +23,64 @@ fn native_uppercase(msg: &Message) -> Outcome {
     }])
 }
 
+fn load(runtime: &Runtime, name: &str, reuse: u32) -> Plugin {
+    let manifest = Manifest::parse(
+        &format!(
+            "[limits]\nmemory = \"256MiB\"\nfuel = 0\n[instance]\nreuse = {reuse}\n\
+             [publish]\nallow = [\"demo.out.uppercase\"]\n[config]\noutput = \"demo.out.uppercase\"\n"
+        ),
+        Path::new("bench.toml"),
+    )
+    .unwrap();
+    runtime
+        .load_file(&plugin_path(name), Some(manifest))
+        .unwrap()
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let runtime = Runtime::new(RuntimeConfig::default()).unwrap();
-    let plugin = runtime.load_file(&plugin_path("uppercase"), None).unwrap();
+    // The tests' compile cache: Python and JavaScript components take seconds to compile.
+    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-compile-cache");
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache),
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
     let mut msg = Message::new(
         "demo.in.uppercase",
         "hello natsplug, 64 bytes of payload to upper-case here......",
     );
     msg.headers = Headers(vec![("trace".into(), "abc".into())]);
 
-    // Same answer from both, or the comparison means nothing.
-    let wasm = rt.block_on(plugin.handle(&msg, Hooks::default())).unwrap();
-    assert_eq!(wasm, native_uppercase(&msg));
-
     let mut group = c.benchmark_group("uppercase");
     group.bench_function("native", |b| {
         b.iter(|| black_box(native_uppercase(black_box(&msg))))
     });
-    group.bench_function("wasm fresh instance", |b| {
-        b.to_async(&rt).iter(|| async {
-            black_box(
-                plugin
-                    .handle(black_box(&msg), Hooks::default())
-                    .await
-                    .unwrap(),
-            )
-        })
-    });
+    for (language, name) in [
+        ("rust", "uppercase"),
+        ("python", "uppercase-py"),
+        ("js", "uppercase-js"),
+    ] {
+        for (policy, reuse) in [("fresh instance", 1), ("reused instance", 1_000_000)] {
+            let plugin = load(&runtime, name, reuse);
+            // Same answer as the native function, or the comparison means nothing.
+            let answer = rt.block_on(plugin.handle(&msg, Hooks::default())).unwrap();
+            assert_eq!(answer, native_uppercase(&msg), "{language}");
+            group.bench_function(format!("{language} {policy}"), |b| {
+                b.to_async(&rt).iter(|| async {
+                    black_box(
+                        plugin
+                            .handle(black_box(&msg), Hooks::default())
+                            .await
+                            .unwrap(),
+                    )
+                })
+            });
+        }
+    }
     group.finish();
 }
 
