@@ -1,0 +1,82 @@
+//! End-to-end throughput of `uppercase` in Rust, Python and JavaScript through a real
+//! nats-server: N inputs stored first, then one host pulls, handles, publishes each output with
+//! its publish ack and acks the input. msgs/s from the host's start to the last output stored,
+//! with a fresh instance per message and with instance reuse. Prints a Markdown table.
+//!
+//! `cargo bench -p natsplug-tests --bench languages` (NATSPLUG_BENCH_MESSAGES, default 3000)
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use natsplug_tests::nats::NatsServer;
+use natsplug_tests::{PluginsDir, TestHost, create_stream, publish_all, stream_count};
+
+async fn run(plugin: &str, reuse: u32, messages: usize) -> f64 {
+    let server = NatsServer::start();
+    let js = jetstream::new(server.connect().await);
+    create_stream(&js, "IN", &["in.>"]).await;
+    create_stream(&js, "OUT", &["out.>"]).await;
+    let plugins = PluginsDir::new();
+    plugins.add(
+        plugin,
+        plugin,
+        &format!(
+            "[subscribe]\nstream = \"IN\"\nsubjects = [\"in.upper\"]\nconcurrency = 64\n\
+             [limits]\nmemory = \"256MiB\"\n[instance]\nreuse = {reuse}\n\
+             [publish]\nallow = [\"out.upper\"]\n[config]\noutput = \"out.upper\"\n"
+        ),
+    );
+    let payloads: Vec<String> = (0..messages).map(|i| format!("{i:0>64}")).collect();
+    publish_all(&js, "in.upper", &payloads).await;
+    let mut config = TestHost::config(&server.url(), plugins.path());
+    config.runtime.cache = true;
+    config.runtime.cache_dir =
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-compile-cache"));
+    // Compile (or load from the cache) before the clock starts.
+    natsplug::runtime::Runtime::new(config.runtime.runtime_config())
+        .unwrap()
+        .load_file(&natsplug_tests::plugin_path(plugin), None)
+        .unwrap();
+    let started = Instant::now();
+    let host = TestHost::start(config);
+    while stream_count(&js, "OUT").await < messages as u64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "{plugin} too slow"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rate = messages as f64 / started.elapsed().as_secs_f64();
+    host.stop().await;
+    rate
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let messages = std::env::var("NATSPLUG_BENCH_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!("end to end: {messages} messages of 64 B, concurrency 64");
+    println!("| plugin | fresh instance | reused instance | reuse / fresh |");
+    println!("|---|---|---|---|");
+    for (language, plugin) in [
+        ("Rust", "uppercase"),
+        ("Python", "uppercase-py"),
+        ("JavaScript", "uppercase-js"),
+    ] {
+        let fresh = rt.block_on(run(plugin, 1, messages));
+        let reused = rt.block_on(run(plugin, 1_000_000, messages));
+        println!(
+            "| {language} | {fresh:.0} msgs/s | {reused:.0} msgs/s | {:.2}x |",
+            reused / fresh
+        );
+    }
+}
