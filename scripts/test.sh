@@ -11,4 +11,4 @@ cargo build --quiet -p natsplug --bin natsplug
 # The guest SDKs' own unit tests (Python and JavaScript), then the workspace.
 python3 -m unittest discover -s guest-sdk/python/tests
 node --import ./guest-sdk/js/test/register.mjs --test guest-sdk/js/test/natsplug.test.mjs
-cargo test -p natsplug -p natsplug-sdk -p natsplug-tests "$@"
+cargo test -p natsplug -p natsplug-sdk -p natsplug-tests -p natsplug-bench "$@"

@@ -1,0 +1,95 @@
+//! The throughput dip while `uppercase` is hot-reloaded under load: a natsplug throughput run
+//! whose manifest says `marker = "before"`; once a quarter of the outputs are stored, the runner
+//! rewrites the manifest (atomically, as a deploy tool would) with `marker = "after"`. The host
+//! sees the folder change, loads the new version off the hot path and sends new messages to it.
+//! Outputs carry the marker as a header, which shows when the new version took over.
+//!
+//! Figure: the longest gap between consecutive stored outputs over the whole run, beside the
+//! same figure of ordinary runs (no reload) as the baseline.
+
+use std::path::Path;
+
+use crate::contenders::natsplug::{self, Natsplug};
+use crate::stats;
+use crate::throughput::{self, MidRun, Shape};
+
+/// What the hot-reload run measured.
+#[derive(Debug, Clone)]
+pub struct Reload {
+    /// Messages in the run.
+    pub messages: u64,
+    /// Its throughput, msgs/s.
+    pub msgs_per_s: f64,
+    /// Longest gap between consecutive stored outputs, ms.
+    pub longest_gap_ms: f64,
+    /// Longest gap within the second after the new version's first output, ms.
+    pub gap_at_switch_ms: f64,
+    /// From the manifest rewrite to the first output of the new version, ms.
+    pub switch_after_ms: f64,
+    /// Outputs of the old and the new version.
+    pub before: usize,
+    /// Outputs of the new version.
+    pub after: usize,
+}
+
+/// Runs it.
+pub async fn run(
+    client: &async_nats::Client,
+    url: &str,
+    settings: Natsplug,
+    shape: Shape,
+    dir: &Path,
+) -> anyhow::Result<Reload> {
+    let plugins = settings.job_plugins(dir, Some("before"))?;
+    let command = Natsplug::command(url, &plugins, dir)?;
+    let manifest = natsplug::manifest_path(&plugins);
+    let new_manifest = settings.manifest(Some("after"));
+    let mid = MidRun {
+        after: shape.messages / 4,
+        action: Box::new(move || natsplug::replace_file(&manifest, &new_manifest)),
+    };
+    let shape = Shape {
+        latency_messages: 0,
+        ..shape
+    };
+    let result = throughput::run(
+        client,
+        command,
+        "natsplug (hot reload)",
+        shape,
+        dir,
+        Some(mid),
+    )
+    .await?;
+    let mut outputs = result.outputs.clone();
+    outputs.sort_by_key(|o| o.0);
+    let marked = |m: &str| outputs.iter().filter(|o| o.1.as_deref() == Some(m)).count();
+    let first_after = outputs
+        .iter()
+        .find(|o| o.1.as_deref() == Some("after"))
+        .map(|o| o.0);
+    let rewritten = result.mid_run_at_ns.unwrap_or(0);
+    let (switch_after_ms, gap_at_switch_ms) = match first_after {
+        Some(t) => {
+            let window: Vec<i128> = outputs
+                .iter()
+                .map(|o| o.0)
+                .filter(|&s| s >= t - 1_000_000_000 && s <= t + 1_000_000_000)
+                .collect();
+            (
+                (t - rewritten) as f64 / 1e6,
+                stats::longest_gap(&window) as f64 / 1e6,
+            )
+        }
+        None => (f64::NAN, f64::NAN),
+    };
+    Ok(Reload {
+        messages: shape.messages,
+        msgs_per_s: result.msgs_per_s,
+        longest_gap_ms: result.longest_gap_ms,
+        gap_at_switch_ms,
+        switch_after_ms,
+        before: marked("before"),
+        after: marked("after"),
+    })
+}

@@ -1,0 +1,357 @@
+//! `natsplug-bench`: what natsplug costs and what it saves, measured side by side on one
+//! machine and one nats-server.
+//!
+//! The runner owns:
+//! - [`server`]: its own nats-server (loopback, temporary store, removed at the end);
+//! - [`job`]: the job every contender runs (streams, durable consumer, inputs, read-back);
+//! - [`contenders`]: one module per contender, [`contenders::native`] (a tuned async-nats
+//!   consumer, the floor), [`contenders::natsplug`] (`natsplug run` with the Rust `uppercase`
+//!   plugin) and [`contenders::faststream`] (FastStream in Python);
+//! - [`process`]: a contender's child process and its CPU time and peak RSS from `/proc`;
+//! - the figures: [`throughput`] (msgs/s, CPU, RSS, then end-to-end latency at a steady rate),
+//!   [`request_reply`] (core NATS request-reply latency) and [`hot_reload`] (the throughput dip
+//!   while the plugin is replaced under load);
+//! - [`report`]: the table printed, `bench/results.md`, and [`chart`]: `bench/results.png`.
+//!
+//! The hidden subcommands `native-worker` and `native-responder` are the native contender's
+//! processes; the runner starts them.
+
+mod chart;
+mod contenders;
+mod hot_reload;
+mod job;
+mod process;
+mod report;
+mod request_reply;
+mod server;
+mod stats;
+mod throughput;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use contenders::faststream::FastStream;
+use contenders::native::Native;
+use contenders::natsplug::Natsplug;
+use contenders::{Contender, Kind};
+use report::{Report, Row, Sweep};
+use throughput::Shape;
+
+/// Benchmark natsplug against a tuned native async-nats consumer and FastStream.
+#[derive(Parser)]
+#[command(name = "natsplug-bench")]
+struct Cli {
+    /// Messages per throughput run (per contender, payload size and run).
+    #[arg(long, default_value_t = 50_000)]
+    messages: u64,
+    /// Runs per contender and payload size (the table shows the median).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Payload sizes, bytes.
+    #[arg(long, value_delimiter = ',', default_value = "64,4096")]
+    sizes: Vec<usize>,
+    /// natsplug `subscribe.concurrency` values to try (the best is kept).
+    #[arg(long, value_delimiter = ',', default_value = "64,128,256")]
+    concurrency: Vec<usize>,
+    /// FastStream `PullSub` batch sizes to try with a per-message handler (the best is kept,
+    /// also against a batch handler of the largest).
+    #[arg(long, value_delimiter = ',', default_value = "64,256")]
+    faststream_batch: Vec<usize>,
+    /// Messages of the latency phase of every run.
+    #[arg(long, default_value_t = 2_000)]
+    latency_messages: u64,
+    /// Their steady rate, per second.
+    #[arg(long, default_value_t = 1_000.0)]
+    latency_rate: f64,
+    /// Sequential requests of the request-reply figure.
+    #[arg(long, default_value_t = 2_000)]
+    requests: usize,
+    /// Leave FastStream out.
+    #[arg(long)]
+    no_faststream: bool,
+    /// Where results.md and results.png go. Default: the crate's folder (bench/).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(subcommand)]
+    process: Option<Process>,
+}
+
+/// The native contender's processes (started by the runner).
+#[derive(Subcommand)]
+enum Process {
+    /// Runs the native job until SIGTERM.
+    #[command(hide = true)]
+    NativeWorker {
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        batch: usize,
+        #[arg(long)]
+        window: usize,
+        #[arg(long)]
+        double_ack: bool,
+    },
+    /// Answers requests natively until SIGTERM.
+    #[command(hide = true)]
+    NativeResponder {
+        #[arg(long)]
+        server: String,
+    },
+}
+
+/// The workspace root (the parent of this crate's folder).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.process {
+        Some(Process::NativeWorker {
+            ref server,
+            batch,
+            window,
+            double_ack,
+        }) => {
+            let settings = Native {
+                double_ack,
+                batch,
+                window,
+            };
+            tokio_runtime()?.block_on(contenders::native::worker(server, settings))
+        }
+        Some(Process::NativeResponder { ref server }) => {
+            tokio_runtime()?.block_on(contenders::native::responder(server))
+        }
+        None => tokio_runtime()?.block_on(bench(&cli)),
+    }
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+async fn bench(cli: &Cli) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        cli.messages >= 100 && cli.runs >= 1,
+        "--messages >= 100, --runs >= 1"
+    );
+    let out = cli
+        .out
+        .clone()
+        .unwrap_or_else(|| workspace_root().join("bench"));
+    let faststream = !cli.no_faststream && contenders::faststream::available();
+    let server = server::Server::start()?;
+    let client = async_nats::connect(server.url()).await?;
+    let url = server.url();
+    let mut report = Report::new(cli.messages, cli.runs, server.version(), faststream);
+    if !cli.no_faststream && !faststream {
+        report.note(format!(
+            "FastStream left out: {:?} is missing (scripts/bench.sh installs it).",
+            contenders::faststream::venv()
+        ));
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix("natsplug-bench-")
+        .tempdir()?;
+    let mut n = 0;
+    let mut next_dir = || -> anyhow::Result<PathBuf> {
+        n += 1;
+        let dir = scratch.path().join(format!("run-{n}"));
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    };
+    let first_size = cli.sizes.first().copied().unwrap_or(64);
+    let sweep_shape = Shape {
+        size: first_size,
+        messages: cli.messages.min(20_000),
+        latency_messages: 0,
+        latency_rate: cli.latency_rate,
+    };
+
+    // Settings sweeps: one run each, the first payload size; the best goes on.
+    let mut best_natsplug = (Natsplug { concurrency: 64 }, 0.0);
+    for &concurrency in &cli.concurrency {
+        let settings = Natsplug { concurrency };
+        let r = run_one(
+            &client,
+            &url,
+            Contender::Natsplug(settings),
+            sweep_shape,
+            &next_dir()?,
+        )
+        .await?;
+        eprintln!("sweep: {} {:.0} msgs/s", settings.label(), r.msgs_per_s);
+        report.sweeps.push(Sweep::new(
+            Contender::Natsplug(settings).label(),
+            sweep_shape,
+            &r,
+        ));
+        if r.msgs_per_s > best_natsplug.1 {
+            best_natsplug = (settings, r.msgs_per_s);
+        }
+    }
+    let mut contenders = vec![
+        Contender::Native(Native::TUNED),
+        Contender::Native(Native {
+            double_ack: true,
+            ..Native::TUNED
+        }),
+        Contender::Natsplug(best_natsplug.0),
+    ];
+    if faststream {
+        let fs_shape = Shape {
+            messages: cli.messages.min(10_000),
+            ..sweep_shape
+        };
+        let mut options: Vec<FastStream> = cli
+            .faststream_batch
+            .iter()
+            .map(|&batch| FastStream {
+                batch,
+                batch_handler: false,
+            })
+            .collect();
+        if let Some(&largest) = cli.faststream_batch.iter().max() {
+            options.push(FastStream {
+                batch: largest,
+                batch_handler: true,
+            });
+        }
+        let mut best: Option<(FastStream, f64)> = None;
+        for settings in options {
+            match run_one(
+                &client,
+                &url,
+                Contender::FastStream(settings),
+                fs_shape,
+                &next_dir()?,
+            )
+            .await
+            {
+                Ok(r) => {
+                    eprintln!("sweep: {} {:.0} msgs/s", settings.label(), r.msgs_per_s);
+                    report
+                        .sweeps
+                        .push(Sweep::new(settings.label(), fs_shape, &r));
+                    if best.is_none_or(|b| r.msgs_per_s > b.1) {
+                        best = Some((settings, r.msgs_per_s));
+                    }
+                }
+                Err(e) => {
+                    eprintln!("sweep: {} failed: {e:#}", settings.label());
+                    report.note(format!("{} failed: {e:#}", settings.label()));
+                }
+            }
+        }
+        if let Some((settings, _)) = best {
+            contenders.push(Contender::FastStream(settings));
+        }
+    }
+
+    // The table: every contender on every size, interleaved run by run.
+    for &size in &cli.sizes {
+        let shape = Shape {
+            size,
+            messages: cli.messages,
+            latency_messages: cli.latency_messages,
+            latency_rate: cli.latency_rate,
+        };
+        let mut rows: Vec<Row> = contenders.iter().map(|c| Row::new(*c, size)).collect();
+        for run in 1..=cli.runs {
+            for row in &mut rows {
+                match run_one(&client, &url, row.contender, shape, &next_dir()?).await {
+                    Ok(r) => {
+                        eprintln!(
+                            "{} B run {run}: {}: {:.0} msgs/s, p50 {:.2} ms, {:.3} CPU s/10k",
+                            size,
+                            row.contender.label(),
+                            r.msgs_per_s,
+                            stats::percentile(&r.latencies_ms, 50.0),
+                            r.cpu_per_10k
+                        );
+                        row.runs.push(r);
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "{size} B run {run}: {} failed: {e:#}",
+                            row.contender.label()
+                        );
+                        report.note(format!(
+                            "{} at {size} B, run {run}: {e:#}",
+                            row.contender.label()
+                        ));
+                    }
+                }
+            }
+        }
+        report.rows.extend(rows);
+    }
+
+    // Request-reply through a core subject.
+    let mut kinds = vec![Kind::Native, Kind::Natsplug];
+    if faststream {
+        kinds.push(Kind::FastStream);
+    }
+    for kind in kinds {
+        match request_reply::run(&client, kind, &url, cli.requests, &next_dir()?).await {
+            Ok(times) => {
+                eprintln!(
+                    "request-reply {kind:?}: p50 {:.3} ms, p99 {:.3} ms",
+                    stats::percentile(&times, 50.0),
+                    stats::percentile(&times, 99.0)
+                );
+                report.request_reply.push((kind, times));
+            }
+            Err(e) => report.note(format!("request-reply {kind:?}: {e:#}")),
+        }
+    }
+
+    // The hot-reload dip.
+    let reload_shape = Shape {
+        size: first_size,
+        messages: cli.messages.max(20_000),
+        latency_messages: 0,
+        latency_rate: cli.latency_rate,
+    };
+    match hot_reload::run(&client, &url, best_natsplug.0, reload_shape, &next_dir()?).await {
+        Ok(r) => {
+            eprintln!(
+                "hot reload: longest gap {:.1} ms ({} before, {} after)",
+                r.longest_gap_ms, r.before, r.after
+            );
+            report.reload = Some(r);
+        }
+        Err(e) => report.note(format!("hot reload: {e:#}")),
+    }
+
+    let markdown = report.markdown();
+    println!("{markdown}");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("results.md"), &markdown)?;
+    chart::draw(&report, &out.join("results.png"))?;
+    eprintln!(
+        "wrote {} and {}",
+        out.join("results.md").display(),
+        out.join("results.png").display()
+    );
+    Ok(())
+}
+
+/// One run of one contender.
+async fn run_one(
+    client: &async_nats::Client,
+    url: &str,
+    contender: Contender,
+    shape: Shape,
+    dir: &Path,
+) -> anyhow::Result<throughput::RunResult> {
+    let command = contender.job_command(url, dir)?;
+    throughput::run(client, command, &contender.label(), shape, dir, None).await
+}

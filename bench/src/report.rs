@@ -1,0 +1,358 @@
+//! The results: one row per contender and payload size (medians over the runs), the ratios to
+//! native and to FastStream, the targets, request-reply, hot reload and the settings tried,
+//! written as Markdown (printed, and saved as `bench/results.md`).
+
+use std::fmt::Write as _;
+
+use crate::contenders::{Contender, Kind};
+use crate::hot_reload::Reload;
+use crate::stats::{median, percentile};
+use crate::throughput::{RunResult, Shape};
+
+/// natsplug's throughput target against native.
+pub const TARGET_VS_NATIVE: f64 = 0.6;
+/// natsplug's throughput target against FastStream.
+pub const TARGET_VS_FASTSTREAM: f64 = 8.0;
+/// The longest allowed gap in outputs while the plugin is hot-reloaded, ms.
+pub const TARGET_RELOAD_GAP_MS: f64 = 50.0;
+
+/// One contender on one payload size.
+pub struct Row {
+    /// Who.
+    pub contender: Contender,
+    /// Payload bytes.
+    pub size: usize,
+    /// Every run that succeeded.
+    pub runs: Vec<RunResult>,
+}
+
+impl Row {
+    /// No runs yet.
+    pub fn new(contender: Contender, size: usize) -> Self {
+        Self {
+            contender,
+            size,
+            runs: Vec::new(),
+        }
+    }
+
+    /// Median msgs/s.
+    pub fn msgs_per_s(&self) -> f64 {
+        median(&self.runs.iter().map(|r| r.msgs_per_s).collect::<Vec<_>>())
+    }
+
+    /// Median CPU seconds per 10k messages.
+    pub fn cpu_per_10k(&self) -> f64 {
+        median(&self.runs.iter().map(|r| r.cpu_per_10k).collect::<Vec<_>>())
+    }
+
+    /// Largest peak RSS of the runs, MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        self.runs.iter().map(|r| r.peak_rss).max().unwrap_or(0) as f64 / (1024.0 * 1024.0)
+    }
+
+    /// Median of the runs' longest output gap, ms.
+    pub fn longest_gap_ms(&self) -> f64 {
+        median(
+            &self
+                .runs
+                .iter()
+                .map(|r| r.longest_gap_ms)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    /// Latency percentile over every run's latency phase, ms.
+    pub fn latency(&self, p: f64) -> f64 {
+        let all: Vec<f64> = self
+            .runs
+            .iter()
+            .flat_map(|r| r.latencies_ms.iter().copied())
+            .collect();
+        percentile(&all, p)
+    }
+}
+
+/// One settings trial.
+pub struct Sweep {
+    label: String,
+    size: usize,
+    messages: u64,
+    msgs_per_s: f64,
+    cpu_per_10k: f64,
+}
+
+impl Sweep {
+    /// From a run.
+    pub fn new(label: String, shape: Shape, run: &RunResult) -> Self {
+        Self {
+            label,
+            size: shape.size,
+            messages: shape.messages,
+            msgs_per_s: run.msgs_per_s,
+            cpu_per_10k: run.cpu_per_10k,
+        }
+    }
+}
+
+/// Everything measured.
+pub struct Report {
+    messages: u64,
+    runs: usize,
+    server: String,
+    faststream: bool,
+    /// The table.
+    pub rows: Vec<Row>,
+    /// Settings tried.
+    pub sweeps: Vec<Sweep>,
+    /// Request-reply round trips, ms.
+    pub request_reply: Vec<(Kind, Vec<f64>)>,
+    /// The hot-reload run.
+    pub reload: Option<Reload>,
+    notes: Vec<String>,
+}
+
+/// "64 B", "4 KiB".
+pub fn size_label(size: usize) -> String {
+    if size >= 1024 && size.is_multiple_of(1024) {
+        format!("{} KiB", size / 1024)
+    } else {
+        format!("{size} B")
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores ({cpu})")
+}
+
+impl Report {
+    /// An empty report.
+    pub fn new(messages: u64, runs: usize, server: &str, faststream: bool) -> Self {
+        Self {
+            messages,
+            runs,
+            server: server.to_owned(),
+            faststream,
+            rows: Vec::new(),
+            sweeps: Vec::new(),
+            request_reply: Vec::new(),
+            reload: None,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Adds a note (a failure, a contender left out).
+    pub fn note(&mut self, note: String) {
+        self.notes.push(note);
+    }
+
+    /// The row of a kind and size, if it has runs.
+    pub fn row(&self, kind: Kind, size: usize) -> Option<&Row> {
+        self.rows
+            .iter()
+            .find(|r| r.contender.kind() == kind && r.size == size && !r.runs.is_empty())
+    }
+
+    /// The payload sizes, in order.
+    pub fn sizes(&self) -> Vec<usize> {
+        let mut sizes: Vec<usize> = Vec::new();
+        for row in &self.rows {
+            if !sizes.contains(&row.size) {
+                sizes.push(row.size);
+            }
+        }
+        sizes
+    }
+
+    fn ratio(&self, row: &Row, kind: Kind) -> Option<f64> {
+        self.row(kind, row.size)
+            .map(|base| row.msgs_per_s() / base.msgs_per_s())
+    }
+
+    /// The whole report as Markdown.
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "# natsplug benchmark results\n");
+        let _ = writeln!(
+            md,
+            "Measured by `natsplug-bench` (see bench/README.md) on {}, {}, one loopback server for \
+             every contender. {} messages per run, median of {} run(s).\n",
+            machine(),
+            self.server,
+            self.messages,
+            self.runs
+        );
+        let _ = writeln!(
+            md,
+            "## Job: pull, upper-case, publish with Nats-Msg-Id and awaited ack, ack\n"
+        );
+        let _ = writeln!(
+            md,
+            "| contender | payload | msgs/s | x native | x FastStream | p50 latency | p99 latency | CPU s / 10k msgs | peak RSS | longest output gap |"
+        );
+        let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for row in self.rows.iter().filter(|r| !r.runs.is_empty()) {
+            let ratio = |kind| {
+                self.ratio(row, kind)
+                    .map_or_else(|| "-".into(), |r| format!("{r:.2}x"))
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0} | {} | {} | {:.2} ms | {:.2} ms | {:.3} | {:.0} MiB | {:.1} ms |",
+                row.contender.label(),
+                size_label(row.size),
+                row.msgs_per_s(),
+                ratio(Kind::Native),
+                ratio(Kind::FastStream),
+                row.latency(50.0),
+                row.latency(99.0),
+                row.cpu_per_10k(),
+                row.peak_rss_mib(),
+                row.longest_gap_ms(),
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\nmsgs/s: a backlog of {} stored inputs drained after the paused consumer is resumed. \
+             Latency: input stored to output stored (server timestamps) at a steady offered load, \
+             not at saturation. CPU: utime+stime of the contender process over the throughput phase. \
+             Peak RSS: VmHWM of the contender process.\n",
+            self.messages
+        );
+
+        let _ = writeln!(md, "## Targets\n");
+        let _ = writeln!(md, "| target | payload | measured | met |");
+        let _ = writeln!(md, "|---|---|---:|---|");
+        for size in self.sizes() {
+            if let Some(row) = self.row(Kind::Natsplug, size) {
+                if let Some(r) = self.ratio(row, Kind::Native) {
+                    let _ = writeln!(
+                        md,
+                        "| natsplug >= {TARGET_VS_NATIVE}x native msgs/s | {} | {r:.2}x | {} |",
+                        size_label(size),
+                        yes(r >= TARGET_VS_NATIVE)
+                    );
+                }
+                match self.ratio(row, Kind::FastStream) {
+                    Some(r) => {
+                        let _ = writeln!(
+                            md,
+                            "| natsplug >= {TARGET_VS_FASTSTREAM}x FastStream msgs/s | {} | {r:.2}x | {} |",
+                            size_label(size),
+                            yes(r >= TARGET_VS_FASTSTREAM)
+                        );
+                    }
+                    None if !self.faststream => {
+                        let _ = writeln!(
+                            md,
+                            "| natsplug >= {TARGET_VS_FASTSTREAM}x FastStream msgs/s | {} | not measured | - |",
+                            size_label(size)
+                        );
+                    }
+                    None => {}
+                }
+            }
+        }
+        if let Some(reload) = &self.reload {
+            let _ = writeln!(
+                md,
+                "| hot reload: longest output gap < {TARGET_RELOAD_GAP_MS} ms | {} | {:.1} ms | {} |",
+                size_label(self.sizes().first().copied().unwrap_or(64)),
+                reload.longest_gap_ms,
+                yes(reload.longest_gap_ms < TARGET_RELOAD_GAP_MS)
+            );
+        }
+
+        if !self.request_reply.is_empty() {
+            let _ = writeln!(md, "\n## Request-reply through a core NATS subject\n");
+            let _ = writeln!(md, "| responder | p50 | p99 |");
+            let _ = writeln!(md, "|---|---:|---:|");
+            for (kind, times) in &self.request_reply {
+                let name = match kind {
+                    Kind::Native | Kind::NativeDoubleAck => "native (async-nats subscriber)",
+                    Kind::Natsplug => "natsplug (`slow` plugin, payload 0, `Output::reply()`)",
+                    Kind::FastStream => "FastStream (core subscriber returning the reply)",
+                };
+                let _ = writeln!(
+                    md,
+                    "| {name} | {:.3} ms | {:.3} ms |",
+                    percentile(times, 50.0),
+                    percentile(times, 99.0)
+                );
+            }
+            let _ = writeln!(
+                md,
+                "\n{} sequential requests after 200 of warm-up, timed by the requester.",
+                self.request_reply.first().map_or(0, |r| r.1.len())
+            );
+        }
+
+        if let Some(r) = &self.reload {
+            let baseline = self
+                .row(Kind::Natsplug, self.sizes().first().copied().unwrap_or(64))
+                .map(Row::longest_gap_ms);
+            let _ = writeln!(md, "\n## Hot reload under load\n");
+            let _ = writeln!(
+                md,
+                "`uppercase`'s manifest rewritten (`marker = \"before\"` -> `\"after\"`) after a quarter of \
+                 {} outputs: {} outputs by the old version, {} by the new one; the new version's first \
+                 output came {:.0} ms after the rewrite (the host waits for the folder to be quiet for \
+                 300 ms). Longest gap between consecutive stored outputs: **{:.1} ms** over the run, \
+                 {:.1} ms within 1 s of the switch; {} in runs without a reload. Throughput of the run: \
+                 {:.0} msgs/s.",
+                r.messages,
+                r.before,
+                r.after,
+                r.switch_after_ms,
+                r.longest_gap_ms,
+                r.gap_at_switch_ms,
+                baseline.map_or_else(|| "-".into(), |b| format!("{b:.1} ms (median)")),
+                r.msgs_per_s
+            );
+        }
+
+        if !self.sweeps.is_empty() {
+            let _ = writeln!(
+                md,
+                "\n## Settings tried (one run each; the best is used above)\n"
+            );
+            let _ = writeln!(
+                md,
+                "| contender | payload | messages | msgs/s | CPU s / 10k msgs |"
+            );
+            let _ = writeln!(md, "|---|---|---:|---:|---:|");
+            for s in &self.sweeps {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {:.0} | {:.3} |",
+                    s.label,
+                    size_label(s.size),
+                    s.messages,
+                    s.msgs_per_s,
+                    s.cpu_per_10k
+                );
+            }
+        }
+
+        if !self.notes.is_empty() {
+            let _ = writeln!(md, "\n## Notes\n");
+            for note in &self.notes {
+                let _ = writeln!(md, "- {}", note.replace('\n', " "));
+            }
+        }
+        md
+    }
+}
+
+fn yes(met: bool) -> &'static str {
+    if met { "yes" } else { "**no**" }
+}
