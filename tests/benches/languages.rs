@@ -1,7 +1,8 @@
-//! End-to-end throughput of `uppercase` in Rust, Python and JavaScript through a real
-//! nats-server: N inputs stored first, then one host pulls, handles, publishes each output with
-//! its publish ack and acks the input. msgs/s from the host's start to the last output stored,
-//! with a fresh instance per message and with instance reuse. Prints a Markdown table.
+//! `uppercase` in Rust, Python and JavaScript, in one run: the cost of one handler call (mean
+//! over many calls, in process) and the end-to-end throughput through a real nats-server (N
+//! inputs stored first, then one host pulls, handles, publishes each output with its publish
+//! ack and acks the input; msgs/s from the host's start to the last output stored), each with a
+//! fresh instance per message and with instance reuse. Prints a Markdown table.
 //!
 //! `cargo bench -p natsplug-tests --bench languages` (NATSPLUG_BENCH_MESSAGES, default 3000)
 
@@ -52,6 +53,36 @@ async fn run(plugin: &str, reuse: u32, messages: usize) -> f64 {
     rate
 }
 
+/// Mean wall time of one `handle` call, in µs, over `calls` calls.
+async fn per_call(plugin: &str, reuse: u32, calls: u32) -> f64 {
+    let runtime = natsplug::runtime::Runtime::new(natsplug::runtime::RuntimeConfig {
+        cache_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-compile-cache")),
+        ..Default::default()
+    })
+    .unwrap();
+    let manifest = natsplug::manifest::Manifest::parse(
+        &format!(
+            "[limits]\nmemory = \"256MiB\"\n[instance]\nreuse = {reuse}\n\
+             [publish]\nallow = [\"out.upper\"]\n[config]\noutput = \"out.upper\"\n"
+        ),
+        Path::new("bench.toml"),
+    )
+    .unwrap();
+    let plugin = runtime
+        .load_file(&natsplug_tests::plugin_path(plugin), Some(manifest))
+        .unwrap();
+    let msg = natsplug::message::Message::new("in.upper", format!("{:0>64}", 7));
+    let hooks = natsplug::runtime::Hooks::default;
+    for _ in 0..calls / 10 {
+        plugin.handle(&msg, hooks()).await.unwrap();
+    }
+    let started = Instant::now();
+    for _ in 0..calls {
+        plugin.handle(&msg, hooks()).await.unwrap();
+    }
+    started.elapsed().as_secs_f64() * 1e6 / f64::from(calls)
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -64,18 +95,24 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    println!("end to end: {messages} messages of 64 B, concurrency 64");
-    println!("| plugin | fresh instance | reused instance | reuse / fresh |");
-    println!("|---|---|---|---|");
-    for (language, plugin) in [
-        ("Rust", "uppercase"),
-        ("Python", "uppercase-py"),
-        ("JavaScript", "uppercase-js"),
+    println!(
+        "per call (64 B, in process) and end to end ({messages} messages of 64 B, concurrency 64)"
+    );
+    println!(
+        "| plugin | call, fresh | call, reused | end to end, fresh | end to end, reused | reuse / fresh |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (language, plugin, calls) in [
+        ("Rust", "uppercase", 20_000),
+        ("Python", "uppercase-py", 300),
+        ("JavaScript", "uppercase-js", 500),
     ] {
+        let call_fresh = rt.block_on(per_call(plugin, 1, calls));
+        let call_reused = rt.block_on(per_call(plugin, 1_000_000, calls * 10));
         let fresh = rt.block_on(run(plugin, 1, messages));
         let reused = rt.block_on(run(plugin, 1_000_000, messages));
         println!(
-            "| {language} | {fresh:.0} msgs/s | {reused:.0} msgs/s | {:.2}x |",
+            "| {language} | {call_fresh:.1} µs | {call_reused:.1} µs | {fresh:.0} msgs/s | {reused:.0} msgs/s | {:.2}x |",
             reused / fresh
         );
     }
