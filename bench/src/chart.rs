@@ -40,7 +40,7 @@ fn font() -> bool {
 /// Draws the chart to `path`.
 pub fn draw(report: &Report, path: &Path) -> anyhow::Result<()> {
     let text = font();
-    let root = BitMapBackend::new(path, (1400, 560)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1400, 620)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (left, right) = root.split_horizontally(700);
     panel(
@@ -87,7 +87,8 @@ fn panel(
         .filter(|v| v.is_finite())
         .fold(0.0, f64::max)
         .max(1e-9)
-        * 1.25;
+        // Headroom for the legend above the bars.
+        * 1.7;
     let groups = sizes.len().max(1) as f64;
     let mut builder = ChartBuilder::on(area);
     builder.margin(15);
@@ -114,6 +115,7 @@ fn panel(
                 }
             })
             .y_labels(8)
+            .y_label_formatter(&|v| format_value(*v))
             .label_style(("sans-serif", 16))
             .draw()
             .map_err(err)?;

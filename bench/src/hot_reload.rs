@@ -22,11 +22,11 @@ pub struct Reload {
     pub msgs_per_s: f64,
     /// Longest gap between consecutive stored outputs, ms.
     pub longest_gap_ms: f64,
-    /// Longest gap within the second after the new version's first output, ms.
+    /// Longest gap within a second either side of the new version's first output, ms.
     pub gap_at_switch_ms: f64,
     /// From the manifest rewrite to the first output of the new version, ms.
     pub switch_after_ms: f64,
-    /// Outputs of the old and the new version.
+    /// Outputs of the old version.
     pub before: usize,
     /// Outputs of the new version.
     pub after: usize,
@@ -35,13 +35,14 @@ pub struct Reload {
 /// Runs it.
 pub async fn run(
     client: &async_nats::Client,
+    server_pid: u32,
     url: &str,
     settings: Natsplug,
     shape: Shape,
     dir: &Path,
 ) -> anyhow::Result<Reload> {
     let plugins = settings.job_plugins(dir, Some("before"))?;
-    let command = Natsplug::command(url, &plugins, dir)?;
+    let command = settings.command(url, &plugins, dir)?;
     let manifest = natsplug::manifest_path(&plugins);
     let new_manifest = settings.manifest(Some("after"));
     let mid = MidRun {
@@ -54,6 +55,7 @@ pub async fn run(
     };
     let result = throughput::run(
         client,
+        server_pid,
         command,
         "natsplug (hot reload)",
         shape,

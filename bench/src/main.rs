@@ -52,7 +52,7 @@ struct Cli {
     #[arg(long, value_delimiter = ',', default_value = "64,4096")]
     sizes: Vec<usize>,
     /// natsplug `subscribe.concurrency` values to try (the best is kept).
-    #[arg(long, value_delimiter = ',', default_value = "64,128,256")]
+    #[arg(long, value_delimiter = ',', default_value = "64,128,256,512")]
     concurrency: Vec<usize>,
     /// FastStream `PullSub` batch sizes to try with a per-message handler (the best is kept,
     /// also against a batch handler of the largest).
@@ -67,14 +67,33 @@ struct Cli {
     /// Sequential requests of the request-reply figure.
     #[arg(long, default_value_t = 2_000)]
     requests: usize,
-    /// Leave FastStream out.
-    #[arg(long)]
-    no_faststream: bool,
+    /// Parts to leave out (e.g. `--skip faststream,hot-reload` while profiling natsplug).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    skip: Vec<Part>,
+    /// Another natsplug binary to measure as an extra row, as `LABEL=PATH` (repeatable), e.g. a
+    /// build of main beside this branch's.
+    #[arg(long = "natsplug-variant", value_parser = parse_variant)]
+    natsplug_variants: Vec<(String, PathBuf)>,
     /// Where results.md and results.png go. Default: the crate's folder (bench/).
     #[arg(long)]
     out: Option<PathBuf>,
     #[command(subcommand)]
     process: Option<Process>,
+}
+
+/// A part of the benchmark that `--skip` can leave out.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    /// The native rows.
+    Native,
+    /// The FastStream row and its settings sweep.
+    Faststream,
+    /// The settings sweeps (then the first `--concurrency` / `--faststream-batch` is used).
+    Sweep,
+    /// The request-reply figure.
+    RequestReply,
+    /// The hot-reload figure.
+    HotReload,
 }
 
 /// The native contender's processes (started by the runner).
@@ -98,6 +117,15 @@ enum Process {
         #[arg(long)]
         server: String,
     },
+}
+
+fn parse_variant(s: &str) -> Result<(String, PathBuf), String> {
+    let (label, path) = s.split_once('=').ok_or("expected LABEL=PATH")?;
+    let path = PathBuf::from(path);
+    if !path.exists() {
+        return Err(format!("{path:?} does not exist"));
+    }
+    Ok((label.to_owned(), path))
 }
 
 /// The workspace root (the parent of this crate's folder).
@@ -146,12 +174,22 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| workspace_root().join("bench"));
-    let faststream = !cli.no_faststream && contenders::faststream::available();
+    let skip = |part| cli.skip.contains(&part);
+    contenders::natsplug::set_variants(cli.natsplug_variants.clone());
+    let faststream = !skip(Part::Faststream) && contenders::faststream::available();
     let server = server::Server::start()?;
     let client = async_nats::connect(server.url()).await?;
     let url = server.url();
+    let pid = server.pid();
     let mut report = Report::new(cli.messages, cli.runs, server.version(), faststream);
-    if !cli.no_faststream && !faststream {
+    for (label, path) in &cli.natsplug_variants {
+        report.note(format!(
+            "`natsplug {label}` rows run {}; `natsplug` rows run {}.",
+            path.display(),
+            contenders::natsplug::binary()?.display()
+        ));
+    }
+    if !skip(Part::Faststream) && !faststream {
         report.note(format!(
             "FastStream left out: {:?} is missing (scripts/bench.sh installs it).",
             contenders::faststream::venv()
@@ -176,11 +214,21 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
     };
 
     // Settings sweeps: one run each, the first payload size; the best goes on.
-    let mut best_natsplug = (Natsplug { concurrency: 64 }, 0.0);
-    for &concurrency in &cli.concurrency {
-        let settings = Natsplug { concurrency };
+    let mut best_natsplug = (
+        Natsplug {
+            concurrency: cli.concurrency.first().copied().unwrap_or(128),
+            variant: None,
+        },
+        0.0,
+    );
+    for &concurrency in cli.concurrency.iter().filter(|_| !skip(Part::Sweep)) {
+        let settings = Natsplug {
+            concurrency,
+            variant: None,
+        };
         let r = run_one(
             &client,
+            pid,
             &url,
             Contender::Natsplug(settings),
             sweep_shape,
@@ -197,15 +245,27 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
             best_natsplug = (settings, r.msgs_per_s);
         }
     }
-    let mut contenders = vec![
-        Contender::Native(Native::TUNED),
-        Contender::Native(Native {
+    let mut contenders = Vec::new();
+    if !skip(Part::Native) {
+        contenders.push(Contender::Native(Native::TUNED));
+        contenders.push(Contender::Native(Native {
             double_ack: true,
             ..Native::TUNED
-        }),
-        Contender::Natsplug(best_natsplug.0),
-    ];
-    if faststream {
+        }));
+    }
+    contenders.push(Contender::Natsplug(best_natsplug.0));
+    for variant in 0..cli.natsplug_variants.len() {
+        contenders.push(Contender::Natsplug(Natsplug {
+            variant: Some(variant),
+            ..best_natsplug.0
+        }));
+    }
+    if faststream && skip(Part::Sweep) {
+        contenders.push(Contender::FastStream(FastStream {
+            batch: cli.faststream_batch.first().copied().unwrap_or(64),
+            batch_handler: false,
+        }));
+    } else if faststream {
         let fs_shape = Shape {
             messages: cli.messages.min(10_000),
             ..sweep_shape
@@ -224,10 +284,14 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
                 batch_handler: true,
             });
         }
+        // The best per-message handler (the same handler as the others), and the batch handler
+        // (FastStream's fastest shape here, at a cost in latency) as a row of its own.
         let mut best: Option<(FastStream, f64)> = None;
+        let mut batch_handler = None;
         for settings in options {
             match run_one(
                 &client,
+                pid,
                 &url,
                 Contender::FastStream(settings),
                 fs_shape,
@@ -240,7 +304,9 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
                     report
                         .sweeps
                         .push(Sweep::new(settings.label(), fs_shape, &r));
-                    if best.is_none_or(|b| r.msgs_per_s > b.1) {
+                    if settings.batch_handler {
+                        batch_handler = Some(settings);
+                    } else if best.is_none_or(|b| r.msgs_per_s > b.1) {
                         best = Some((settings, r.msgs_per_s));
                     }
                 }
@@ -251,6 +317,9 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
             }
         }
         if let Some((settings, _)) = best {
+            contenders.push(Contender::FastStream(settings));
+        }
+        if let Some(settings) = batch_handler {
             contenders.push(Contender::FastStream(settings));
         }
     }
@@ -266,15 +335,16 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
         let mut rows: Vec<Row> = contenders.iter().map(|c| Row::new(*c, size)).collect();
         for run in 1..=cli.runs {
             for row in &mut rows {
-                match run_one(&client, &url, row.contender, shape, &next_dir()?).await {
+                match run_one(&client, pid, &url, row.contender, shape, &next_dir()?).await {
                     Ok(r) => {
                         eprintln!(
-                            "{} B run {run}: {}: {:.0} msgs/s, p50 {:.2} ms, {:.3} CPU s/10k",
+                            "{} B run {run}: {}: {:.0} msgs/s, p50 {:.2} ms, {:.3} CPU s/10k, server {:.3}",
                             size,
                             row.contender.label(),
                             r.msgs_per_s,
                             stats::percentile(&r.latencies_ms, 50.0),
-                            r.cpu_per_10k
+                            r.cpu_per_10k,
+                            r.server_cpu_per_10k
                         );
                         row.runs.push(r);
                     }
@@ -299,7 +369,7 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
     if faststream {
         kinds.push(Kind::FastStream);
     }
-    for kind in kinds {
+    for kind in kinds.into_iter().filter(|_| !skip(Part::RequestReply)) {
         match request_reply::run(&client, kind, &url, cli.requests, &next_dir()?).await {
             Ok(times) => {
                 eprintln!(
@@ -320,15 +390,31 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
         latency_messages: 0,
         latency_rate: cli.latency_rate,
     };
-    match hot_reload::run(&client, &url, best_natsplug.0, reload_shape, &next_dir()?).await {
-        Ok(r) => {
+    let reload = if skip(Part::HotReload) {
+        None
+    } else {
+        Some(
+            hot_reload::run(
+                &client,
+                pid,
+                &url,
+                best_natsplug.0,
+                reload_shape,
+                &next_dir()?,
+            )
+            .await,
+        )
+    };
+    match reload {
+        None => {}
+        Some(Ok(r)) => {
             eprintln!(
                 "hot reload: longest gap {:.1} ms ({} before, {} after)",
                 r.longest_gap_ms, r.before, r.after
             );
             report.reload = Some(r);
         }
-        Err(e) => report.note(format!("hot reload: {e:#}")),
+        Some(Err(e)) => report.note(format!("hot reload: {e:#}")),
     }
 
     let markdown = report.markdown();
@@ -347,11 +433,21 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
 /// One run of one contender.
 async fn run_one(
     client: &async_nats::Client,
+    server_pid: u32,
     url: &str,
     contender: Contender,
     shape: Shape,
     dir: &Path,
 ) -> anyhow::Result<throughput::RunResult> {
     let command = contender.job_command(url, dir)?;
-    throughput::run(client, command, &contender.label(), shape, dir, None).await
+    throughput::run(
+        client,
+        server_pid,
+        command,
+        &contender.label(),
+        shape,
+        dir,
+        None,
+    )
+    .await
 }

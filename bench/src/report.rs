@@ -46,6 +46,17 @@ impl Row {
         median(&self.runs.iter().map(|r| r.cpu_per_10k).collect::<Vec<_>>())
     }
 
+    /// Median nats-server CPU seconds per 10k messages.
+    pub fn server_cpu_per_10k(&self) -> f64 {
+        median(
+            &self
+                .runs
+                .iter()
+                .map(|r| r.server_cpu_per_10k)
+                .collect::<Vec<_>>(),
+        )
+    }
+
     /// Largest peak RSS of the runs, MiB.
     pub fn peak_rss_mib(&self) -> f64 {
         self.runs.iter().map(|r| r.peak_rss).max().unwrap_or(0) as f64 / (1024.0 * 1024.0)
@@ -101,6 +112,7 @@ pub struct Report {
     runs: usize,
     server: String,
     faststream: bool,
+    load_at_start: String,
     /// The table.
     pub rows: Vec<Row>,
     /// Settings tried.
@@ -119,6 +131,13 @@ pub fn size_label(size: usize) -> String {
     } else {
         format!("{size} B")
     }
+}
+
+/// The first three fields of /proc/loadavg.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn machine() -> String {
@@ -142,6 +161,7 @@ impl Report {
             runs,
             server: server.to_owned(),
             faststream,
+            load_at_start: load_average(),
             rows: Vec::new(),
             sweeps: Vec::new(),
             request_reply: Vec::new(),
@@ -185,11 +205,15 @@ impl Report {
         let _ = writeln!(
             md,
             "Measured by `natsplug-bench` (see bench/README.md) on {}, {}, one loopback server for \
-             every contender. {} messages per run, median of {} run(s).\n",
+             every contender. {} messages per run, median of {} run(s). Load average (1, 5, 15 min) \
+             at the start: {}; at the end: {} (the machine is shared: anything above ~0.5 at the \
+             start was someone else's work).\n",
             machine(),
             self.server,
             self.messages,
-            self.runs
+            self.runs,
+            self.load_at_start,
+            load_average(),
         );
         let _ = writeln!(
             md,
@@ -197,9 +221,9 @@ impl Report {
         );
         let _ = writeln!(
             md,
-            "| contender | payload | msgs/s | x native | x FastStream | p50 latency | p99 latency | CPU s / 10k msgs | peak RSS | longest output gap |"
+            "| contender | payload | msgs/s | x native | x FastStream | p50 latency | p99 latency | CPU s / 10k msgs | server CPU s / 10k msgs | peak RSS | longest output gap |"
         );
-        let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for row in self.rows.iter().filter(|r| !r.runs.is_empty()) {
             let ratio = |kind| {
                 self.ratio(row, kind)
@@ -207,7 +231,7 @@ impl Report {
             };
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.0} | {} | {} | {:.2} ms | {:.2} ms | {:.3} | {:.0} MiB | {:.1} ms |",
+                "| {} | {} | {:.0} | {} | {} | {:.2} ms | {:.2} ms | {:.3} | {:.3} | {:.0} MiB | {:.1} ms |",
                 row.contender.label(),
                 size_label(row.size),
                 row.msgs_per_s(),
@@ -216,6 +240,7 @@ impl Report {
                 row.latency(50.0),
                 row.latency(99.0),
                 row.cpu_per_10k(),
+                row.server_cpu_per_10k(),
                 row.peak_rss_mib(),
                 row.longest_gap_ms(),
             );
@@ -224,7 +249,7 @@ impl Report {
             md,
             "\nmsgs/s: a backlog of {} stored inputs drained after the paused consumer is resumed. \
              Latency: input stored to output stored (server timestamps) at a steady offered load, \
-             not at saturation. CPU: utime+stime of the contender process over the throughput phase. \
+             not at saturation. CPU: utime+stime of the contender process over the throughput phase; server CPU: the same of nats-server (the work a contender makes the server do). \
              Peak RSS: VmHWM of the contender process.\n",
             self.messages
         );
@@ -233,11 +258,14 @@ impl Report {
         let _ = writeln!(md, "| target | payload | measured | met |");
         let _ = writeln!(md, "|---|---|---:|---|");
         for size in self.sizes() {
-            if let Some(row) = self.row(Kind::Natsplug, size) {
+            for row in self.rows.iter().filter(|r| {
+                r.contender.kind() == Kind::Natsplug && r.size == size && !r.runs.is_empty()
+            }) {
+                let who = row.contender.label();
                 if let Some(r) = self.ratio(row, Kind::Native) {
                     let _ = writeln!(
                         md,
-                        "| natsplug >= {TARGET_VS_NATIVE}x native msgs/s | {} | {r:.2}x | {} |",
+                        "| {who} >= {TARGET_VS_NATIVE}x native msgs/s | {} | {r:.2}x | {} |",
                         size_label(size),
                         yes(r >= TARGET_VS_NATIVE)
                     );
@@ -246,7 +274,7 @@ impl Report {
                     Some(r) => {
                         let _ = writeln!(
                             md,
-                            "| natsplug >= {TARGET_VS_FASTSTREAM}x FastStream msgs/s | {} | {r:.2}x | {} |",
+                            "| {who} >= {TARGET_VS_FASTSTREAM}x FastStream msgs/s | {} | {r:.2}x | {} |",
                             size_label(size),
                             yes(r >= TARGET_VS_FASTSTREAM)
                         );
@@ -254,11 +282,19 @@ impl Report {
                     None if !self.faststream => {
                         let _ = writeln!(
                             md,
-                            "| natsplug >= {TARGET_VS_FASTSTREAM}x FastStream msgs/s | {} | not measured | - |",
+                            "| {who} >= {TARGET_VS_FASTSTREAM}x FastStream msgs/s | {} | not measured | - |",
                             size_label(size)
                         );
                     }
                     None => {}
+                }
+                if let Some(r) = self.ratio(row, Kind::FastStreamBatch) {
+                    let _ = writeln!(
+                        md,
+                        "| {who} >= {TARGET_VS_FASTSTREAM}x FastStream with a batch handler | {} | {r:.2}x | {} |",
+                        size_label(size),
+                        yes(r >= TARGET_VS_FASTSTREAM)
+                    );
                 }
             }
         }
@@ -280,7 +316,9 @@ impl Report {
                 let name = match kind {
                     Kind::Native | Kind::NativeDoubleAck => "native (async-nats subscriber)",
                     Kind::Natsplug => "natsplug (`slow` plugin, payload 0, `Output::reply()`)",
-                    Kind::FastStream => "FastStream (core subscriber returning the reply)",
+                    Kind::FastStream | Kind::FastStreamBatch => {
+                        "FastStream (core subscriber returning the reply)"
+                    }
                 };
                 let _ = writeln!(
                     md,

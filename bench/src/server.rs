@@ -80,6 +80,11 @@ impl Server {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id (its CPU time is read from /proc too).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What `nats-server --version` printed.
     pub fn version(&self) -> &str {
         &self.version

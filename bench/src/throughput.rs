@@ -53,6 +53,8 @@ pub struct RunResult {
     pub msgs_per_s: f64,
     /// Throughput phase: CPU seconds per 10,000 messages.
     pub cpu_per_10k: f64,
+    /// Throughput phase: nats-server CPU seconds per 10,000 messages.
+    pub server_cpu_per_10k: f64,
     /// Peak RSS of the contender process, bytes.
     pub peak_rss: u64,
     /// Throughput phase: longest gap between consecutive stored outputs, ms.
@@ -68,6 +70,7 @@ pub struct RunResult {
 /// Runs the job once; `dir` is a scratch folder (logs, plugins).
 pub async fn run(
     client: &async_nats::Client,
+    server_pid: u32,
     command: Command,
     what: &str,
     shape: Shape,
@@ -81,7 +84,7 @@ pub async fn run(
     // was paused; a new message wakes them (otherwise they wait for their expiry).
     job::publish_inputs(&js, 0, shape.messages - 1, shape.size).await?;
     let log = dir.join("contender.log");
-    let result = measured(&js, client, command, what, shape, &log, mid_run).await;
+    let result = measured(&js, client, server_pid, command, what, shape, &log, mid_run).await;
     job::clean(&js).await;
     result.with_context(|| {
         let tail = std::fs::read_to_string(&log).unwrap_or_default();
@@ -98,9 +101,11 @@ pub async fn run(
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn measured(
     js: &jetstream::Context,
     client: &async_nats::Client,
+    server_pid: u32,
     command: Command,
     what: &str,
     shape: Shape,
@@ -111,6 +116,7 @@ async fn measured(
     job::wait_pulling(js, Duration::from_secs(60)).await?;
     contender.check_alive()?;
     let cpu_before = contender.cpu()?;
+    let server_cpu_before = crate::process::cpu_time(server_pid)?;
     let resumed = job::resume(client).await?;
     job::publish_inputs(js, shape.messages - 1, 1, shape.size).await?;
     let timeout = Duration::from_secs(60).max(Duration::from_secs(shape.messages / 200));
@@ -122,6 +128,7 @@ async fn measured(
     }
     job::wait_outputs(js, shape.messages, timeout, || contender.check_alive()).await?;
     let cpu = contender.cpu()? - cpu_before;
+    let server_cpu = crate::process::cpu_time(server_pid)? - server_cpu_before;
     if shape.latency_messages > 0 {
         job::publish_paced(
             js,
@@ -144,6 +151,7 @@ async fn measured(
     let by_input = check(&inputs, &outputs, shape.size, total)?;
     let mut result = RunResult {
         cpu_per_10k: cpu.as_secs_f64() / shape.messages as f64 * 10_000.0,
+        server_cpu_per_10k: server_cpu.as_secs_f64() / shape.messages as f64 * 10_000.0,
         peak_rss,
         mid_run_at_ns: mid_run_at,
         ..Default::default()

@@ -29,8 +29,10 @@ pub enum Kind {
     NativeDoubleAck,
     /// [`Contender::Natsplug`].
     Natsplug,
-    /// [`Contender::FastStream`].
+    /// [`Contender::FastStream`] with a per-message handler: the same handler as the others.
     FastStream,
+    /// [`Contender::FastStream`] with a batch handler (a list per call).
+    FastStreamBatch,
 }
 
 impl Contender {
@@ -49,6 +51,7 @@ impl Contender {
             Self::Native(n) if n.double_ack => Kind::NativeDoubleAck,
             Self::Native(_) => Kind::Native,
             Self::Natsplug(_) => Kind::Natsplug,
+            Self::FastStream(f) if f.batch_handler => Kind::FastStreamBatch,
             Self::FastStream(_) => Kind::FastStream,
         }
     }
@@ -59,7 +62,7 @@ impl Contender {
             Self::Native(n) => n.job_command(url),
             Self::Natsplug(n) => {
                 let plugins = n.job_plugins(dir, None)?;
-                natsplug::Natsplug::command(url, &plugins, dir)
+                n.command(url, &plugins, dir)
             }
             Self::FastStream(f) => f.job_command(url),
         }
@@ -72,8 +75,12 @@ pub fn responder_command(kind: Kind, url: &str, dir: &Path) -> anyhow::Result<Co
         Kind::Native | Kind::NativeDoubleAck => native::Native::responder_command(url),
         Kind::Natsplug => {
             let plugins = natsplug::Natsplug::reply_plugins(dir)?;
-            natsplug::Natsplug::command(url, &plugins, dir)
+            let default = natsplug::Natsplug {
+                concurrency: 8,
+                variant: None,
+            };
+            default.command(url, &plugins, dir)
         }
-        Kind::FastStream => faststream::FastStream::responder_command(url),
+        Kind::FastStream | Kind::FastStreamBatch => faststream::FastStream::responder_command(url),
     }
 }

@@ -18,6 +18,22 @@ use crate::job;
 pub struct Natsplug {
     /// The manifest's `subscribe.concurrency`.
     pub concurrency: usize,
+    /// Another `natsplug` binary (`--natsplug-variant`), by index; `None`: the one beside this.
+    pub variant: Option<usize>,
+}
+
+/// Other `natsplug` binaries to run as extra rows (`--natsplug-variant LABEL=PATH`), e.g. a
+/// build of another commit, so a host change is measured side by side with the current one.
+static VARIANTS: std::sync::OnceLock<Vec<(String, PathBuf)>> = std::sync::OnceLock::new();
+
+/// Sets the variants (once, at start).
+pub fn set_variants(variants: Vec<(String, PathBuf)>) {
+    let _ = VARIANTS.set(variants);
+}
+
+/// The variants set.
+pub fn variants() -> &'static [(String, PathBuf)] {
+    VARIANTS.get().map_or(&[], Vec::as_slice)
 }
 
 /// The plugin's name: its file stem, the first field of its output ids.
@@ -26,7 +42,10 @@ pub const PLUGIN: &str = "uppercase";
 impl Natsplug {
     /// The row name.
     pub fn label(&self) -> String {
-        format!("natsplug (concurrency {})", self.concurrency)
+        match self.variant.and_then(|v| variants().get(v)) {
+            Some((name, _)) => format!("natsplug {name} (concurrency {})", self.concurrency),
+            None => format!("natsplug (concurrency {})", self.concurrency),
+        }
     }
 
     /// The manifest of the job; `marker` is the config value the hot-reload figure changes.
@@ -83,8 +102,12 @@ impl Natsplug {
     }
 
     /// The command that serves `plugins` against `url`; its compile cache goes in `dir`.
-    pub fn command(url: &str, plugins: &Path, dir: &Path) -> anyhow::Result<Command> {
-        let mut command = Command::new(binary()?);
+    pub fn command(&self, url: &str, plugins: &Path, dir: &Path) -> anyhow::Result<Command> {
+        let bin = match self.variant.and_then(|v| variants().get(v)) {
+            Some((_, path)) => path.clone(),
+            None => binary()?,
+        };
+        let mut command = Command::new(bin);
         command
             .args(["run", "--log", "warn", "--server", url, "--plugins"])
             .arg(plugins)
