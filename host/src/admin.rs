@@ -33,7 +33,7 @@ pub struct Admin {
 
 impl Admin {
     /// Why the host is not ready, or `None` when it is.
-    pub async fn not_ready(&self) -> Option<String> {
+    pub fn not_ready(&self) -> Option<String> {
         if self.shutdown.is_stopping() {
             return Some("shutting down".into());
         }
@@ -45,7 +45,7 @@ impl Admin {
             return Some("plugins not loaded yet".into());
         }
         let registry = self.registry.get()?;
-        let unbound = registry.unbound().await;
+        let unbound = registry.unbound();
         (!unbound.is_empty()).then(|| format!("subscriptions not bound: {}", unbound.join(", ")))
     }
 }
@@ -86,7 +86,7 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
 }
 
 async fn ready(State(admin): State<Arc<Admin>>) -> impl IntoResponse {
-    match admin.not_ready().await {
+    match admin.not_ready() {
         None => (StatusCode::OK, "ready\n".to_owned()),
         Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,

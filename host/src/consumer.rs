@@ -511,7 +511,7 @@ impl Worker {
                     headers.insert(settle::header::KIND, kind.as_str());
                     headers.insert(
                         settle::header::REASON,
-                        reason.replace(['\r', '\n'], " ").as_str(),
+                        settle::header_value(&reason).as_str(),
                     );
                     if let Err(e) = self
                         .publisher

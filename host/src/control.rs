@@ -108,7 +108,7 @@ pub async fn serve(
         loop {
             tokio::select! {
                 Some(request) = list.next() => {
-                    let plugins = registry.list().await;
+                    let plugins = registry.list();
                     respond(request, &plugins).await;
                 }
                 Some(request) = reload.next() => {
@@ -120,7 +120,7 @@ pub async fn serve(
                     });
                 }
                 Some(request) = status.next() => {
-                    let plugins = registry.list().await;
+                    let plugins = registry.list();
                     let answer = HostStatus {
                         host: host.clone(),
                         started_at: time::OffsetDateTime::from(started)

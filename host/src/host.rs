@@ -78,7 +78,7 @@ pub async fn run(config: HostConfig, shutdown: Shutdown) -> anyhow::Result<()> {
         shutdown.clone(),
     )
     .await?;
-    let plugins = registry.list().await;
+    let plugins = registry.list();
     tracing::info!(host = %host_id, plugins = plugins.len(), failed = plugins.iter().filter(|p| p.error.is_some()).count(), "host started");
 
     shutdown.stopping().await;

@@ -366,7 +366,7 @@ impl Registry {
     }
 
     /// Every plugin, served or failed, with its counters.
-    pub async fn list(&self) -> Vec<PluginInfo> {
+    pub fn list(&self) -> Vec<PluginInfo> {
         self.entries()
             .iter()
             .map(|(name, entry)| PluginInfo {
@@ -385,7 +385,7 @@ impl Registry {
     }
 
     /// The subscribed plugins whose subscription is not in place (yet).
-    pub async fn unbound(&self) -> Vec<String> {
+    pub fn unbound(&self) -> Vec<String> {
         self.entries()
             .iter()
             .filter(|(_, e)| {
@@ -393,16 +393,6 @@ impl Registry {
             })
             .map(|(name, _)| name.clone())
             .collect()
-    }
-
-    /// The served version of a plugin.
-    pub async fn current(&self, name: &str) -> Option<Plugin> {
-        let entries = self.entries();
-        entries
-            .get(name)?
-            .current
-            .as_ref()
-            .map(|c| c.borrow().clone())
     }
 }
 
@@ -428,10 +418,7 @@ fn stamp(wasm: &[u8], manifest: Option<&str>) -> String {
     hash.update(wasm);
     hash.update([0]);
     hash.update(manifest.unwrap_or_default().as_bytes());
-    hash.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::runtime::hex(&hash.finalize()[..8])
 }
 
 fn rfc3339(t: SystemTime) -> String {

@@ -102,6 +102,11 @@ pub fn is_last_delivery(delivered: u64, manifest: &Manifest) -> bool {
     max > 0 && delivered >= max as u64
 }
 
+/// `text` as a header value: one line.
+pub fn header_value(text: &str) -> String {
+    text.replace(['\r', '\n'], " ")
+}
+
 /// The headers of `input`'s dead letter: `keep` (its own headers, or none) plus the
 /// `Natsplug-*` headers saying why.
 pub fn dead_letter_headers(
@@ -114,8 +119,7 @@ pub fn dead_letter_headers(
     let mut headers = keep.to_nats();
     headers.insert(header::PLUGIN, plugin);
     headers.insert(header::KIND, kind);
-    // Header values are one line.
-    headers.insert(header::REASON, reason.replace(['\r', '\n'], " ").as_str());
+    headers.insert(header::REASON, header_value(reason).as_str());
     headers.insert(header::SUBJECT, input.subject.as_str());
     let delivered = input.delivery.as_ref().map_or(1, |d| d.delivered);
     headers.insert(header::DELIVERED, delivered.to_string().as_str());

@@ -229,7 +229,8 @@ pub fn plugin_name(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex of `bytes` (plugin versions).
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
