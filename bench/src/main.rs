@@ -67,6 +67,9 @@ struct Cli {
     /// Sequential requests of the request-reply figure.
     #[arg(long, default_value_t = 2_000)]
     requests: usize,
+    /// `[instance] reuse` of the extra "instance reuse" natsplug row (1: no such row).
+    #[arg(long, default_value_t = 1_000)]
+    reuse: u32,
     /// Parts to leave out (e.g. `--skip faststream,hot-reload` while profiling natsplug).
     #[arg(long, value_delimiter = ',', value_enum)]
     skip: Vec<Part>,
@@ -218,6 +221,7 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
         Natsplug {
             concurrency: cli.concurrency.first().copied().unwrap_or(128),
             variant: None,
+            reuse: 1,
         },
         0.0,
     );
@@ -225,6 +229,7 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
         let settings = Natsplug {
             concurrency,
             variant: None,
+            reuse: 1,
         };
         let r = run_one(
             &client,
@@ -254,6 +259,12 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
         }));
     }
     contenders.push(Contender::Natsplug(best_natsplug.0));
+    if cli.reuse > 1 {
+        contenders.push(Contender::Natsplug(Natsplug {
+            reuse: cli.reuse,
+            ..best_natsplug.0
+        }));
+    }
     for variant in 0..cli.natsplug_variants.len() {
         contenders.push(Contender::Natsplug(Natsplug {
             variant: Some(variant),

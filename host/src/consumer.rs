@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::heartbeat::Heartbeat;
-use crate::manifest::Subscribe;
+use crate::manifest::{AckMode, Subscribe};
 use crate::message::{Delivery, Headers, Message, subject_matches};
 use crate::metrics::PluginMetrics;
 use crate::publisher::{PublishError, Publisher};
@@ -270,8 +270,13 @@ impl Worker {
             {
                 Ok(()) => {
                     self.metrics.acked.inc();
-                    if let Err(e) = acker.double_ack().await {
-                        tracing::warn!(error = %e, "ack not confirmed; a redelivery will find its outputs deduplicated");
+                    match manifest.subscribe.as_ref().map(|s| s.ack).unwrap_or_default() {
+                        AckMode::Plain => settle_ack(acker, AckKind::Ack).await,
+                        AckMode::Confirmed => {
+                            if let Err(e) = acker.double_ack().await {
+                                tracing::warn!(error = %e, "ack not confirmed; a redelivery will find its outputs deduplicated");
+                            }
+                        }
                     }
                 }
                 Err(e) if e.is_permanent() || settle::is_last_delivery(delivered, manifest) => {

@@ -18,6 +18,7 @@
 //! - [`metrics`]: Prometheus metrics; per-plugin handles the control plane reads too.
 //! - [`scaffold`]: `natsplug new`, a plugin project with a test through the real runtime.
 //! - [`consumer`]: per-plugin pull consumer or core subscription, one task per message.
+//! - [`pull`]: pull requests sized by free handler slots, over one inbox per consumer.
 //! - [`heartbeat`]: ack-progress while a message is in the host's hands.
 //! - [`settle`]: what becomes of an input (publish then ack, nak, dead-letter then term).
 //! - [`publisher`]: the publisher pool, dedup ids and bounded retries.
@@ -39,6 +40,7 @@ pub mod metrics;
 pub mod offline;
 pub mod plugins;
 pub mod publisher;
+pub mod pull;
 pub mod reload;
 pub mod runtime;
 pub mod scaffold;

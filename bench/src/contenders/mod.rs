@@ -78,6 +78,7 @@ pub fn responder_command(kind: Kind, url: &str, dir: &Path) -> anyhow::Result<Co
             let default = natsplug::Natsplug {
                 concurrency: 8,
                 variant: None,
+                reuse: 1,
             };
             default.command(url, &plugins, dir)
         }

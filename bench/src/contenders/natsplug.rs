@@ -1,7 +1,8 @@
 //! **natsplug**: the release `natsplug run` binary as a subprocess, serving a plugins folder of
 //! its own that holds the Rust `uppercase` plugin with a benchmark manifest: bound to the
 //! runner's durable consumer, `concurrency` handlers at once, `[config] output = "bench.out"`.
-//! Every message runs in a fresh wasm instance; outputs go out on the host's publisher pool
+//! Every message runs in a fresh wasm instance (or, on the reuse row, an instance serves
+//! `[instance] reuse` messages); outputs go out on the host's publisher pool
 //! with `Nats-Msg-Id = uppercase:BENCH_IN:SEQ:0` and awaited publish acks, then the input is
 //! double-acked. For request-reply the folder holds the `slow` plugin on a core subject, with
 //! no `output` config: it replies to a request with `Output::reply()`.
@@ -20,6 +21,8 @@ pub struct Natsplug {
     pub concurrency: usize,
     /// Another `natsplug` binary (`--natsplug-variant`), by index; `None`: the one beside this.
     pub variant: Option<usize>,
+    /// The manifest's `[instance] reuse`: messages per instance (1: a fresh one per message).
+    pub reuse: u32,
 }
 
 /// Other `natsplug` binaries to run as extra rows (`--natsplug-variant LABEL=PATH`), e.g. a
@@ -42,9 +45,16 @@ pub const PLUGIN: &str = "uppercase";
 impl Natsplug {
     /// The row name.
     pub fn label(&self) -> String {
-        match self.variant.and_then(|v| variants().get(v)) {
-            Some((name, _)) => format!("natsplug {name} (concurrency {})", self.concurrency),
-            None => format!("natsplug (concurrency {})", self.concurrency),
+        let name = match self.variant.and_then(|v| variants().get(v)) {
+            Some((name, _)) => format!("natsplug {name}"),
+            None => "natsplug".to_owned(),
+        };
+        match self.reuse {
+            1 => format!("{name} (concurrency {})", self.concurrency),
+            reuse => format!(
+                "{name}, instance reuse {reuse} (concurrency {})",
+                self.concurrency
+            ),
         }
     }
 
@@ -65,6 +75,7 @@ impl Natsplug {
              [publish]\n\
              allow = [\"{out}\"]\n\
              \n\
+             {instance}\
              [config]\n\
              output = \"{out}\"\n\
              {marker}",
@@ -73,6 +84,10 @@ impl Natsplug {
             durable = job::DURABLE,
             ack_wait = job::ACK_WAIT.as_secs(),
             concurrency = self.concurrency,
+            instance = match self.reuse {
+                1 => String::new(),
+                reuse => format!("[instance]\nreuse = {reuse}\n\n"),
+            },
             out = job::OUT_SUBJECT,
         )
     }

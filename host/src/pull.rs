@@ -1,0 +1,232 @@
+//! The pull side of a JetStream worker: one inbox subscription for the consumer's life, and pull
+//! requests sized by the plugin's free handler slots.
+//!
+//! Every message asked for holds a handler slot from the moment it is requested until it
+//! arrives (the slot goes to its message task) or the server says it will not come (a `408`
+//! or `409` status with `Nats-Pending-Messages`). So the host never holds a message it has no
+//! slot for, and a message never waits in a local buffer while its ack_wait runs out.
+//!
+//! A slot that frees up is asked for again at once while little is outstanding; with many
+//! requests open, free slots are gathered into one request of at least [`Puller::threshold`],
+//! which keeps the server's waiting-request list short at high concurrency.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use async_nats::{StatusCode, Subject, Subscriber};
+use futures::StreamExt as _;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+/// How long one pull request waits for messages. Short, so a stopping host gives back what it
+/// was about to receive quickly.
+pub const PULL_EXPIRES: Duration = Duration::from_secs(1);
+/// Silence, past a request's expiry, after which its messages are taken as lost (the connection
+/// dropped the request) and its slots are freed.
+const LOST_AFTER: Duration = Duration::from_secs(2);
+
+/// What the inbox brought.
+pub enum Pulled {
+    /// A message, with the handler slot it was requested with.
+    Message(jetstream::Message, OwnedSemaphorePermit),
+    /// A message nobody asked for (after a reset): it has no slot.
+    Unrequested(jetstream::Message),
+    /// The consumer is gone (deleted, or no longer a pull consumer): set it up again.
+    ConsumerGone(String),
+    /// The subscription ended (the client closed).
+    Closed,
+}
+
+/// Pull requests and their replies for one durable consumer.
+pub struct Puller {
+    client: async_nats::Client,
+    context: jetstream::Context,
+    request_subject: String,
+    inbox: Subject,
+    subscriber: Subscriber,
+    /// One permit per message asked for and not yet arrived.
+    outstanding: Option<OwnedSemaphorePermit>,
+    /// When the inbox last heard from the server while something was outstanding.
+    last_heard: Instant,
+    threshold: usize,
+}
+
+impl Puller {
+    /// Subscribes to a fresh inbox for `consumer`'s messages.
+    pub async fn new(
+        client: async_nats::Client,
+        context: jetstream::Context,
+        consumer: &PullConsumer,
+        concurrency: usize,
+    ) -> anyhow::Result<Self> {
+        let info = consumer.cached_info();
+        let request_subject = format!(
+            "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+            info.stream_name, info.name
+        );
+        let inbox = Subject::from(client.new_inbox());
+        let subscriber = client.subscribe(inbox.clone()).await?;
+        Ok(Puller {
+            client,
+            context,
+            request_subject,
+            inbox,
+            subscriber,
+            outstanding: None,
+            last_heard: Instant::now(),
+            threshold: Self::threshold(concurrency),
+        })
+    }
+
+    /// The fewest free slots worth a request while others are outstanding: one for small
+    /// concurrencies, an eighth of the slots for large ones.
+    pub fn threshold(concurrency: usize) -> usize {
+        (concurrency / 8).clamp(1, 64)
+    }
+
+    /// How many free slots to wait for before the next request.
+    pub fn wanted(&self) -> usize {
+        if self.outstanding() == 0 {
+            1
+        } else {
+            self.threshold
+        }
+    }
+
+    /// Messages asked for and not yet arrived.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding
+            .as_ref()
+            .map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+
+    /// Asks for as many messages as `slots` holds; the slots stay outstanding until their
+    /// messages arrive or the request ends.
+    pub async fn request(&mut self, slots: OwnedSemaphorePermit) -> anyhow::Result<()> {
+        let batch = slots.num_permits();
+        let body = format!(
+            r#"{{"batch":{batch},"expires":{}}}"#,
+            PULL_EXPIRES.as_nanos()
+        );
+        self.client
+            .publish_with_reply(
+                self.request_subject.clone(),
+                self.inbox.clone(),
+                body.into(),
+            )
+            .await?;
+        if self.outstanding() == 0 {
+            self.last_heard = Instant::now();
+        }
+        match &mut self.outstanding {
+            Some(held) => held.merge(slots),
+            None => self.outstanding = Some(slots),
+        }
+        Ok(())
+    }
+
+    /// Waits for the next message. Status replies are accounted for here; requests lost with
+    /// a dropped connection are detected by their silence and their slots freed. Cancel-safe.
+    pub async fn next(&mut self) -> Pulled {
+        loop {
+            let received = if self.outstanding() > 0 {
+                let deadline = self.last_heard + PULL_EXPIRES + LOST_AFTER;
+                match tokio::time::timeout_at(deadline, self.subscriber.next()).await {
+                    Ok(received) => received,
+                    Err(_) => {
+                        tracing::debug!(
+                            outstanding = self.outstanding(),
+                            "pull requests unanswered past their expiry: taken as lost"
+                        );
+                        self.outstanding = None;
+                        continue;
+                    }
+                }
+            } else {
+                self.subscriber.next().await
+            };
+            let Some(message) = received else {
+                return Pulled::Closed;
+            };
+            self.last_heard = Instant::now();
+            match message.status.unwrap_or(StatusCode::OK) {
+                StatusCode::OK => {
+                    let slot = self.outstanding.as_mut().and_then(|held| {
+                        if held.num_permits() == 1 {
+                            None
+                        } else {
+                            held.split(1)
+                        }
+                    });
+                    let slot = match slot {
+                        Some(slot) => Some(slot),
+                        None => self.outstanding.take(),
+                    };
+                    let message = jetstream::Message {
+                        message,
+                        context: self.context.clone(),
+                    };
+                    return match slot {
+                        Some(slot) => Pulled::Message(message, slot),
+                        None => Pulled::Unrequested(message),
+                    };
+                }
+                StatusCode::IDLE_HEARTBEAT => continue,
+                status => {
+                    let description = message.description.unwrap_or_default();
+                    let pending = message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("Nats-Pending-Messages"))
+                        .and_then(|v| v.as_str().parse::<usize>().ok());
+                    match pending {
+                        // A request ended with this many messages not sent: free their slots.
+                        Some(pending) => self.release(pending),
+                        None => {
+                            // A request refused as a whole, or the consumer is gone: nothing
+                            // asked for is coming, start over.
+                            tracing::debug!(%status, description, "pull request refused");
+                            self.outstanding = None;
+                            if description == "Consumer Deleted"
+                                || description == "Consumer is push based"
+                                || status == StatusCode::NOT_FOUND
+                                    && description.contains("Consumer")
+                            {
+                                return Pulled::ConsumerGone(description);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Frees `n` outstanding slots.
+    fn release(&mut self, n: usize) {
+        let Some(held) = &mut self.outstanding else {
+            return;
+        };
+        if n >= held.num_permits() {
+            self.outstanding = None;
+        } else {
+            drop(held.split(n));
+        }
+    }
+
+    /// Stops asking: waits (at most one request expiry and a little) for the messages already
+    /// asked for, handing each to `give_back`, then unsubscribes.
+    pub async fn drain(mut self, mut give_back: impl FnMut(jetstream::Message)) {
+        let deadline = Instant::now() + PULL_EXPIRES + Duration::from_millis(500);
+        while self.outstanding() > 0 {
+            match tokio::time::timeout_at(deadline, self.next()).await {
+                Ok(Pulled::Message(message, _)) | Ok(Pulled::Unrequested(message)) => {
+                    give_back(message);
+                }
+                Ok(Pulled::ConsumerGone(_)) | Ok(Pulled::Closed) | Err(_) => break,
+            }
+        }
+        if let Err(e) = self.subscriber.unsubscribe().await {
+            tracing::debug!(error = %e, "cannot unsubscribe the pull inbox");
+        }
+    }
+}
