@@ -22,14 +22,12 @@ use crate::manifest::{AckMode, Subscribe};
 use crate::message::{Delivery, Headers, Message, subject_matches};
 use crate::metrics::PluginMetrics;
 use crate::publisher::{PublishError, Publisher};
+use crate::pull::{Pulled, Puller};
 use crate::runtime::{Hooks, Plugin};
 use crate::settle::{self, Decision};
 use crate::shutdown::Shutdown;
 
-/// How long one pull request waits for messages. Short, so a stopping host gives back what it
-/// was about to receive quickly.
-const PULL_EXPIRES: Duration = Duration::from_secs(1);
-/// The nak delay of a message pulled while stopping: longer than [`PULL_EXPIRES`], so its
+/// The nak delay of a message pulled while stopping: longer than [`crate::pull::PULL_EXPIRES`], so its
 /// redelivery goes to another pull request, not back into the one being drained.
 const GIVE_BACK_DELAY: Duration = Duration::from_secs(2);
 /// Longest wait between attempts to set up a consumer or pull after an error.
@@ -67,24 +65,30 @@ impl Worker {
             return;
         };
         if subscribe.stream.is_some() {
-            self.run_jetstream(jetstream::new(client), subscribe).await;
+            self.run_jetstream(client, subscribe).await;
         } else {
             self.run_core(client, subscribe).await;
         }
     }
 
-    async fn run_jetstream(self, js: jetstream::Context, subscribe: Subscribe) {
+    async fn run_jetstream(self, client: async_nats::Client, subscribe: Subscribe) {
         let name = self.current().name().to_owned();
-        let slots = Arc::new(Semaphore::new(subscribe.concurrency.get()));
-        let mut consumer: Option<PullConsumer> = None;
+        let js = jetstream::new(client.clone());
+        let concurrency = subscribe.concurrency.get();
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let mut puller: Option<Puller> = None;
         let mut failures = 0u32;
         while !self.shutdown.is_stopping() && !self.retire.is_cancelled() {
-            let Some(pull) = &consumer else {
-                match ensure_consumer(&js, &name, &subscribe).await {
-                    Ok(c) => {
+            let Some(pull) = &mut puller else {
+                let ready = match ensure_consumer(&js, &name, &subscribe).await {
+                    Ok(c) => Puller::new(client.clone(), js.clone(), &c, concurrency).await,
+                    Err(e) => Err(e),
+                };
+                match ready {
+                    Ok(p) => {
                         tracing::info!(plugin = %name, stream = ?subscribe.stream, "consumer ready");
                         self.bound.store(true, std::sync::atomic::Ordering::Relaxed);
-                        consumer = Some(c);
+                        puller = Some(p);
                         failures = 0;
                     }
                     Err(e) => {
@@ -95,70 +99,65 @@ impl Worker {
                 }
                 continue;
             };
-            // Wait for one free slot, then take every free one: that is how many we pull.
-            let first = tokio::select! {
-                permit = slots.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
+            // Ask for messages when enough slots are free (all of the free ones), and hand
+            // every message that arrives to a task with the slot it was asked with.
+            let wanted = u32::try_from(pull.wanted()).unwrap_or(u32::MAX);
+            tokio::select! {
+                biased;
                 _ = self.shutdown.stopping() => break,
                 _ = self.retire.cancelled() => break,
-            };
-            let mut free = vec![first];
-            while let Ok(p) = slots.clone().try_acquire_owned() {
-                free.push(p);
-            }
-            let batch = pull
-                .batch()
-                .max_messages(free.len())
-                .expires(PULL_EXPIRES)
-                .messages()
-                .await;
-            let mut batch = match batch {
-                Ok(batch) => batch,
-                Err(e) => {
-                    failures += 1;
-                    tracing::warn!(plugin = %name, error = %e, "pull request failed");
-                    self.bound
-                        .store(false, std::sync::atomic::Ordering::Relaxed);
-                    consumer = None;
-                    self.pause(failures).await;
-                    continue;
-                }
-            };
-            failures = 0;
-            while let Some(item) = batch.next().await {
-                match item {
-                    Ok(message) => match free.pop() {
-                        // Pulled during shutdown or after retirement: give it back. The delay
-                        // outlasts this open pull, or the server would redeliver it straight
-                        // into it, burning a delivery per round until max_deliver.
-                        Some(_) if self.shutdown.is_stopping() || self.retire.is_cancelled() => {
-                            self.tracker.spawn(async move {
-                                let (_, acker) = message.split();
-                                nak(&acker, GIVE_BACK_DELAY).await;
-                            });
-                        }
-                        Some(slot) => {
-                            let worker = self.clone();
-                            let interval = subscribe.heartbeat_interval();
-                            self.tracker
-                                .spawn(worker.process_jetstream(message, slot, interval));
-                        }
-                        None => {
-                            tracing::warn!(plugin = %name, "the server sent more messages than pulled; nak'ed");
-                            let (_, acker) = message.split();
-                            nak(&acker, GIVE_BACK_DELAY).await;
-                        }
-                    },
-                    Err(e) => {
-                        tracing::debug!(plugin = %name, error = %e, "pull ended with an error");
-                        break;
+                pulled = pull.next() => match pulled {
+                    Pulled::Message(message, slot) => {
+                        let worker = self.clone();
+                        let interval = subscribe.heartbeat_interval();
+                        self.tracker.spawn(worker.process_jetstream(message, slot, interval));
+                    }
+                    Pulled::Unrequested(message) => {
+                        tracing::warn!(plugin = %name, "the server sent more messages than pulled; nak'ed");
+                        self.give_back(message);
+                    }
+                    Pulled::ConsumerGone(why) => {
+                        tracing::warn!(plugin = %name, why, "the consumer is gone; setting it up again");
+                        self.bound.store(false, std::sync::atomic::Ordering::Relaxed);
+                        puller = None;
+                    }
+                    Pulled::Refused(why) => {
+                        failures += 1;
+                        tracing::warn!(plugin = %name, why, "pull request refused");
+                        self.pause(failures).await;
+                    }
+                    Pulled::Closed => break,
+                },
+                permit = slots.clone().acquire_many_owned(wanted) => {
+                    let Ok(mut free) = permit else { break };
+                    while let Ok(more) = slots.clone().try_acquire_owned() {
+                        free.merge(more);
+                    }
+                    if let Err(e) = pull.request(free).await {
+                        failures += 1;
+                        tracing::warn!(plugin = %name, error = %e, "pull request failed");
+                        self.pause(failures).await;
+                    } else {
+                        failures = 0;
                     }
                 }
             }
         }
+        if let Some(pull) = puller {
+            // Pulled during shutdown or after retirement: give it back.
+            pull.drain(|message| self.give_back(message)).await;
+        }
         tracing::info!(plugin = %name, "stopped pulling");
+    }
+
+    /// Naks a message this worker will not handle. The delay outlasts any open pull request,
+    /// or the server would redeliver it straight into one being drained, burning a delivery
+    /// per round until max_deliver.
+    fn give_back(&self, message: jetstream::Message) {
+        self.tracker.spawn(async move {
+            let (_, acker) = message.split();
+            nak(&acker, GIVE_BACK_DELAY).await;
+        });
     }
 
     async fn pause(&self, failures: u32) {
@@ -270,7 +269,12 @@ impl Worker {
             {
                 Ok(()) => {
                     self.metrics.acked.inc();
-                    match manifest.subscribe.as_ref().map(|s| s.ack).unwrap_or_default() {
+                    match manifest
+                        .subscribe
+                        .as_ref()
+                        .map(|s| s.ack)
+                        .unwrap_or_default()
+                    {
                         AckMode::Plain => settle_ack(acker, AckKind::Ack).await,
                         AckMode::Confirmed => {
                             if let Err(e) = acker.double_ack().await {

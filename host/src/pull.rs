@@ -31,8 +31,11 @@ pub enum Pulled {
     Message(jetstream::Message, OwnedSemaphorePermit),
     /// A message nobody asked for (after a reset): it has no slot.
     Unrequested(jetstream::Message),
-    /// The consumer is gone (deleted, or no longer a pull consumer): set it up again.
+    /// The consumer is gone (deleted, not there, or no longer a pull consumer): set it up again.
     ConsumerGone(String),
+    /// The server refused a request as a whole (e.g. too many waiting requests): nothing asked
+    /// for is coming; wait a little before asking again.
+    Refused(String),
     /// The subscription ended (the client closed).
     Closed,
 }
@@ -179,21 +182,23 @@ impl Puller {
                         .as_ref()
                         .and_then(|h| h.get("Nats-Pending-Messages"))
                         .and_then(|v| v.as_str().parse::<usize>().ok());
+                    // No responders: nothing serves the consumer's pull subject any more.
+                    let gone = status == StatusCode::NO_RESPONDERS
+                        || description == "Consumer Deleted"
+                        || description == "Consumer is push based"
+                        || status == StatusCode::NOT_FOUND && description.contains("Consumer");
                     match pending {
                         // A request ended with this many messages not sent: free their slots.
-                        Some(pending) => self.release(pending),
-                        None => {
-                            // A request refused as a whole, or the consumer is gone: nothing
-                            // asked for is coming, start over.
+                        Some(pending) if !gone => self.release(pending),
+                        _ => {
+                            // Nothing asked for is coming: start over.
                             tracing::debug!(%status, description, "pull request refused");
                             self.outstanding = None;
-                            if description == "Consumer Deleted"
-                                || description == "Consumer is push based"
-                                || status == StatusCode::NOT_FOUND
-                                    && description.contains("Consumer")
-                            {
-                                return Pulled::ConsumerGone(description);
-                            }
+                            return if gone {
+                                Pulled::ConsumerGone(format!("{status} {description}"))
+                            } else {
+                                Pulled::Refused(format!("{status} {description}"))
+                            };
                         }
                     }
                 }
@@ -222,7 +227,7 @@ impl Puller {
                 Ok(Pulled::Message(message, _)) | Ok(Pulled::Unrequested(message)) => {
                     give_back(message);
                 }
-                Ok(Pulled::ConsumerGone(_)) | Ok(Pulled::Closed) | Err(_) => break,
+                Ok(Pulled::ConsumerGone(_) | Pulled::Refused(_) | Pulled::Closed) | Err(_) => break,
             }
         }
         if let Err(e) = self.subscriber.unsubscribe().await {

@@ -1,5 +1,5 @@
-//! The JetStream engine against a real nats-server per test: throughput with exact counts, the
-//! long-handler timeout scenario, retries with their delays, dead letters, a missing output
+//! The JetStream engine against a real nats-server per test: throughput with exact counts, a
+//! consumer deleted under the host, the long-handler timeout scenario, retries with their delays, dead letters, a missing output
 //! stream, server restarts, and request-reply.
 
 use std::collections::BTreeSet;
@@ -75,6 +75,74 @@ async fn uppercase_ten_thousand_messages_exactly_once() {
         (0, 0, 0)
     );
     assert_eq!(info.delivered.stream_sequence, 10_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_consumer_is_set_up_again_and_nothing_is_lost_or_doubled() {
+    let (server, _client, js) = setup().await;
+    let plugins = PluginsDir::new();
+    // Confirmed acks here; the other tests use the default plain ones.
+    plugins.add(
+        "uppercase",
+        "uppercase",
+        r#"
+        [subscribe]
+        stream = "IN"
+        subjects = ["in.upper"]
+        concurrency = 8
+        ack = "confirmed"
+        [publish]
+        allow = ["out.upper"]
+        [config]
+        output = "out.upper"
+        "#,
+    );
+    let host = TestHost::start(TestHost::config(&server.url(), plugins.path()));
+    let first: Vec<String> = (0..20).map(|i| format!("first {i}")).collect();
+    publish_all(&js, "in.upper", &first).await;
+    wait_until(Duration::from_secs(30), "20 outputs", || async {
+        stream_count(&js, "OUT").await == 20
+    })
+    .await;
+
+    // The server ends the host's open pull requests with "409 Consumer Deleted"; the host sets
+    // the consumer up again, which starts over from the first input: their outputs are stored
+    // already, so the server drops them as duplicates.
+    let stream = js.get_stream("IN").await.unwrap();
+    assert!(stream.delete_consumer("uppercase").await.unwrap().success);
+    let second: Vec<String> = (0..20).map(|i| format!("second {i}")).collect();
+    publish_all(&js, "in.upper", &second).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the new consumer drained",
+        || async {
+            match stream.consumer_info("uppercase").await {
+                Ok(info) => {
+                    info.delivered.stream_sequence == 40
+                        && info.num_pending == 0
+                        && info.num_ack_pending == 0
+                }
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
+    host.stop().await;
+
+    let outputs = stream_messages(&js, "OUT").await;
+    let got: BTreeSet<String> = outputs.iter().map(|m| m.payload.clone()).collect();
+    let want: BTreeSet<String> = first
+        .iter()
+        .chain(&second)
+        .map(|p| p.to_uppercase())
+        .collect();
+    assert_eq!(outputs.len(), 40);
+    assert_eq!(got, want);
+    let info = consumer_info(&js, "IN", "uppercase").await;
+    assert_eq!(
+        (info.ack_floor.stream_sequence, info.num_redelivered),
+        (40, 0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
