@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::{ConnectOptions, Event};
 
+use crate::backoff::Backoff;
 use crate::config::NatsConfig;
 use crate::metrics::{Metrics, RoleLabel};
 
@@ -123,8 +124,12 @@ fn reconnect_delay(attempts: usize, max: Duration) -> Duration {
     if attempts <= 1 {
         return Duration::ZERO;
     }
-    let exp = u32::try_from(attempts - 2).unwrap_or(u32::MAX).min(16);
-    Duration::from_millis(100).saturating_mul(1 << exp).min(max)
+    let backoff = Backoff {
+        first: Duration::from_millis(100),
+        max,
+        jitter: false,
+    };
+    backoff.delay(u32::try_from(attempts - 1).unwrap_or(u32::MAX))
 }
 
 fn log_event(role: &str, event: Event) {

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
+use crate::backoff::Backoff;
 use crate::heartbeat::Heartbeat;
 use crate::manifest::{AckMode, Subscribe};
 use crate::message::{Delivery, Headers, Message, subject_matches};
@@ -161,9 +162,12 @@ impl Worker {
     }
 
     async fn pause(&self, failures: u32) {
-        let delay = Duration::from_millis(100)
-            .saturating_mul(1 << failures.min(10))
-            .min(MAX_RETRY_DELAY);
+        let delay = Backoff {
+            first: Duration::from_millis(100),
+            max: MAX_RETRY_DELAY,
+            jitter: false,
+        }
+        .delay(failures);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = self.shutdown.stopping() => {}

@@ -22,11 +22,13 @@
 //! - [`heartbeat`]: ack-progress while a message is in the host's hands.
 //! - [`settle`]: what becomes of an input (publish then ack, nak, dead-letter then term).
 //! - [`publisher`]: the publisher pool, dedup ids and bounded retries.
+//! - [`backoff`]: the exponential backoff of reconnects, publish retries and set-up pauses.
 //! - [`shutdown`]: the two-stage shutdown signal.
 //! - [`host`]: `run(config, shutdown)`, the whole host.
 //! - [`dev`]: `natsplug dev`, a local server, demo streams and sample messages.
 
 pub mod admin;
+pub mod backoff;
 pub mod config;
 pub mod connection;
 pub mod consumer;

@@ -11,8 +11,8 @@ use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::{HeaderMap, jetstream};
 use bytes::Bytes;
-use rand::Rng as _;
 
+use crate::backoff::Backoff;
 use crate::config::{NatsConfig, PublisherConfig};
 use crate::connection;
 use crate::metrics::Metrics;
@@ -203,13 +203,12 @@ impl Publisher {
     /// The delay after failed attempt `attempt` (1-based): doubling from `backoff_initial`, capped
     /// at `backoff_max`, with ±50% jitter so many hosts do not retry in step.
     fn backoff(&self, attempt: u32) -> Duration {
-        let exp = attempt.saturating_sub(1).min(16);
-        let base = self
-            .config
-            .backoff_initial
-            .saturating_mul(1 << exp)
-            .min(self.config.backoff_max);
-        base.mul_f64(rand::rng().random_range(0.5..1.5))
+        Backoff {
+            first: self.config.backoff_initial,
+            max: self.config.backoff_max,
+            jitter: true,
+        }
+        .delay(attempt)
     }
 
     /// Flushes and drains every connection (shutdown).
