@@ -22,6 +22,7 @@
 //! - [`heartbeat`]: ack-progress while a message is in the host's hands.
 //! - [`settle`]: what becomes of an input (publish then ack, nak, dead-letter then term).
 //! - [`publisher`]: the publisher pool, dedup ids and bounded retries.
+//! - [`traces`]: W3C trace context through a message, spans exported over OTLP/HTTP.
 //! - [`shutdown`]: the two-stage shutdown signal.
 //! - [`host`]: `run(config, shutdown)`, the whole host.
 //! - [`dev`]: `natsplug dev`, a local server, demo streams and sample messages.
@@ -46,3 +47,4 @@ pub mod runtime;
 pub mod scaffold;
 pub mod settle;
 pub mod shutdown;
+pub mod traces;
