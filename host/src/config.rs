@@ -1,6 +1,7 @@
 //! The host's configuration, `natsplug.toml`: the NATS connection options the timeout
 //! write-ups tell people to tune, auth and TLS, the publisher pool and its retries, the host's
-//! plugins folder and graceful timeout, and the engine's bounds. Every key has a default and
+//! plugins folder and graceful timeout, the engine's bounds, the admin listener and the trace
+//! exporter. Every key has a default and
 //! can be overridden by an environment variable `NATSPLUG_<SECTION>_<KEY>` (e.g.
 //! `NATSPLUG_NATS_SERVERS=nats://a:4222,nats://b:4222`, `NATSPLUG_HOST_GRACEFUL_TIMEOUT=20s`,
 //! `NATSPLUG_NATS_TLS_CA=/etc/ca.pem`); the most used ones are also CLI flags.
@@ -32,6 +33,22 @@ pub struct HostConfig {
     /// The admin HTTP listener.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Trace export.
+    #[serde(default)]
+    pub tracing: TracingConfig,
+}
+
+/// Trace export: one span per handled message, sent over OTLP/HTTP (see [`crate::traces`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// Where an OTLP/HTTP collector listens, e.g. "http://127.0.0.1:4318" (`/v1/traces` is
+    /// appended unless the URL already ends with it); plain `http://` only. Default: none, and
+    /// no spans are made: an input's `traceparent` goes on to its outputs unchanged.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` of the exported spans. Default: "natsplug".
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
 }
 
 /// The admin HTTP listener (`/metrics`, `/healthz`, `/readyz`).
@@ -170,6 +187,15 @@ impl Default for NatsConfig {
     }
 }
 
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: default_service_name(),
+        }
+    }
+}
+
 impl Default for HostSection {
     fn default() -> Self {
         Self {
@@ -244,6 +270,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ("PUBLISHER_", &["publisher"]),
     ("RUNTIME_", &["runtime"]),
     ("ADMIN_", &["admin"]),
+    ("TRACING_", &["tracing"]),
 ];
 
 /// Keys whose environment value is a comma-separated list.
@@ -345,6 +372,9 @@ const fn default_reconnect_delay() -> Duration {
 const fn default_reconnect_buffer() -> usize {
     65_536
 }
+fn default_service_name() -> String {
+    "natsplug".into()
+}
 fn default_plugins() -> PathBuf {
     PathBuf::from("plugins")
 }
@@ -390,6 +420,7 @@ mod tests {
         assert_eq!(c, HostConfig::default());
         assert_eq!(c.publisher.connections, 2);
         assert_eq!(c.host.graceful_timeout, Duration::from_secs(30));
+        assert_eq!(c.tracing.otlp_endpoint, None);
     }
 
     #[test]
@@ -402,6 +433,7 @@ mod tests {
                 ("NATSPLUG_HOST_GRACEFUL_TIMEOUT", "2s"),
                 ("NATSPLUG_PUBLISHER_CONNECTIONS", "4"),
                 ("NATSPLUG_NATS_TLS_CA", "/etc/ca.pem"),
+                ("NATSPLUG_TRACING_OTLP_ENDPOINT", "http://collector:4318"),
                 ("NATSPLUG_LOG", "debug"),
                 ("OTHER", "x"),
             ]),
@@ -412,6 +444,32 @@ mod tests {
         assert_eq!(c.host.graceful_timeout, Duration::from_secs(2));
         assert_eq!(c.publisher.connections, 4);
         assert_eq!(c.nats.tls.ca, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(
+            c.tracing.otlp_endpoint.as_deref(),
+            Some("http://collector:4318")
+        );
+        assert_eq!(c.tracing.service_name, "natsplug");
+    }
+
+    #[test]
+    fn the_tracing_section_names_an_exporter() {
+        let c = HostConfig::parse(
+            "[tracing]\notlp_endpoint = \"http://127.0.0.1:4318\"\nservice_name = \"orders\"\n",
+            "natsplug.toml",
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.tracing,
+            TracingConfig {
+                otlp_endpoint: Some("http://127.0.0.1:4318".into()),
+                service_name: "orders".into(),
+            }
+        );
+        let err = HostConfig::parse("[tracing]\nendpoint = \"x\"\n", "natsplug.toml", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("endpoint"), "{err}");
     }
 
     #[test]

@@ -25,8 +25,9 @@ use crate::metrics::PluginMetrics;
 use crate::publisher::{PublishError, Publisher};
 use crate::pull::{Pulled, Puller};
 use crate::runtime::{Hooks, Plugin};
-use crate::settle::{self, Decision};
+use crate::settle::{self, Decision, Settled};
 use crate::shutdown::Shutdown;
+use crate::traces::Traces;
 
 /// The nak delay of a message pulled while stopping: longer than [`crate::pull::PULL_EXPIRES`], so its
 /// redelivery goes to another pull request, not back into the one being drained.
@@ -52,6 +53,8 @@ pub struct Worker {
     pub metrics: PluginMetrics,
     /// Set while the consumer (or the core subscription) is in place.
     pub bound: Arc<std::sync::atomic::AtomicBool>,
+    /// The host's trace exporter, or none: a span per message, its outputs' `traceparent`.
+    pub traces: Traces,
 }
 
 impl Worker {
@@ -218,6 +221,7 @@ impl Worker {
             payload: message.payload,
             delivery: Some(delivery),
         };
+        let trace = self.traces.message(plugin.name(), &input);
         let heartbeat = Heartbeat::start(acker.clone(), interval, self.metrics.heartbeats.clone());
         let hooks = Hooks {
             in_progress: Some(heartbeat.in_progress()),
@@ -229,18 +233,23 @@ impl Worker {
             }
             let delivered = input.delivery.as_ref().map_or(1, |d| d.delivered);
             let result = self.handle(&plugin, &input, hooks).await;
-            let decision = settle::decide(result, delivered, plugin.manifest());
+            let mut decision = settle::decide(result, delivered, plugin.manifest());
+            if let Decision::Publish(outputs) = &mut decision {
+                trace.stamp(&input, outputs);
+            }
             self.settle_jetstream(&plugin, &input, &acker, decision)
-                .await;
+                .await
         };
-        tokio::select! {
-            _ = work.instrument(span) => {}
+        let settled = tokio::select! {
+            settled = work.instrument(span) => settled,
             _ = self.shutdown.aborting() => {
                 tracing::warn!(plugin = plugin.name(), subject = %input.subject, "still in flight at the end of the graceful period: nak'ed for another host");
                 nak(&acker, Duration::ZERO).await;
+                Settled::GivenBack
             }
-        }
+        };
         drop(heartbeat);
+        trace.end(&settled);
     }
 
     /// Runs the handler and records its duration and limit hits.
@@ -265,7 +274,7 @@ impl Worker {
         input: &Message,
         acker: &Acker,
         decision: Decision,
-    ) {
+    ) -> Settled {
         let delivered = input.delivery.as_ref().map_or(1, |d| d.delivered);
         let manifest = plugin.manifest();
         match decision {
@@ -286,26 +295,35 @@ impl Worker {
                             }
                         }
                     }
+                    Settled::Acked
                 }
                 Err(e) if e.is_permanent() || settle::is_last_delivery(delivered, manifest) => {
                     self.dead_letter_and_term(plugin, input, acker, "publish", &e.to_string())
-                        .await;
+                        .await
                 }
                 Err(e) => {
                     let delay = manifest.retry.delay_for(delivered);
                     tracing::warn!(error = %e, ?delay, "outputs not stored; the input is nak'ed, not acked");
                     self.metrics.retried.inc();
                     nak(acker, delay).await;
+                    Settled::Retried {
+                        kind: "publish".into(),
+                        reason: e.to_string(),
+                    }
                 }
             },
             Decision::Nak { delay, reason } => {
                 tracing::info!(%reason, ?delay, "retry");
                 self.metrics.retried.inc();
                 nak(acker, delay).await;
+                Settled::Retried {
+                    kind: "retry".into(),
+                    reason,
+                }
             }
             Decision::DeadLetter { kind, reason } => {
                 self.dead_letter_and_term(plugin, input, acker, &kind, &reason)
-                    .await;
+                    .await
             }
         }
     }
@@ -317,17 +335,25 @@ impl Worker {
         acker: &Acker,
         kind: &str,
         reason: &str,
-    ) {
+    ) -> Settled {
         match self.dead_letter(plugin, input, kind, reason).await {
             Ok(()) => {
                 tracing::warn!(kind, reason, "dead-lettered");
                 self.metrics.dead_letter(kind);
                 settle_ack(acker, AckKind::Term).await;
+                Settled::DeadLettered {
+                    kind: kind.to_owned(),
+                    reason: reason.to_owned(),
+                }
             }
             Err(e) => {
                 let delivered = input.delivery.as_ref().map_or(1, |d| d.delivered);
                 tracing::error!(error = %e, kind, reason, "cannot publish the dead letter; nak'ed to try again");
                 nak(acker, plugin.manifest().retry.delay_for(delivered)).await;
+                Settled::Retried {
+                    kind: "dead-letter".into(),
+                    reason: format!("{kind}: {reason}; the dead letter was not stored: {e}"),
+                }
             }
         }
     }
@@ -391,7 +417,8 @@ impl Worker {
 
     /// Publishes every output of `input` at once and waits for all of them. Stored outputs get
     /// the `Nats-Msg-Id` `PLUGIN:STREAM:SEQUENCE:INDEX`, so a redelivered input whose outputs were
-    /// stored publishes no duplicates. A `traceparent` on the input goes on to every output.
+    /// stored publishes no duplicates. The outputs' `traceparent` is already set
+    /// ([`crate::traces::MessageSpan::stamp`]).
     async fn publish_outputs(
         &self,
         plugin: &Plugin,
@@ -399,15 +426,8 @@ impl Worker {
         outputs: &[crate::message::Output],
     ) -> Result<(), PublishError> {
         let policy = &plugin.manifest().publish;
-        let traceparent = input.headers.get("traceparent");
         let publishes = outputs.iter().enumerate().map(|(index, output)| {
-            let mut headers = output.headers.clone();
-            if let Some(tp) = traceparent
-                && headers.get("traceparent").is_none()
-            {
-                headers.append("traceparent", tp);
-            }
-            let headers = headers.to_nats();
+            let headers = output.headers.to_nats();
             let payload = output.payload.clone();
             async move {
                 match output.subject.as_deref() {
@@ -492,39 +512,49 @@ impl Worker {
             messaging.system = "nats",
             messaging.destination.name = %input.subject,
         );
-        async {
+        let trace = self.traces.message(plugin.name(), &input);
+        let settled = async {
             let result = self.handle(&plugin, &input, Hooks::default()).await;
-            let failure = match settle::decide(result, 1, plugin.manifest()) {
-                Decision::Publish(outputs) => {
+            let settled = match settle::decide(result, 1, plugin.manifest()) {
+                Decision::Publish(mut outputs) => {
+                    trace.stamp(&input, &mut outputs);
                     match self.publish_outputs(&plugin, &input, &outputs).await {
                         Ok(()) => {
                             self.metrics.acked.inc();
-                            None
+                            Settled::Published
                         }
-                        Err(e) => Some(("publish".to_owned(), e.to_string())),
+                        Err(e) => Settled::Failed {
+                            kind: "publish".into(),
+                            reason: e.to_string(),
+                        },
                     }
                 }
-                Decision::Nak { reason, .. } => Some((
-                    "retry".to_owned(),
-                    format!("{reason} (core NATS messages are not redelivered)"),
-                )),
+                Decision::Nak { reason, .. } => Settled::Failed {
+                    kind: "retry".into(),
+                    reason: format!("{reason} (core NATS messages are not redelivered)"),
+                },
                 Decision::DeadLetter { kind, reason } => {
                     match self.dead_letter(&plugin, &input, &kind, &reason).await {
-                        Ok(()) => self.metrics.dead_letter(&kind),
-                        Err(e) => tracing::error!(error = %e, "cannot publish the dead letter"),
+                        Ok(()) => {
+                            self.metrics.dead_letter(&kind);
+                            Settled::DeadLettered { kind, reason }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot publish the dead letter");
+                            Settled::Failed { kind, reason }
+                        }
                     }
-                    Some((kind, reason))
                 }
             };
-            if let Some((kind, reason)) = failure {
+            if let Some((kind, reason)) = settled.failure() {
                 tracing::warn!(kind, reason, "core message failed");
                 // A requester gets the failure at once instead of waiting for its timeout.
                 if let Some(reply) = &input.reply {
                     let mut headers = async_nats::HeaderMap::new();
-                    headers.insert(settle::header::KIND, kind.as_str());
+                    headers.insert(settle::header::KIND, kind);
                     headers.insert(
                         settle::header::REASON,
-                        settle::header_value(&reason).as_str(),
+                        settle::header_value(reason).as_str(),
                     );
                     if let Err(e) = self
                         .publisher
@@ -535,9 +565,11 @@ impl Worker {
                     }
                 }
             }
+            settled
         }
         .instrument(span)
         .await;
+        trace.end(&settled);
     }
 }
 

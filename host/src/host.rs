@@ -1,7 +1,7 @@
 //! The host: [`run`] connects the consumer side and the publisher pool, serves the plugins
 //! folder (watching it for changes), answers the control plane, and on shutdown stops pulling,
-//! waits up to `graceful_timeout` for in-flight messages, naks the rest and closes the
-//! connections.
+//! waits up to `graceful_timeout` for in-flight messages, naks the rest, closes the
+//! connections and flushes the trace exporter.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -17,6 +17,7 @@ use crate::plugins::{Change, Registry, SETTLE_TIME};
 use crate::publisher::Publisher;
 use crate::runtime::Runtime;
 use crate::shutdown::Shutdown;
+use crate::traces::Traces;
 use crate::{connection, control, reload};
 
 /// How long aborted messages get to send their nak after the graceful period.
@@ -24,6 +25,14 @@ const ABORT_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the host until `shutdown` stops it.
 pub async fn run(config: HostConfig, shutdown: Shutdown) -> anyhow::Result<()> {
+    let traces = Traces::start(&config.tracing)?;
+    let result = serve(config, shutdown, traces.clone()).await;
+    // Whatever the end, the spans so far are exported while the runtime still runs.
+    traces.shutdown().await;
+    result
+}
+
+async fn serve(config: HostConfig, shutdown: Shutdown, traces: Traces) -> anyhow::Result<()> {
     let host_id = config.host.host_id();
     let metrics = Arc::new(Metrics::new());
     let admin = Arc::new(Admin {
@@ -50,15 +59,18 @@ pub async fn run(config: HostConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     let publisher =
         Arc::new(Publisher::connect(&config.nats, &config.publisher, metrics.clone()).await?);
     let tracker = TaskTracker::new();
-    let registry = Arc::new(Registry::new(
-        runtime,
-        config.host.plugins.clone(),
-        client.clone(),
-        publisher.clone(),
-        shutdown.clone(),
-        tracker.clone(),
-        metrics.clone(),
-    ));
+    let registry = Arc::new(
+        Registry::new(
+            runtime,
+            config.host.plugins.clone(),
+            client.clone(),
+            publisher.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+            metrics.clone(),
+        )
+        .with_traces(traces),
+    );
     let _ = admin.registry.set(registry.clone());
     // Files still being written are looked at again until they settle.
     while registry

@@ -23,6 +23,7 @@
 //! - [`settle`]: what becomes of an input (publish then ack, nak, dead-letter then term).
 //! - [`publisher`]: the publisher pool, dedup ids and bounded retries.
 //! - [`backoff`]: the exponential backoff of reconnects, publish retries and set-up pauses.
+//! - [`traces`]: W3C trace context through a message, spans exported over OTLP/HTTP.
 //! - [`shutdown`]: the two-stage shutdown signal.
 //! - [`host`]: `run(config, shutdown)`, the whole host.
 //! - [`dev`]: `natsplug dev`, a local server, demo streams and sample messages.
@@ -48,3 +49,4 @@ pub mod runtime;
 pub mod scaffold;
 pub mod settle;
 pub mod shutdown;
+pub mod traces;

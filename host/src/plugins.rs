@@ -25,6 +25,7 @@ use crate::metrics::{Metrics, PluginMetrics, ResultLabels, StatsSnapshot, Versio
 use crate::publisher::Publisher;
 use crate::runtime::{Plugin, Runtime};
 use crate::shutdown::Shutdown;
+use crate::traces::Traces;
 
 /// A file modified more recently than this is still being written: it is looked at again later.
 pub const SETTLE_TIME: Duration = Duration::from_millis(250);
@@ -122,6 +123,8 @@ pub struct Registry {
     shutdown: Shutdown,
     tracker: TaskTracker,
     metrics: Arc<Metrics>,
+    /// The trace exporter every worker uses; none unless [`with_traces`](Self::with_traces).
+    traces: Traces,
     /// Serializes syncs; held while compiling.
     syncing: Mutex<()>,
     /// The plugins; held only briefly, so `list` never waits for a compile.
@@ -147,9 +150,16 @@ impl Registry {
             shutdown,
             tracker,
             metrics,
+            traces: Traces::default(),
             syncing: Mutex::default(),
             entries: std::sync::Mutex::default(),
         }
+    }
+
+    /// Makes every worker started from now on trace its messages with `traces`.
+    pub fn with_traces(mut self, traces: Traces) -> Self {
+        self.traces = traces;
+        self
     }
 
     /// The folder served.
@@ -327,6 +337,7 @@ impl Registry {
                     entry.bound = Arc::default();
                     entry.bound.clone()
                 },
+                traces: self.traces.clone(),
             };
             self.tracker.spawn(worker.run(self.client.clone()));
             entry.retire = Some(retire);

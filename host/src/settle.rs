@@ -1,7 +1,8 @@
 //! What becomes of an input once its handler has answered: [`decide`] maps the answer (or the
 //! limit it hit) and the delivery count to a [`Decision`] under the plugin's policy. It is a
 //! pure function; the consumer carries the decision out (publish then ack, nak with a delay, or
-//! dead-letter then term). Dead letters carry headers saying why ([`dead_letter_headers`]).
+//! dead-letter then term) and says what it did as a [`Settled`] (a span's `outcome`). Dead
+//! letters carry headers saying why ([`dead_letter_headers`]).
 
 use std::time::Duration;
 
@@ -49,6 +50,68 @@ pub enum Decision {
         /// Why.
         reason: String,
     },
+}
+
+/// What the consumer did with an input in the end; a failure keeps its kind and reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// Outputs stored, input acked.
+    Acked,
+    /// A core NATS message's outputs published (there is nothing to ack).
+    Published,
+    /// Nak'ed: the server delivers it again (the handler asked, or its outputs, or its dead
+    /// letter, were not stored).
+    Retried {
+        /// `retry`, `publish`, `dead-letter`, or the limit hit (`deadline`...).
+        kind: String,
+        /// Why.
+        reason: String,
+    },
+    /// Published to the dead-letter subject (or, for a core message, at least tried), then
+    /// terminated.
+    DeadLettered {
+        /// As in the `Natsplug-Error-Kind` header.
+        kind: String,
+        /// Why.
+        reason: String,
+    },
+    /// A core NATS message that failed; it is not redelivered, a requester gets the error.
+    Failed {
+        /// As in the `Natsplug-Error-Kind` header of the error reply.
+        kind: String,
+        /// Why.
+        reason: String,
+    },
+    /// Still in a handler at the end of the graceful period: nak'ed for another host.
+    GivenBack,
+}
+
+impl Settled {
+    /// The outcome's name: acked, published, retried, dead-lettered, failed, given-back.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Acked => "acked",
+            Self::Published => "published",
+            Self::Retried { .. } => "retried",
+            Self::DeadLettered { .. } => "dead-lettered",
+            Self::Failed { .. } => "failed",
+            Self::GivenBack => "given-back",
+        }
+    }
+
+    /// The kind and reason of a failure; none when the input was handled.
+    pub fn failure(&self) -> Option<(&str, &str)> {
+        match self {
+            Self::Acked | Self::Published => None,
+            Self::Retried { kind, reason }
+            | Self::DeadLettered { kind, reason }
+            | Self::Failed { kind, reason } => Some((kind, reason)),
+            Self::GivenBack => Some((
+                "shutdown",
+                "still in a handler at the end of the graceful period",
+            )),
+        }
+    }
 }
 
 /// Decides what becomes of an input after delivery number `delivered` (1-based).

@@ -4,7 +4,9 @@
 //! Layout:
 //! - [`plugins_dir`], [`plugin_path`]: the example plugins, built by `build.rs`.
 //! - [`nats`]: start, stop and restart a `nats-server` on a free loopback port.
+//! - [`collector`]: an OTLP/HTTP trace collector that keeps the spans it receives.
 
+pub mod collector;
 pub mod nats;
 
 use std::path::PathBuf;

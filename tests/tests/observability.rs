@@ -1,10 +1,13 @@
-//! Metrics, health and logs against a real nats-server: exact counts per plugin and outcome
-//! after known inputs, readiness through the host's life, trace context on outputs, and JSON
-//! logs carrying the message context.
+//! Metrics, health, traces and logs against a real nats-server: exact counts per plugin and
+//! outcome after known inputs, readiness through the host's life, trace context on outputs,
+//! spans exported over OTLP that continue the input's trace, and JSON logs carrying the message
+//! context.
 
 use std::time::Duration;
 
 use async_nats::jetstream;
+use futures::StreamExt as _;
+use natsplug_tests::collector::{self, Collector};
 use natsplug_tests::nats::NatsServer;
 use natsplug_tests::{
     PluginsDir, TestHost, consumer_info, create_stream, publish_all, stream_count, stream_messages,
@@ -203,6 +206,191 @@ async fn metrics_count_every_outcome_exactly() {
         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     );
     host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_spans_continue_the_input_trace_and_name_the_outcome() {
+    natsplug_tests::init_tracing();
+    let server = NatsServer::start();
+    let client = server.connect().await;
+    let js = jetstream::new(client.clone());
+    create_stream(&js, "IN", &["in.>"]).await;
+    create_stream(&js, "OUT", &["out.>"]).await;
+    create_stream(&js, "DEAD", &["dead.>"]).await;
+    let collector = Collector::start().await;
+    let plugins = PluginsDir::new();
+    plugins
+        .add(
+            "uppercase",
+            "uppercase",
+            "[subscribe]\nstream = \"IN\"\nsubjects = [\"in.uppercase\"]\n[publish]\n\
+             allow = [\"out.uppercase\"]\n[config]\noutput = \"out.uppercase\"\n",
+        )
+        .add(
+            "poison",
+            "poison",
+            "[subscribe]\nstream = \"IN\"\nsubjects = [\"in.poison\"]\n[publish]\n\
+             dead_letter = \"dead.poison\"\n",
+        )
+        .add(
+            "shout",
+            "uppercase",
+            "[subscribe]\nsubjects = [\"core.shout\"]\n[publish]\nallow = [\"core.shouted\"]\n\
+             core = [\"core.shouted\"]\n[config]\noutput = \"core.shouted\"\n",
+        );
+    let admin = free_addr();
+    let mut config = TestHost::config(&server.url(), plugins.path());
+    config.admin.listen = Some(admin);
+    config.tracing.otlp_endpoint = Some(collector.url().to_owned());
+    config.tracing.service_name = "orders-host".into();
+    let host = TestHost::start(config);
+    wait_until(Duration::from_secs(20), "ready", || async {
+        get(admin, "/readyz").await.is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+
+    // A traced input and a plain one to uppercase (sequences 1 and 2), one to poison (3), and a
+    // traced core NATS message to shout, whose output we listen for.
+    let (trace, parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let mut traced = async_nats::HeaderMap::new();
+    traced.insert("traceparent", format!("00-{trace}-{parent}-01").as_str());
+    js.publish_with_headers("in.uppercase", traced, "traced".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    publish_all(&js, "in.uppercase", &["plain".to_owned()]).await;
+    publish_all(&js, "in.poison", &["p".to_owned()]).await;
+    let (core_trace, core_parent) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+    let mut shouted = client.subscribe("core.shouted").await.unwrap();
+    client.flush().await.unwrap();
+    let mut core_traced = async_nats::HeaderMap::new();
+    core_traced.insert(
+        "traceparent",
+        format!("00-{core_trace}-{core_parent}-01").as_str(),
+    );
+    client
+        .publish_with_headers("core.shout", core_traced, "core".into())
+        .await
+        .unwrap();
+    let core_output = tokio::time::timeout(Duration::from_secs(10), shouted.next())
+        .await
+        .expect("the core output in time")
+        .expect("a core output");
+    assert_eq!(core_output.payload, "CORE");
+
+    wait_until(
+        Duration::from_secs(20),
+        "2 outputs and 1 dead letter",
+        || async { stream_count(&js, "OUT").await == 2 && stream_count(&js, "DEAD").await == 1 },
+    )
+    .await;
+    for plugin in ["uppercase", "poison"] {
+        wait_until(Duration::from_secs(10), "settled", || async {
+            consumer_info(&js, "IN", plugin).await.num_ack_pending == 0
+        })
+        .await;
+    }
+    // Stopping the host exports the spans it still holds.
+    host.stop().await;
+
+    let spans = collector.spans();
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+    for span in &spans {
+        assert_eq!(span.name, "natsplug.handle");
+        assert_eq!(span.kind, collector::KIND_CONSUMER);
+        assert_eq!(span.service, "orders-host");
+    }
+    let outputs = stream_messages(&js, "OUT").await;
+    let traceparent_of = |payload: &str| {
+        let output = outputs.iter().find(|m| m.payload == payload).unwrap();
+        output
+            .headers
+            .get("traceparent")
+            .unwrap()
+            .as_str()
+            .to_owned()
+    };
+
+    // The traced input's span continues its trace, and its output names that span as parent.
+    let span = spans.iter().find(|s| s.trace_id == trace).unwrap();
+    assert_eq!(span.parent_span_id, parent);
+    assert_eq!(
+        span.attributes,
+        serde_json::json!({
+            "plugin": "uppercase",
+            "messaging.system": "nats",
+            "messaging.destination.name": "in.uppercase",
+            "stream": "IN",
+            "sequence": 1,
+            "delivered": 1,
+            "outcome": "acked",
+        })
+    );
+    assert_eq!((span.status_code, span.status_message.as_str()), (0, ""));
+    assert_eq!(
+        traceparent_of("TRACED"),
+        format!("00-{trace}-{}-01", span.span_id)
+    );
+
+    // The plain input's span starts a trace of its own, which its output carries on.
+    let plain = spans
+        .iter()
+        .find(|s| s.attributes["sequence"] == 2)
+        .unwrap();
+    assert_eq!(plain.parent_span_id, "");
+    assert_ne!(plain.trace_id, trace);
+    assert_eq!(plain.attributes["outcome"], "acked");
+    assert_eq!(
+        traceparent_of("PLAIN"),
+        format!("00-{}-{}-01", plain.trace_id, plain.span_id)
+    );
+
+    // The rejected input's span is an error, named for what became of it.
+    let poison = spans
+        .iter()
+        .find(|s| s.attributes["plugin"] == "poison")
+        .unwrap();
+    assert_eq!(poison.parent_span_id, "");
+    assert_eq!(
+        poison.attributes,
+        serde_json::json!({
+            "plugin": "poison",
+            "messaging.system": "nats",
+            "messaging.destination.name": "in.poison",
+            "stream": "IN",
+            "sequence": 3,
+            "delivered": 1,
+            "outcome": "dead-lettered",
+            "error.type": "reject",
+        })
+    );
+    assert_eq!(
+        (poison.status_code, poison.status_message.as_str()),
+        (collector::STATUS_ERROR, "poison message on in.poison: p")
+    );
+
+    // A core NATS message gets a span too, without JetStream's attributes.
+    let core = spans.iter().find(|s| s.trace_id == core_trace).unwrap();
+    assert_eq!(core.parent_span_id, core_parent);
+    assert_eq!(
+        core.attributes,
+        serde_json::json!({
+            "plugin": "shout",
+            "messaging.system": "nats",
+            "messaging.destination.name": "core.shout",
+            "outcome": "published",
+        })
+    );
+    assert_eq!(
+        core_output
+            .headers
+            .unwrap()
+            .get("traceparent")
+            .unwrap()
+            .as_str(),
+        format!("00-{core_trace}-{}-01", core.span_id)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
