@@ -425,38 +425,62 @@ impl Worker {
         input: &Message,
         outputs: &[crate::message::Output],
     ) -> Result<(), PublishError> {
-        let policy = &plugin.manifest().publish;
-        let publishes = outputs.iter().enumerate().map(|(index, output)| {
-            let headers = output.headers.to_nats();
-            let payload = output.payload.clone();
-            async move {
-                match output.subject.as_deref() {
-                    // The runtime only lets a reply through when the input has a reply subject.
-                    None => match input.reply.as_deref() {
-                        Some(reply) => self.publisher.core(reply, headers, payload).await,
-                        None => Ok(()),
-                    },
-                    Some(subject) if policy.core.iter().any(|p| subject_matches(p, subject)) => {
-                        self.publisher.core(subject, headers, payload).await
-                    }
-                    Some(subject) => {
-                        let id = input.delivery.as_ref().map(|d| {
-                            format!(
-                                "{}:{}:{}:{index}",
-                                plugin.name(),
-                                d.stream,
-                                d.stream_sequence
-                            )
-                        });
-                        self.publisher
-                            .store(subject, headers, payload, id.as_deref())
-                            .await
-                            .map(drop)
-                    }
-                }
+        match outputs {
+            [] => Ok(()),
+            // The common case, without the allocation and the moves of a join.
+            [output] => self.publish_output(plugin, input, 0, output).await,
+            outputs => {
+                let publishes = outputs
+                    .iter()
+                    .enumerate()
+                    .map(|(index, output)| self.publish_output(plugin, input, index, output));
+                futures::future::try_join_all(publishes).await.map(drop)
             }
-        });
-        futures::future::try_join_all(publishes).await.map(drop)
+        }
+    }
+
+    /// Publishes output number `index` of `input`: its reply, a core subject, or stored with
+    /// its dedup id.
+    async fn publish_output(
+        &self,
+        plugin: &Plugin,
+        input: &Message,
+        index: usize,
+        output: &crate::message::Output,
+    ) -> Result<(), PublishError> {
+        let headers = output.headers.to_nats();
+        let payload = output.payload.clone();
+        match output.subject.as_deref() {
+            // The runtime only lets a reply through when the input has a reply subject.
+            None => match input.reply.as_deref() {
+                Some(reply) => self.publisher.core(reply, headers, payload).await,
+                None => Ok(()),
+            },
+            Some(subject)
+                if plugin
+                    .manifest()
+                    .publish
+                    .core
+                    .iter()
+                    .any(|p| subject_matches(p, subject)) =>
+            {
+                self.publisher.core(subject, headers, payload).await
+            }
+            Some(subject) => {
+                let id = input.delivery.as_ref().map(|d| {
+                    format!(
+                        "{}:{}:{}:{index}",
+                        plugin.name(),
+                        d.stream,
+                        d.stream_sequence
+                    )
+                });
+                self.publisher
+                    .store(subject, headers, payload, id.as_deref())
+                    .await
+                    .map(drop)
+            }
+        }
     }
 
     async fn run_core(self, client: async_nats::Client, subscribe: Subscribe) {
