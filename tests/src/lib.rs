@@ -174,6 +174,23 @@ pub fn natsplug_bin() -> PathBuf {
     bin
 }
 
+/// The set-up most tests share: tracing for the test's logs, a nats-server of the test's own,
+/// a connection to it and the streams `IN` (`in.>`), `OUT` (`out.>`) and `DEAD` (`dead.>`).
+pub async fn jetstream_setup() -> (
+    nats::NatsServer,
+    async_nats::Client,
+    async_nats::jetstream::Context,
+) {
+    init_tracing();
+    let server = nats::NatsServer::start();
+    let client = server.connect().await;
+    let js = async_nats::jetstream::new(client.clone());
+    create_stream(&js, "IN", &["in.>"]).await;
+    create_stream(&js, "OUT", &["out.>"]).await;
+    create_stream(&js, "DEAD", &["dead.>"]).await;
+    (server, client, js)
+}
+
 /// Creates a file-backed stream.
 pub async fn create_stream(js: &async_nats::jetstream::Context, name: &str, subjects: &[&str]) {
     js.create_stream(async_nats::jetstream::stream::Config {

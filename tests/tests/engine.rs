@@ -8,20 +8,9 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use natsplug_tests::nats::NatsServer;
 use natsplug_tests::{
-    PluginsDir, TestHost, consumer_info, create_stream, publish_all, stream_count, stream_messages,
-    wait_until,
+    PluginsDir, TestHost, consumer_info, create_stream, jetstream_setup, publish_all, stream_count,
+    stream_messages, wait_until,
 };
-
-async fn setup() -> (NatsServer, async_nats::Client, jetstream::Context) {
-    natsplug_tests::init_tracing();
-    let server = NatsServer::start();
-    let client = server.connect().await;
-    let js = jetstream::new(client.clone());
-    create_stream(&js, "IN", &["in.>"]).await;
-    create_stream(&js, "OUT", &["out.>"]).await;
-    create_stream(&js, "DEAD", &["dead.>"]).await;
-    (server, client, js)
-}
 
 fn header<'a>(m: &'a natsplug_tests::Stored, name: &str) -> &'a str {
     m.headers
@@ -32,7 +21,7 @@ fn header<'a>(m: &'a natsplug_tests::Stored, name: &str) -> &'a str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uppercase_ten_thousand_messages_exactly_once() {
-    let (server, _client, js) = setup().await;
+    let (server, _client, js) = jetstream_setup().await;
     let plugins = PluginsDir::new();
     plugins.add(
         "uppercase",
@@ -79,7 +68,7 @@ async fn uppercase_ten_thousand_messages_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_consumer_is_set_up_again_and_nothing_is_lost_or_doubled() {
-    let (server, _client, js) = setup().await;
+    let (server, _client, js) = jetstream_setup().await;
     let plugins = PluginsDir::new();
     // Confirmed acks here; the other tests use the default plain ones.
     plugins.add(
@@ -147,7 +136,7 @@ async fn a_deleted_consumer_is_set_up_again_and_nothing_is_lost_or_doubled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twelve_second_handlers_on_a_three_second_ack_wait_are_never_redelivered() {
-    let (server, _client, js) = setup().await;
+    let (server, _client, js) = jetstream_setup().await;
     let plugins = PluginsDir::new();
     plugins.add(
         "slow",
@@ -206,7 +195,7 @@ async fn twelve_second_handlers_on_a_three_second_ack_wait_are_never_redelivered
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flaky_is_naked_with_the_configured_delays_then_succeeds() {
-    let (server, client, js) = setup().await;
+    let (server, client, js) = jetstream_setup().await;
     let plugins = PluginsDir::new();
     plugins.add(
         "flaky",
@@ -278,7 +267,7 @@ async fn flaky_is_naked_with_the_configured_delays_then_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_and_every_limit_hit_go_to_dead_letter_while_others_keep_working() {
-    let (server, client, js) = setup().await;
+    let (server, client, js) = jetstream_setup().await;
     let plugins = PluginsDir::new();
     let manifest = |subject: &str, limits: &str| {
         format!(
@@ -503,7 +492,7 @@ async fn an_oversize_output_is_dead_lettered_not_retried_forever() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_server_restart_under_load_loses_nothing() {
-    let (mut server, _client, js) = setup().await;
+    let (mut server, _client, js) = jetstream_setup().await;
     let plugins = PluginsDir::new();
     plugins.add(
         "uppercase",
@@ -554,7 +543,7 @@ async fn a_nats_server_restart_under_load_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_core_request_gets_the_handlers_reply_and_failures_answer_at_once() {
-    let (server, client, _js) = setup().await;
+    let (server, client, _js) = jetstream_setup().await;
     let plugins = PluginsDir::new();
     plugins
         .add(

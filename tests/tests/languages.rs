@@ -7,13 +7,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use async_nats::jetstream;
 use natsplug::manifest::Manifest;
 use natsplug::message::Message;
 use natsplug::runtime::{Hooks, Plugin, Runtime, RuntimeConfig};
-use natsplug_tests::nats::NatsServer;
 use natsplug_tests::{
-    PluginsDir, TestHost, consumer_info, create_stream, plugin_path, publish_all, stream_count,
+    PluginsDir, TestHost, consumer_info, jetstream_setup, plugin_path, publish_all, stream_count,
     stream_messages, wait_until,
 };
 
@@ -72,11 +70,7 @@ async fn uppercase_answers_byte_for_byte_the_same_in_rust_python_and_javascript(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uppercase_outputs_are_identical_end_to_end_through_nats() {
-    natsplug_tests::init_tracing();
-    let server = NatsServer::start();
-    let js = jetstream::new(server.connect().await);
-    create_stream(&js, "IN", &["in.>"]).await;
-    create_stream(&js, "OUT", &["out.>"]).await;
+    let (server, _client, js) = jetstream_setup().await;
     let plugins = PluginsDir::new();
     for name in LANGUAGES {
         // Three durables on the same subject: every language gets every input.
@@ -141,11 +135,7 @@ async fn uppercase_outputs_are_identical_end_to_end_through_nats() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_twelve_second_python_handler_on_a_three_second_ack_wait_runs_once() {
-    natsplug_tests::init_tracing();
-    let server = NatsServer::start();
-    let js = jetstream::new(server.connect().await);
-    create_stream(&js, "IN", &["in.>"]).await;
-    create_stream(&js, "OUT", &["out.>"]).await;
+    let (server, _client, js) = jetstream_setup().await;
     let plugins = PluginsDir::new();
     plugins.add(
         "slow-py",

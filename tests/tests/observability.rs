@@ -10,8 +10,8 @@ use futures::StreamExt as _;
 use natsplug_tests::collector::{self, Collector};
 use natsplug_tests::nats::NatsServer;
 use natsplug_tests::{
-    PluginsDir, TestHost, consumer_info, create_stream, publish_all, stream_count, stream_messages,
-    wait_until,
+    PluginsDir, TestHost, consumer_info, create_stream, jetstream_setup, publish_all, stream_count,
+    stream_messages, wait_until,
 };
 
 /// A GET on the admin listener: (status code, body).
@@ -48,12 +48,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_every_outcome_exactly() {
-    natsplug_tests::init_tracing();
-    let server = NatsServer::start();
-    let js = jetstream::new(server.connect().await);
-    create_stream(&js, "IN", &["in.>"]).await;
-    create_stream(&js, "OUT", &["out.>"]).await;
-    create_stream(&js, "DEAD", &["dead.>"]).await;
+    let (server, _client, js) = jetstream_setup().await;
     let plugins = PluginsDir::new();
     let sub = |s: &str, extra: &str| {
         format!(
@@ -210,13 +205,7 @@ async fn metrics_count_every_outcome_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_spans_continue_the_input_trace_and_name_the_outcome() {
-    natsplug_tests::init_tracing();
-    let server = NatsServer::start();
-    let client = server.connect().await;
-    let js = jetstream::new(client.clone());
-    create_stream(&js, "IN", &["in.>"]).await;
-    create_stream(&js, "OUT", &["out.>"]).await;
-    create_stream(&js, "DEAD", &["dead.>"]).await;
+    let (server, client, js) = jetstream_setup().await;
     let collector = Collector::start().await;
     let plugins = PluginsDir::new();
     plugins
@@ -457,11 +446,7 @@ async fn readiness_follows_the_connection_and_drops_at_shutdown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_parse_line_by_line_and_carry_the_message_context() {
-    natsplug_tests::init_tracing();
-    let server = NatsServer::start();
-    let js = jetstream::new(server.connect().await);
-    create_stream(&js, "IN", &["in.>"]).await;
-    create_stream(&js, "OUT", &["out.>"]).await;
+    let (server, _client, js) = jetstream_setup().await;
     let plugins = PluginsDir::new();
     plugins.add(
         "slow",

@@ -8,16 +8,12 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use natsplug_tests::nats::NatsServer;
 use natsplug_tests::{
-    HostProcess, PluginsDir, TestHost, consumer_info, create_stream, publish_all, stream_count,
+    HostProcess, PluginsDir, TestHost, consumer_info, jetstream_setup, publish_all, stream_count,
     stream_messages, wait_until,
 };
 
 async fn setup() -> (NatsServer, jetstream::Context) {
-    natsplug_tests::init_tracing();
-    let server = NatsServer::start();
-    let js = jetstream::new(server.connect().await);
-    create_stream(&js, "IN", &["in.>"]).await;
-    create_stream(&js, "OUT", &["out.>"]).await;
+    let (server, _client, js) = jetstream_setup().await;
     (server, js)
 }
 

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use natsplug_tests::nats::NatsServer;
 use natsplug_tests::{
-    PluginsDir, TestHost, consumer_info, create_stream, natsplug_cli, plugin_path, plugin_version,
-    publish_all, replace_file, stream_count, stream_messages, try_natsplug_cli, wait_until,
+    PluginsDir, TestHost, consumer_info, jetstream_setup, natsplug_cli, plugin_path,
+    plugin_version, publish_all, replace_file, stream_count, stream_messages, try_natsplug_cli,
+    wait_until,
 };
 
 fn manifest(marker: &str) -> String {
@@ -21,11 +22,7 @@ fn manifest(marker: &str) -> String {
 }
 
 async fn setup() -> (NatsServer, jetstream::Context, PluginsDir) {
-    natsplug_tests::init_tracing();
-    let server = NatsServer::start();
-    let js = jetstream::new(server.connect().await);
-    create_stream(&js, "IN", &["in.>"]).await;
-    create_stream(&js, "OUT", &["out.>"]).await;
+    let (server, _client, js) = jetstream_setup().await;
     let plugins = PluginsDir::new();
     plugins.add("uppercase", "uppercase", &manifest("v1"));
     (server, js, plugins)
