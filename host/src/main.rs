@@ -367,11 +367,12 @@ async fn run(command: Command) -> ExitCode {
         Command::Validate { plugin, manifest } => match offline::load(&plugin, manifest.as_deref())
         {
             Ok((_, p)) => {
+                let version = offline::version(&plugin, manifest.as_deref())
+                    .unwrap_or_else(|e| format!("unknown ({e})"));
                 println!(
-                    "ok: {} is a natsplug:plugin/plugin component (plugin {:?}, version {})",
+                    "ok: {} is a natsplug:plugin/plugin component (plugin {:?}, version {version})",
                     plugin.display(),
                     p.name(),
-                    p.version()
                 );
                 ExitCode::SUCCESS
             }

@@ -24,6 +24,19 @@ pub fn load(path: &Path, manifest: Option<&Path>) -> Result<(Runtime, Plugin), L
     Ok((runtime, plugin))
 }
 
+/// The version `natsplug list` would show for this plugin file and its manifest (`manifest`,
+/// else the one beside the file): see [`crate::plugins::version_of`].
+pub fn version(path: &Path, manifest: Option<&Path>) -> std::io::Result<String> {
+    let wasm = std::fs::read(path)?;
+    let beside = path.with_extension("toml");
+    let manifest = match manifest {
+        Some(m) => Some(std::fs::read_to_string(m)?),
+        None if beside.exists() => Some(std::fs::read_to_string(beside)?),
+        None => None,
+    };
+    Ok(crate::plugins::version_of(&wasm, manifest.as_deref()))
+}
+
 /// One line of `natsplug call`'s output.
 #[derive(Debug, Serialize)]
 #[serde(tag = "outcome", rename_all = "kebab-case")]

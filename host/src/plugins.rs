@@ -246,7 +246,7 @@ impl Registry {
                     return result(Change::Failed, entry);
                 }
             };
-            let stamp = stamp(&wasm, manifest_text.as_deref());
+            let stamp = version_of(&wasm, manifest_text.as_deref());
             if entry.version.as_deref() == Some(stamp.as_str()) {
                 return result(Change::Unchanged, entry);
             }
@@ -423,13 +423,18 @@ fn recently_modified(path: &Path) -> bool {
         .is_some_and(|age| age < SETTLE_TIME)
 }
 
-/// 16 hex digits of the SHA-256 of the component and its manifest.
-fn stamp(wasm: &[u8], manifest: Option<&str>) -> String {
+/// A plugin's version, as `natsplug list` and `natsplug validate` show it and the reload
+/// metrics count it: 16 hex digits of the SHA-256 of the component and its manifest, so a
+/// changed manifest is a new version too.
+pub fn version_of(wasm: &[u8], manifest: Option<&str>) -> String {
     let mut hash = sha2::Sha256::new();
     hash.update(wasm);
     hash.update([0]);
     hash.update(manifest.unwrap_or_default().as_bytes());
-    crate::runtime::hex(&hash.finalize()[..8])
+    hash.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn rfc3339(t: SystemTime) -> String {

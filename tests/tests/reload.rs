@@ -150,6 +150,16 @@ async fn a_broken_replacement_keeps_the_old_version_serving_and_list_shows_why()
         async move { listed(&url, "uppercase") == vec![(Some(v1), None)] }
     })
     .await;
+    // `natsplug validate` names the same version as `natsplug list` for the same files.
+    let served = plugins.path().join("uppercase.wasm");
+    let validated = natsplug_cli(&["validate", served.to_str().unwrap()]);
+    assert_eq!(
+        validated.trim(),
+        format!(
+            "ok: {} is a natsplug:plugin/plugin component (plugin \"uppercase\", version {v1})",
+            served.display()
+        )
+    );
 
     replace_file(
         &plugins.path().join("uppercase.wasm"),

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use sha2::Digest as _;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
     Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
@@ -166,8 +165,7 @@ impl Runtime {
                 plugin: name.to_owned(),
                 reason: format!("{e:#}"),
             })?;
-        let version = hex(&sha2::Sha256::digest(wasm)[..8]);
-        self.prepare(name, component, version, manifest)
+        self.prepare(name, component, manifest)
     }
 
     /// Reads `path` (`NAME.wasm`) and the manifest beside it, then loads it as plugin `NAME`.
@@ -188,7 +186,6 @@ impl Runtime {
         &self,
         name: &str,
         component: Component,
-        version: String,
         manifest: Manifest,
     ) -> Result<Plugin, LoadError> {
         if manifest.limits.memory > self.config.max_memory {
@@ -212,7 +209,6 @@ impl Runtime {
         Ok(Plugin {
             inner: Arc::new(PluginInner {
                 name: name.into(),
-                version,
                 manifest,
                 pre,
                 engine: self.engine.clone(),
@@ -227,11 +223,6 @@ pub fn plugin_name(path: &Path) -> String {
     path.file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())
-}
-
-/// Lowercase hex of `bytes` (plugin versions).
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] from a plain thread (it keeps ticking even
@@ -273,7 +264,6 @@ pub enum Outcome {
 
 pub(crate) struct PluginInner {
     pub(crate) name: Arc<str>,
-    version: String,
     pub(crate) manifest: Manifest,
     pre: bindings::PluginPre<Invocation>,
     engine: Engine,
@@ -316,7 +306,6 @@ impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Plugin")
             .field("name", &self.inner.name)
-            .field("version", &self.inner.version)
             .finish_non_exhaustive()
     }
 }
@@ -330,11 +319,6 @@ impl Plugin {
     /// The plugin's name.
     pub fn name(&self) -> &str {
         &self.inner.name
-    }
-
-    /// The first 16 hex digits of the SHA-256 of the component's bytes.
-    pub fn version(&self) -> &str {
-        &self.inner.version
     }
 
     /// Its manifest.
