@@ -9,7 +9,12 @@
 //! A slot that frees up is asked for again at once while little is outstanding; with many
 //! requests open, free slots are gathered into one request of at least [`Puller::threshold`],
 //! which keeps the server's waiting-request list short at high concurrency.
+//!
+//! Each request has a reply subject of its own (`INBOX.N`, under one `INBOX.*` subscription), so
+//! a request the server refuses as a whole (`409 Exceeded MaxWaiting`...) frees exactly its own
+//! slots while the other requests stay open.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
@@ -45,10 +50,13 @@ pub struct Puller {
     client: async_nats::Client,
     context: jetstream::Context,
     request_subject: String,
-    inbox: Subject,
+    inbox: String,
     subscriber: Subscriber,
     /// One permit per message asked for and not yet arrived.
     outstanding: Option<OwnedSemaphorePermit>,
+    /// The requests that may still be open: number, size, when sent (oldest first).
+    requests: VecDeque<(u64, usize, Instant)>,
+    next_request: u64,
     /// When the inbox last heard from the server while something was outstanding.
     last_heard: Instant,
     threshold: usize,
@@ -67,8 +75,8 @@ impl Puller {
             "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
             info.stream_name, info.name
         );
-        let inbox = Subject::from(client.new_inbox());
-        let subscriber = client.subscribe(inbox.clone()).await?;
+        let inbox = client.new_inbox();
+        let subscriber = client.subscribe(format!("{inbox}.*")).await?;
         Ok(Puller {
             client,
             context,
@@ -76,6 +84,8 @@ impl Puller {
             inbox,
             subscriber,
             outstanding: None,
+            requests: VecDeque::new(),
+            next_request: 0,
             last_heard: Instant::now(),
             threshold: Self::threshold(concurrency),
         })
@@ -111,16 +121,28 @@ impl Puller {
             r#"{{"batch":{batch},"expires":{}}}"#,
             PULL_EXPIRES.as_nanos()
         );
+        let number = self.next_request;
+        self.next_request += 1;
         self.client
             .publish_with_reply(
                 self.request_subject.clone(),
-                self.inbox.clone(),
+                Subject::from(format!("{}.{number}", self.inbox)),
                 body.into(),
             )
             .await?;
+        let now = Instant::now();
         if self.outstanding() == 0 {
-            self.last_heard = Instant::now();
+            self.last_heard = now;
         }
+        // A request is over by its expiry; forget those that surely are.
+        while self
+            .requests
+            .front()
+            .is_some_and(|&(_, _, sent)| now > sent + PULL_EXPIRES + LOST_AFTER)
+        {
+            self.requests.pop_front();
+        }
+        self.requests.push_back((number, batch, now));
         match &mut self.outstanding {
             Some(held) => held.merge(slots),
             None => self.outstanding = Some(slots),
@@ -142,6 +164,7 @@ impl Puller {
                             "pull requests unanswered past their expiry: taken as lost"
                         );
                         self.outstanding = None;
+                        self.requests.clear();
                         continue;
                     }
                 }
@@ -187,13 +210,28 @@ impl Puller {
                         || description == "Consumer Deleted"
                         || description == "Consumer is push based"
                         || status == StatusCode::NOT_FOUND && description.contains("Consumer");
-                    match pending {
+                    // The request this status ends, by its reply subject `INBOX.N`.
+                    let request = message
+                        .subject
+                        .rsplit('.')
+                        .next()
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .and_then(|n| self.requests.iter().position(|&(r, _, _)| r == n))
+                        .and_then(|i| self.requests.remove(i));
+                    match (pending, request) {
                         // A request ended with this many messages not sent: free their slots.
-                        Some(pending) if !gone => self.release(pending),
+                        (Some(pending), _) if !gone => self.release(pending),
+                        // A request refused as a whole: free its slots; the others stay open.
+                        (None, Some((_, size, _))) if !gone => {
+                            tracing::debug!(%status, description, size, "pull request refused");
+                            self.release(size);
+                            return Pulled::Refused(format!("{status} {description}"));
+                        }
                         _ => {
                             // Nothing asked for is coming: start over.
-                            tracing::debug!(%status, description, "pull request refused");
+                            tracing::debug!(%status, description, "pull requests ended");
                             self.outstanding = None;
+                            self.requests.clear();
                             return if gone {
                                 Pulled::ConsumerGone(format!("{status} {description}"))
                             } else {

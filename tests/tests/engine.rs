@@ -135,6 +135,76 @@ async fn a_deleted_consumer_is_set_up_again_and_nothing_is_lost_or_doubled() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_requests_the_server_refuses_lose_nothing() {
+    let (server, _client, js) = jetstream_setup().await;
+    // One waiting pull request at most: a second one, while the first waits for messages, is
+    // refused with "409 Exceeded MaxWaiting".
+    js.get_stream("IN")
+        .await
+        .unwrap()
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("tight".into()),
+            filter_subject: "in.upper".into(),
+            max_waiting: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let plugins = PluginsDir::new();
+    plugins.add(
+        "uppercase",
+        "uppercase",
+        r#"
+        [subscribe]
+        stream = "IN"
+        subjects = ["in.upper"]
+        durable = "tight"
+        bind = true
+        concurrency = 16
+        [publish]
+        allow = ["out.upper"]
+        [config]
+        output = "out.upper"
+        "#,
+    );
+    let host = TestHost::start(TestHost::config(&server.url(), plugins.path()));
+    wait_until(
+        Duration::from_secs(10),
+        "a waiting pull request",
+        || async { consumer_info(&js, "IN", "tight").await.num_waiting == 1 },
+    )
+    .await;
+    // One at a time, so freed slots are asked for while the first request still waits.
+    let payloads: Vec<String> = (0..30).map(|i| format!("one by one {i}")).collect();
+    for payload in &payloads {
+        publish_all(&js, "in.upper", std::slice::from_ref(payload)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_until(Duration::from_secs(30), "30 outputs, all acked", || async {
+        let info = consumer_info(&js, "IN", "tight").await;
+        stream_count(&js, "OUT").await == 30 && info.num_ack_pending == 0 && info.num_pending == 0
+    })
+    .await;
+    host.stop().await;
+
+    let outputs = stream_messages(&js, "OUT").await;
+    assert_eq!(outputs.len(), 30);
+    let got: BTreeSet<String> = outputs.iter().map(|m| m.payload.clone()).collect();
+    let want: BTreeSet<String> = payloads.iter().map(|p| p.to_uppercase()).collect();
+    assert_eq!(got, want);
+    // A refusal frees only the refused request's slots: the first request's messages are
+    // handled when they come, none is given back and delivered again (30 deliveries in all).
+    let info = consumer_info(&js, "IN", "tight").await;
+    assert_eq!(
+        (
+            info.ack_floor.stream_sequence,
+            info.delivered.consumer_sequence
+        ),
+        (30, 30)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twelve_second_handlers_on_a_three_second_ack_wait_are_never_redelivered() {
     let (server, _client, js) = jetstream_setup().await;
     let plugins = PluginsDir::new();
