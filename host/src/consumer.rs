@@ -112,14 +112,25 @@ impl Worker {
                 _ = self.retire.cancelled() => break,
                 pulled = pull.next() => match pulled {
                     Pulled::Message(message, slot) => {
+                        failures = 0;
                         let worker = self.clone();
                         let interval = subscribe.heartbeat_interval();
                         self.tracker.spawn(worker.process_jetstream(message, slot, interval));
                     }
-                    Pulled::Unrequested(message) => {
-                        tracing::warn!(plugin = %name, "the server sent more messages than pulled; nak'ed");
-                        self.give_back(message);
-                    }
+                    // Still asked for by a request given up on: handled if a slot is free,
+                    // else given back.
+                    Pulled::Unrequested(message) => match slots.clone().try_acquire_owned() {
+                        Ok(slot) => {
+                            let worker = self.clone();
+                            let interval = subscribe.heartbeat_interval();
+                            self.tracker.spawn(worker.process_jetstream(message, slot, interval));
+                        }
+                        Err(_) => {
+                            tracing::warn!(plugin = %name, "a message beyond the free slots; nak'ed");
+                            self.give_back(message);
+                        }
+                    },
+                    Pulled::Released => {}
                     Pulled::ConsumerGone(why) => {
                         tracing::warn!(plugin = %name, why, "the consumer is gone; setting it up again");
                         self.bound.store(false, std::sync::atomic::Ordering::Relaxed);
@@ -137,12 +148,12 @@ impl Worker {
                     while let Ok(more) = slots.clone().try_acquire_owned() {
                         free.merge(more);
                     }
+                    // `failures` counts on until a message comes: a request the server keeps
+                    // refusing backs off.
                     if let Err(e) = pull.request(free).await {
                         failures += 1;
                         tracing::warn!(plugin = %name, error = %e, "pull request failed");
                         self.pause(failures).await;
-                    } else {
-                        failures = 0;
                     }
                 }
             }

@@ -36,10 +36,12 @@ pub enum Pulled {
     Message(jetstream::Message, OwnedSemaphorePermit),
     /// A message nobody asked for (after a reset): it has no slot.
     Unrequested(jetstream::Message),
+    /// A request ended and freed slots: time to ask again.
+    Released,
     /// The consumer is gone (deleted, not there, or no longer a pull consumer): set it up again.
     ConsumerGone(String),
-    /// The server refused a request as a whole (e.g. too many waiting requests): nothing asked
-    /// for is coming; wait a little before asking again.
+    /// The server refused a request as a whole (e.g. too many waiting requests): nothing it
+    /// asked for is coming; wait a little before asking again.
     Refused(String),
     /// The subscription ended (the client closed).
     Closed,
@@ -54,12 +56,18 @@ pub struct Puller {
     subscriber: Subscriber,
     /// One permit per message asked for and not yet arrived.
     outstanding: Option<OwnedSemaphorePermit>,
-    /// The requests that may still be open: number, size, when sent (oldest first).
+    /// The requests that may still be open: number, size (oldest first). Forgotten once their
+    /// expiry has surely passed; a request filled in full gets no status to end it.
     requests: VecDeque<(u64, usize, Instant)>,
     next_request: u64,
+    /// The connection's connect count when the requests were sent: a reconnect loses them.
+    connects: u64,
     /// When the inbox last heard from the server while something was outstanding.
     last_heard: Instant,
     threshold: usize,
+    /// The consumer's own caps on a request.
+    max_batch: usize,
+    expires: Duration,
 }
 
 impl Puller {
@@ -75,8 +83,17 @@ impl Puller {
             "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
             info.stream_name, info.name
         );
+        let max_batch = usize::try_from(info.config.max_batch)
+            .ok()
+            .filter(|&b| b > 0)
+            .unwrap_or(usize::MAX);
+        let expires = match info.config.max_expires {
+            max if max.is_zero() => PULL_EXPIRES,
+            max => max.min(PULL_EXPIRES),
+        };
         let inbox = client.new_inbox();
         let subscriber = client.subscribe(format!("{inbox}.*")).await?;
+        let connects = connects(&client);
         Ok(Puller {
             client,
             context,
@@ -86,8 +103,11 @@ impl Puller {
             outstanding: None,
             requests: VecDeque::new(),
             next_request: 0,
+            connects,
             last_heard: Instant::now(),
             threshold: Self::threshold(concurrency),
+            max_batch,
+            expires,
         })
     }
 
@@ -102,7 +122,7 @@ impl Puller {
         if self.outstanding() == 0 {
             1
         } else {
-            self.threshold
+            self.threshold.min(self.max_batch)
         }
     }
 
@@ -113,13 +133,17 @@ impl Puller {
             .map_or(0, OwnedSemaphorePermit::num_permits)
     }
 
-    /// Asks for as many messages as `slots` holds; the slots stay outstanding until their
-    /// messages arrive or the request ends.
-    pub async fn request(&mut self, slots: OwnedSemaphorePermit) -> anyhow::Result<()> {
+    /// Asks for as many messages as `slots` holds (at most the consumer's `max_batch`; the rest
+    /// go back); the slots stay outstanding until their messages arrive or the request ends.
+    pub async fn request(&mut self, mut slots: OwnedSemaphorePermit) -> anyhow::Result<()> {
+        if slots.num_permits() > self.max_batch {
+            drop(slots.split(slots.num_permits() - self.max_batch));
+        }
+        self.forget_lost();
         let batch = slots.num_permits();
         let body = format!(
             r#"{{"batch":{batch},"expires":{}}}"#,
-            PULL_EXPIRES.as_nanos()
+            self.expires.as_nanos()
         );
         let number = self.next_request;
         self.next_request += 1;
@@ -138,7 +162,7 @@ impl Puller {
         while self
             .requests
             .front()
-            .is_some_and(|&(_, _, sent)| now > sent + PULL_EXPIRES + LOST_AFTER)
+            .is_some_and(|&(_, _, sent)| now > sent + self.expires + LOST_AFTER)
         {
             self.requests.pop_front();
         }
@@ -150,12 +174,40 @@ impl Puller {
         Ok(())
     }
 
+    /// After a reconnect the server has forgotten the requests (a request it tried to serve
+    /// while the inbox had no subscription is dropped without a word): start over.
+    fn forget_lost(&mut self) -> bool {
+        let now = connects(&self.client);
+        if now == self.connects {
+            return false;
+        }
+        self.connects = now;
+        if self.outstanding() > 0 {
+            tracing::debug!(
+                outstanding = self.outstanding(),
+                "reconnected: the open pull requests are taken as lost"
+            );
+        }
+        self.reset();
+        true
+    }
+
+    /// Nothing asked for is expected any more.
+    fn reset(&mut self) {
+        self.outstanding = None;
+        self.requests.clear();
+    }
+
     /// Waits for the next message. Status replies are accounted for here; requests lost with
-    /// a dropped connection are detected by their silence and their slots freed. Cancel-safe.
+    /// a dropped connection are detected by a reconnect or by their silence, and their slots
+    /// freed. Cancel-safe.
     pub async fn next(&mut self) -> Pulled {
         loop {
+            if self.forget_lost() {
+                return Pulled::Released;
+            }
             let received = if self.outstanding() > 0 {
-                let deadline = self.last_heard + PULL_EXPIRES + LOST_AFTER;
+                let deadline = self.last_heard + self.expires + LOST_AFTER;
                 match tokio::time::timeout_at(deadline, self.subscriber.next()).await {
                     Ok(received) => received,
                     Err(_) => {
@@ -163,9 +215,8 @@ impl Puller {
                             outstanding = self.outstanding(),
                             "pull requests unanswered past their expiry: taken as lost"
                         );
-                        self.outstanding = None;
-                        self.requests.clear();
-                        continue;
+                        self.reset();
+                        return Pulled::Released;
                     }
                 }
             } else {
@@ -218,25 +269,32 @@ impl Puller {
                         .and_then(|n| n.parse::<u64>().ok())
                         .and_then(|n| self.requests.iter().position(|&(r, _, _)| r == n))
                         .and_then(|i| self.requests.remove(i));
+                    let refused = description.starts_with("Exceeded Max");
                     match (pending, request) {
+                        _ if gone => {
+                            self.reset();
+                            return Pulled::ConsumerGone(format!("{status} {description}"));
+                        }
                         // A request ended with this many messages not sent: free their slots.
-                        (Some(pending), _) if !gone => self.release(pending),
-                        // A request refused as a whole: free its slots; the others stay open.
-                        (None, Some((_, size, _))) if !gone => {
+                        (Some(pending), Some(_)) => {
+                            self.release(pending);
+                            return Pulled::Released;
+                        }
+                        // Of a request already given up (after a reset): nothing is held.
+                        (Some(_), None) => continue,
+                        // Refused as a whole on arrival: nothing of it was sent, free its
+                        // slots; the other requests stay open.
+                        (None, Some((_, size, _))) if refused => {
                             tracing::debug!(%status, description, size, "pull request refused");
                             self.release(size);
                             return Pulled::Refused(format!("{status} {description}"));
                         }
                         _ => {
-                            // Nothing asked for is coming: start over.
+                            // Ended without saying what it did not send (a leadership change...):
+                            // start over; what still comes is given back.
                             tracing::debug!(%status, description, "pull requests ended");
-                            self.outstanding = None;
-                            self.requests.clear();
-                            return if gone {
-                                Pulled::ConsumerGone(format!("{status} {description}"))
-                            } else {
-                                Pulled::Refused(format!("{status} {description}"))
-                            };
+                            self.reset();
+                            return Pulled::Refused(format!("{status} {description}"));
                         }
                     }
                 }
@@ -259,17 +317,26 @@ impl Puller {
     /// Stops asking: waits (at most one request expiry and a little) for the messages already
     /// asked for, handing each to `give_back`, then unsubscribes.
     pub async fn drain(mut self, mut give_back: impl FnMut(jetstream::Message)) {
-        let deadline = Instant::now() + PULL_EXPIRES + Duration::from_millis(500);
+        let deadline = Instant::now() + self.expires + Duration::from_millis(500);
         while self.outstanding() > 0 {
             match tokio::time::timeout_at(deadline, self.next()).await {
-                Ok(Pulled::Message(message, _)) | Ok(Pulled::Unrequested(message)) => {
+                Ok(Pulled::Message(message, _) | Pulled::Unrequested(message)) => {
                     give_back(message);
                 }
-                Ok(Pulled::ConsumerGone(_) | Pulled::Refused(_) | Pulled::Closed) | Err(_) => break,
+                Ok(Pulled::Released | Pulled::Refused(_)) => {}
+                Ok(Pulled::ConsumerGone(_) | Pulled::Closed) | Err(_) => break,
             }
         }
         if let Err(e) = self.subscriber.unsubscribe().await {
             tracing::debug!(error = %e, "cannot unsubscribe the pull inbox");
         }
     }
+}
+
+/// How many times `client` has connected.
+fn connects(client: &async_nats::Client) -> u64 {
+    client
+        .statistics()
+        .connects
+        .load(std::sync::atomic::Ordering::Relaxed)
 }

@@ -205,6 +205,64 @@ async fn pull_requests_the_server_refuses_lose_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_requests_stay_within_a_bound_consumers_max_batch() {
+    let (server, _client, js) = jetstream_setup().await;
+    // The consumer takes at most 2 messages per pull request; a larger one would be refused
+    // with "409 Exceeded MaxRequestBatch", every time.
+    js.get_stream("IN")
+        .await
+        .unwrap()
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("small".into()),
+            filter_subject: "in.upper".into(),
+            max_batch: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let plugins = PluginsDir::new();
+    plugins.add(
+        "uppercase",
+        "uppercase",
+        r#"
+        [subscribe]
+        stream = "IN"
+        subjects = ["in.upper"]
+        durable = "small"
+        bind = true
+        concurrency = 16
+        [publish]
+        allow = ["out.upper"]
+        [config]
+        output = "out.upper"
+        "#,
+    );
+    let payloads: Vec<String> = (0..50).map(|i| format!("small batches {i}")).collect();
+    publish_all(&js, "in.upper", &payloads).await;
+    let host = TestHost::start(TestHost::config(&server.url(), plugins.path()));
+    wait_until(Duration::from_secs(30), "50 outputs, all acked", || async {
+        let info = consumer_info(&js, "IN", "small").await;
+        stream_count(&js, "OUT").await == 50 && info.num_ack_pending == 0 && info.num_pending == 0
+    })
+    .await;
+    host.stop().await;
+
+    let outputs = stream_messages(&js, "OUT").await;
+    let got: BTreeSet<String> = outputs.iter().map(|m| m.payload.clone()).collect();
+    let want: BTreeSet<String> = payloads.iter().map(|p| p.to_uppercase()).collect();
+    assert_eq!(outputs.len(), 50);
+    assert_eq!(got, want);
+    let info = consumer_info(&js, "IN", "small").await;
+    assert_eq!(
+        (
+            info.ack_floor.stream_sequence,
+            info.delivered.consumer_sequence
+        ),
+        (50, 50)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twelve_second_handlers_on_a_three_second_ack_wait_are_never_redelivered() {
     let (server, _client, js) = jetstream_setup().await;
     let plugins = PluginsDir::new();
