@@ -113,18 +113,12 @@ impl Worker {
                 pulled = pull.next() => match pulled {
                     Pulled::Message(message, slot) => {
                         failures = 0;
-                        let worker = self.clone();
-                        let interval = subscribe.heartbeat_interval();
-                        self.tracker.spawn(worker.process_jetstream(message, slot, interval));
+                        self.spawn_message(message, slot, &subscribe);
                     }
                     // Still asked for by a request given up on: handled if a slot is free,
                     // else given back.
                     Pulled::Unrequested(message) => match slots.clone().try_acquire_owned() {
-                        Ok(slot) => {
-                            let worker = self.clone();
-                            let interval = subscribe.heartbeat_interval();
-                            self.tracker.spawn(worker.process_jetstream(message, slot, interval));
-                        }
+                        Ok(slot) => self.spawn_message(message, slot, &subscribe),
                         Err(_) => {
                             tracing::warn!(plugin = %name, "a message beyond the free slots; nak'ed");
                             self.give_back(message);
@@ -163,6 +157,19 @@ impl Worker {
             pull.drain(|message| self.give_back(message)).await;
         }
         tracing::info!(plugin = %name, "stopped pulling");
+    }
+
+    /// Handles `message` in a task of its own, holding `slot` until it is settled.
+    fn spawn_message(
+        &self,
+        message: jetstream::Message,
+        slot: OwnedSemaphorePermit,
+        subscribe: &Subscribe,
+    ) {
+        let worker = self.clone();
+        let interval = subscribe.heartbeat_interval();
+        self.tracker
+            .spawn(worker.process_jetstream(message, slot, interval));
     }
 
     /// Naks a message this worker will not handle. The delay outlasts any open pull request,

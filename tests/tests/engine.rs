@@ -134,19 +134,20 @@ async fn a_deleted_consumer_is_set_up_again_and_nothing_is_lost_or_doubled() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pull_requests_the_server_refuses_lose_nothing() {
-    let (server, _client, js) = jetstream_setup().await;
-    // One waiting pull request at most: a second one, while the first waits for messages, is
-    // refused with "409 Exceeded MaxWaiting".
+/// `uppercase` bound to a durable `config` creates on `IN` (filter `in.upper`), with
+/// `concurrency` handler slots.
+async fn bound_uppercase(
+    js: &jetstream::Context,
+    config: jetstream::consumer::pull::Config,
+    concurrency: usize,
+) -> PluginsDir {
+    let durable = config.durable_name.clone().unwrap();
     js.get_stream("IN")
         .await
         .unwrap()
         .create_consumer(jetstream::consumer::pull::Config {
-            durable_name: Some("tight".into()),
             filter_subject: "in.upper".into(),
-            max_waiting: 1,
-            ..Default::default()
+            ..config
         })
         .await
         .unwrap();
@@ -154,19 +155,70 @@ async fn pull_requests_the_server_refuses_lose_nothing() {
     plugins.add(
         "uppercase",
         "uppercase",
-        r#"
-        [subscribe]
-        stream = "IN"
-        subjects = ["in.upper"]
-        durable = "tight"
-        bind = true
-        concurrency = 16
-        [publish]
-        allow = ["out.upper"]
-        [config]
-        output = "out.upper"
-        "#,
+        &format!(
+            r#"
+            [subscribe]
+            stream = "IN"
+            subjects = ["in.upper"]
+            durable = "{durable}"
+            bind = true
+            concurrency = {concurrency}
+            [publish]
+            allow = ["out.upper"]
+            [config]
+            output = "out.upper"
+            "#
+        ),
     );
+    plugins
+}
+
+/// Waits until every one of `payloads` has its output and is acked, stops `host`, then checks
+/// that each input was delivered once (consumer sequence = inputs) and handled once.
+async fn each_input_handled_once(
+    js: &jetstream::Context,
+    host: TestHost,
+    durable: &str,
+    payloads: &[String],
+) {
+    let n = payloads.len() as u64;
+    wait_until(
+        Duration::from_secs(30),
+        "every output, all acked",
+        || async {
+            let info = consumer_info(js, "IN", durable).await;
+            stream_count(js, "OUT").await == n && info.num_ack_pending == 0 && info.num_pending == 0
+        },
+    )
+    .await;
+    host.stop().await;
+
+    let outputs = stream_messages(js, "OUT").await;
+    assert_eq!(outputs.len(), payloads.len());
+    let got: BTreeSet<String> = outputs.iter().map(|m| m.payload.clone()).collect();
+    let want: BTreeSet<String> = payloads.iter().map(|p| p.to_uppercase()).collect();
+    assert_eq!(got, want);
+    let info = consumer_info(js, "IN", durable).await;
+    assert_eq!(
+        (
+            info.ack_floor.stream_sequence,
+            info.delivered.consumer_sequence
+        ),
+        (n, n)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_requests_the_server_refuses_lose_nothing() {
+    let (server, _client, js) = jetstream_setup().await;
+    // One waiting pull request at most: a second one, while the first waits for messages, is
+    // refused with "409 Exceeded MaxWaiting".
+    let config = jetstream::consumer::pull::Config {
+        durable_name: Some("tight".into()),
+        max_waiting: 1,
+        ..Default::default()
+    };
+    let plugins = bound_uppercase(&js, config, 16).await;
     let host = TestHost::start(TestHost::config(&server.url(), plugins.path()));
     wait_until(
         Duration::from_secs(10),
@@ -180,28 +232,9 @@ async fn pull_requests_the_server_refuses_lose_nothing() {
         publish_all(&js, "in.upper", std::slice::from_ref(payload)).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    wait_until(Duration::from_secs(30), "30 outputs, all acked", || async {
-        let info = consumer_info(&js, "IN", "tight").await;
-        stream_count(&js, "OUT").await == 30 && info.num_ack_pending == 0 && info.num_pending == 0
-    })
-    .await;
-    host.stop().await;
-
-    let outputs = stream_messages(&js, "OUT").await;
-    assert_eq!(outputs.len(), 30);
-    let got: BTreeSet<String> = outputs.iter().map(|m| m.payload.clone()).collect();
-    let want: BTreeSet<String> = payloads.iter().map(|p| p.to_uppercase()).collect();
-    assert_eq!(got, want);
     // A refusal frees only the refused request's slots: the first request's messages are
     // handled when they come, none is given back and delivered again (30 deliveries in all).
-    let info = consumer_info(&js, "IN", "tight").await;
-    assert_eq!(
-        (
-            info.ack_floor.stream_sequence,
-            info.delivered.consumer_sequence
-        ),
-        (30, 30)
-    );
+    each_input_handled_once(&js, host, "tight", &payloads).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,57 +242,16 @@ async fn pull_requests_stay_within_a_bound_consumers_max_batch() {
     let (server, _client, js) = jetstream_setup().await;
     // The consumer takes at most 2 messages per pull request; a larger one would be refused
     // with "409 Exceeded MaxRequestBatch", every time.
-    js.get_stream("IN")
-        .await
-        .unwrap()
-        .create_consumer(jetstream::consumer::pull::Config {
-            durable_name: Some("small".into()),
-            filter_subject: "in.upper".into(),
-            max_batch: 2,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let plugins = PluginsDir::new();
-    plugins.add(
-        "uppercase",
-        "uppercase",
-        r#"
-        [subscribe]
-        stream = "IN"
-        subjects = ["in.upper"]
-        durable = "small"
-        bind = true
-        concurrency = 16
-        [publish]
-        allow = ["out.upper"]
-        [config]
-        output = "out.upper"
-        "#,
-    );
+    let config = jetstream::consumer::pull::Config {
+        durable_name: Some("small".into()),
+        max_batch: 2,
+        ..Default::default()
+    };
+    let plugins = bound_uppercase(&js, config, 16).await;
     let payloads: Vec<String> = (0..50).map(|i| format!("small batches {i}")).collect();
     publish_all(&js, "in.upper", &payloads).await;
     let host = TestHost::start(TestHost::config(&server.url(), plugins.path()));
-    wait_until(Duration::from_secs(30), "50 outputs, all acked", || async {
-        let info = consumer_info(&js, "IN", "small").await;
-        stream_count(&js, "OUT").await == 50 && info.num_ack_pending == 0 && info.num_pending == 0
-    })
-    .await;
-    host.stop().await;
-
-    let outputs = stream_messages(&js, "OUT").await;
-    let got: BTreeSet<String> = outputs.iter().map(|m| m.payload.clone()).collect();
-    let want: BTreeSet<String> = payloads.iter().map(|p| p.to_uppercase()).collect();
-    assert_eq!(outputs.len(), 50);
-    assert_eq!(got, want);
-    let info = consumer_info(&js, "IN", "small").await;
-    assert_eq!(
-        (
-            info.ack_floor.stream_sequence,
-            info.delivered.consumer_sequence
-        ),
-        (50, 50)
-    );
+    each_input_handled_once(&js, host, "small", &payloads).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
