@@ -1,57 +1,147 @@
 //! Ack-progress heartbeats. While a message is in the host's hands (handler, publishing its
-//! outputs, settling), a task of its own sends `+WPI` every interval (a fraction of ack_wait), and
-//! at once when the guest calls `in-progress`. It does not depend on the guest: a handler that
-//! never asks still keeps its message alive, and one that loops is stopped by its own limits.
+//! outputs, settling), `+WPI` goes out for it every interval (a fraction of ack_wait), and at once
+//! when the guest calls `in-progress`. It does not depend on the guest: a handler that never asks
+//! still keeps its message alive, and one that loops is stopped by its own limits.
+//!
+//! One ticker task per pull loop beats for all of that loop's messages: a message only registers
+//! its acker ([`Heartbeats::start`]), which costs a lock, no timer and no task. The ticker ticks
+//! [`TICKS_PER_INTERVAL`] times an interval, so a message's first beat comes between 3/4 of an
+//! interval and a whole one after it started, never later.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::message::Acker;
+use prometheus_client::metrics::counter::Counter;
+use slab::Slab;
 use tokio::sync::Notify;
 
 use crate::runtime::InProgress;
-use prometheus_client::metrics::counter::Counter;
 
-/// A running heartbeat; it stops when dropped.
+/// Ticks per heartbeat interval: how finely the ticker tells that a message is due.
+const TICKS_PER_INTERVAL: u64 = 4;
+
+/// The heartbeats of one pull loop's messages. Its ticker stops when this is dropped.
+pub struct Heartbeats {
+    shared: Arc<Shared>,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+struct Shared {
+    beating: Mutex<Beating>,
+    /// Wakes the ticker for a message whose guest asked for a heartbeat now.
+    nudge: Notify,
+    sent: Counter,
+}
+
+#[derive(Default)]
+struct Beating {
+    /// Ticks since the ticker started.
+    now: u64,
+    messages: Slab<Beat>,
+}
+
+struct Beat {
+    acker: Arc<Acker>,
+    /// The tick at which this message is due a heartbeat.
+    due: u64,
+}
+
+impl Heartbeats {
+    /// Starts the ticker: every registered message gets ack-progress every `interval`, counted
+    /// in `sent`.
+    pub fn new(interval: Duration, sent: Counter) -> Self {
+        let shared = Arc::new(Shared {
+            beating: Mutex::new(Beating::default()),
+            nudge: Notify::new(),
+            sent,
+        });
+        let ticks = u32::try_from(TICKS_PER_INTERVAL).unwrap_or(1);
+        let every = (interval / ticks).max(Duration::from_millis(1));
+        let ticker = tokio::spawn(tick(shared.clone(), every));
+        Self { shared, ticker }
+    }
+
+    /// Beats for `acker` until the returned guard is dropped.
+    pub fn start(&self, acker: Arc<Acker>) -> Heartbeat {
+        let mut beating = self.shared.lock();
+        let due = beating.now + TICKS_PER_INTERVAL;
+        let key = beating.messages.insert(Beat { acker, due });
+        Heartbeat {
+            shared: self.shared.clone(),
+            key,
+        }
+    }
+}
+
+impl Drop for Heartbeats {
+    fn drop(&mut self) {
+        self.ticker.abort();
+    }
+}
+
+/// One message's heartbeat; it stops when dropped.
 pub struct Heartbeat {
-    task: tokio::task::JoinHandle<()>,
-    nudge: Arc<Notify>,
+    shared: Arc<Shared>,
+    key: usize,
 }
 
 impl Heartbeat {
-    /// Starts sending ack-progress for `acker` every `interval`, counted in `sent`.
-    pub fn start(acker: Arc<Acker>, interval: Duration, sent: Counter) -> Self {
-        let nudge = Arc::new(Notify::new());
-        let task = tokio::spawn({
-            let nudge = nudge.clone();
-            async move {
-                loop {
-                    tokio::select! {
-                        _ = tokio::time::sleep(interval) => {}
-                        _ = nudge.notified() => {}
-                    }
-                    match acker.ack_with(AckKind::Progress).await {
-                        Ok(()) => {
-                            sent.inc();
-                        }
-                        Err(e) => tracing::warn!(error = %e, "cannot send ack-progress"),
-                    }
-                }
-            }
-        });
-        Self { task, nudge }
-    }
-
     /// The hook the guest's `in-progress` calls: a heartbeat right now.
     pub fn in_progress(&self) -> InProgress {
-        let nudge = self.nudge.clone();
-        Arc::new(move || nudge.notify_one())
+        let shared = self.shared.clone();
+        let key = self.key;
+        Arc::new(move || {
+            if let Some(beat) = shared.lock().messages.get_mut(key) {
+                beat.due = 0;
+            }
+            shared.nudge.notify_one();
+        })
     }
 }
 
 impl Drop for Heartbeat {
     fn drop(&mut self) {
-        self.task.abort();
+        self.shared.lock().messages.remove(self.key);
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Beating> {
+        // Every change is a single call that cannot panic half-way, so a poisoned lock still
+        // holds a consistent set.
+        self.beating.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The ticker: each tick (or nudge), ack-progress for every message that is due.
+async fn tick(shared: Arc<Shared>, every: Duration) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut due = Vec::new();
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => shared.lock().now += 1,
+            _ = shared.nudge.notified() => {}
+        }
+        {
+            let mut beating = shared.lock();
+            let now = beating.now;
+            for (_, beat) in beating.messages.iter_mut() {
+                if beat.due <= now {
+                    beat.due = now + TICKS_PER_INTERVAL;
+                    due.push(beat.acker.clone());
+                }
+            }
+        }
+        for acker in due.drain(..) {
+            match acker.ack_with(AckKind::Progress).await {
+                Ok(()) => {
+                    shared.sent.inc();
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot send ack-progress"),
+            }
+        }
     }
 }

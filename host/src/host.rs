@@ -97,7 +97,7 @@ async fn serve(config: HostConfig, shutdown: Shutdown, traces: Traces) -> anyhow
     tracker.close();
     let graceful = config.host.graceful_timeout;
     tracing::info!(
-        in_flight = tracker.len(),
+        tasks = tracker.len(),
         ?graceful,
         "stopping: no more pulls, waiting for in-flight messages"
     );
@@ -106,7 +106,7 @@ async fn serve(config: HostConfig, shutdown: Shutdown, traces: Traces) -> anyhow
         .is_err()
     {
         tracing::warn!(
-            in_flight = tracker.len(),
+            tasks = tracker.len(),
             "graceful timeout reached: nak'ing what is left"
         );
         shutdown.abort();

@@ -17,9 +17,9 @@
 //! - [`admin`]: the admin HTTP listener: `/metrics`, `/healthz`, `/readyz`.
 //! - [`metrics`]: Prometheus metrics; per-plugin handles the control plane reads too.
 //! - [`scaffold`]: `natsplug new`, a plugin project with a test through the real runtime.
-//! - [`consumer`]: per-plugin pull consumer or core subscription, one task per message.
+//! - [`consumer`]: per-plugin pull consumer (one pull loop per runtime thread) or core subscription.
 //! - [`pull`]: pull requests sized by free handler slots, over one inbox per consumer.
-//! - [`heartbeat`]: ack-progress while a message is in the host's hands.
+//! - [`heartbeat`]: ack-progress while a message is in the host's hands, one ticker per pull loop.
 //! - [`settle`]: what becomes of an input (publish then ack, nak, dead-letter then term).
 //! - [`publisher`]: the publisher pool, dedup ids and bounded retries.
 //! - [`backoff`]: the exponential backoff of reconnects, publish retries and set-up pauses.
