@@ -5,8 +5,8 @@
 //!
 //! One ticker task per pull loop beats for all of that loop's messages: a message only registers
 //! its acker ([`Heartbeats::start`]), which costs a lock, no timer and no task. The ticker ticks
-//! [`TICKS_PER_INTERVAL`] times an interval, so a message's first beat comes between 3/4 of an
-//! interval and a whole one after it started, never later.
+//! [`TICKS_PER_INTERVAL`] times an interval, so a message's first beat comes between 7/8 of an
+//! interval and a whole one after it started (later only if the ticker's thread is held up).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use crate::runtime::InProgress;
 
 /// Ticks per heartbeat interval: how finely the ticker tells that a message is due.
-const TICKS_PER_INTERVAL: u64 = 4;
+const TICKS_PER_INTERVAL: u64 = 8;
 
 /// The heartbeats of one pull loop's messages. Its ticker stops when this is dropped.
 pub struct Heartbeats {
@@ -103,7 +103,7 @@ impl Heartbeat {
 
 impl Drop for Heartbeat {
     fn drop(&mut self) {
-        self.shared.lock().messages.remove(self.key);
+        self.shared.lock().messages.try_remove(self.key);
     }
 }
 
