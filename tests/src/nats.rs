@@ -30,6 +30,17 @@ pub fn server_binary() -> PathBuf {
     PathBuf::from("nats-server")
 }
 
+/// Whether a connection to `port` gets a NATS server's `INFO` line.
+fn answers_info(port: u16) -> bool {
+    use std::io::Read as _;
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut banner = [0u8; 5];
+    stream.read_exact(&mut banner).is_ok() && &banner == b"INFO "
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -57,7 +68,7 @@ impl NatsServer {
             child: None,
             extra_args: vec!["-c".into(), file.display().to_string()],
         };
-        server.restart();
+        server.start_on_a_free_port();
         server
     }
 
@@ -72,8 +83,26 @@ impl NatsServer {
             child: None,
             extra_args: Vec::new(),
         };
-        server.restart();
+        server.start_on_a_free_port();
         server
+    }
+
+    /// Starts the server, on another free port if something else took this one between
+    /// [`free_port`] and the server's bind (tests run in parallel and bind free ports too).
+    fn start_on_a_free_port(&mut self) {
+        for _ in 0..5 {
+            match self.try_start() {
+                Ok(()) => return,
+                Err(e) => {
+                    eprintln!(
+                        "nats-server on port {}: {e}; trying another port",
+                        self.port
+                    );
+                    self.port = free_port();
+                }
+            }
+        }
+        panic!("nats-server did not start on any of 5 free ports");
     }
 
     /// `nats://127.0.0.1:PORT`.
@@ -96,6 +125,14 @@ impl NatsServer {
 
     /// Starts it again (after [`stop`](Self::stop)) on the same port and store.
     pub fn restart(&mut self) {
+        if let Err(e) = self.try_start() {
+            panic!("nats-server did not start again on port {}: {e}", self.port);
+        }
+    }
+
+    /// Starts the server on `self.port` and waits until that port answers with a NATS `INFO`
+    /// line from it: a port that accepts connections may be another test's listener.
+    fn try_start(&mut self) -> Result<(), String> {
         self.stop();
         let child = Command::new(server_binary())
             .args([
@@ -119,11 +156,18 @@ impl NatsServer {
             });
         self.child = Some(child);
         let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "nats-server did not start"
-            );
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
+                return Err(format!("it exited ({status}), the port is probably taken"));
+            }
+            if answers_info(self.port) {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                self.stop();
+                return Err("no NATS INFO within 10 s".into());
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -139,5 +183,27 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_taken_by_another_listener_is_not_mistaken_for_the_server() {
+        // Accepts connections (the kernel's backlog) but says nothing: not a NATS server.
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        assert!(!answers_info(port));
+        let mut server = NatsServer {
+            port,
+            store: tempfile::tempdir().unwrap(),
+            child: None,
+            extra_args: Vec::new(),
+        };
+        server.start_on_a_free_port();
+        assert_ne!(server.port(), port);
+        assert!(answers_info(server.port()));
     }
 }
