@@ -41,34 +41,49 @@ pub struct LocalServer {
 }
 
 impl LocalServer {
-    /// Starts `nats-server -js` on a free loopback port and waits until it accepts connections.
+    /// Starts `nats-server -js` on a free loopback port and waits until that port answers with
+    /// the server's `INFO` line. If the server exits at once (another process took the port
+    /// between our pick and its bind), it tries another port, up to three.
     pub fn start() -> anyhow::Result<Self> {
         let binary = std::env::var_os("NATS_SERVER_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("nats-server"));
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let store = tempfile::Builder::new().prefix("natsplug-dev-").tempdir()?;
-        let child = Command::new(&binary)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| {
-                format!("cannot start {binary:?}: run the README's set-up, or set NATS_SERVER_BIN")
-            })?;
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if started.elapsed() > Duration::from_secs(10) {
-                anyhow::bail!("nats-server did not accept connections on port {port} within 10s");
+        for _ in 0..3 {
+            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let mut child = Command::new(&binary)
+                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .arg(store.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .with_context(|| {
+                    format!(
+                        "cannot start {binary:?}: run the README's set-up, or set NATS_SERVER_BIN"
+                    )
+                })?;
+            let started = Instant::now();
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    tracing::warn!(port, %status, "nats-server exited at start; trying another port");
+                    break;
+                }
+                if answers_info(port) {
+                    return Ok(Self {
+                        child,
+                        url: format!("nats://127.0.0.1:{port}"),
+                        _store: store,
+                    });
+                }
+                if started.elapsed() > Duration::from_secs(10) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    anyhow::bail!("nats-server did not answer on port {port} within 10s");
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(Self {
-            child,
-            url: format!("nats://127.0.0.1:{port}"),
-            _store: store,
-        })
+        anyhow::bail!("nats-server exited at start on three free ports in a row")
     }
 
     /// The server's URL.
@@ -82,6 +97,17 @@ impl Drop for LocalServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether a connection to `port` gets a NATS server's `INFO` line (not just any listener).
+fn answers_info(port: u16) -> bool {
+    use std::io::Read as _;
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut banner = [0u8; 5];
+    stream.read_exact(&mut banner).is_ok() && &banner == b"INFO "
 }
 
 /// Creates the demo streams (idempotent).
