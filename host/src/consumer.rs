@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::backoff::Backoff;
+use crate::cores::Cores;
 use crate::heartbeat::Heartbeats;
 use crate::manifest::{AckMode, Subscribe};
 use crate::message::{Delivery, Headers, Message, subject_matches};
@@ -62,6 +63,9 @@ pub struct Worker {
     pub bound: Arc<std::sync::atomic::AtomicBool>,
     /// The host's trace exporter, or none: a span per message, its outputs' `traceparent`.
     pub traces: Traces,
+    /// The host's core threads, where the shards run (with their connections); without them,
+    /// shards are tasks on the current runtime with [`publisher`](Self::publisher).
+    pub cores: Option<Arc<Cores>>,
 }
 
 impl Worker {
@@ -82,25 +86,37 @@ impl Worker {
         }
     }
 
-    /// Splits the plugin's concurrency over pull loops (shards), one per runtime worker thread
-    /// but none with fewer than [`MIN_SHARE`] slots, and waits for all of them. A shard that
-    /// panics (a host bug) is logged and started again.
+    /// Splits the plugin's concurrency over pull loops (shards), one per core thread
+    /// ([`crate::cores`]; without cores, one per runtime worker thread) but none with fewer
+    /// than [`MIN_SHARE`] slots, and waits for all of them. A shard that panics (a host bug) is
+    /// logged and started again.
     ///
     /// A shard runs its messages' handlers in its own task rather than a task each: a message
-    /// pulled, handled, published and acked in one poll of its shard costs no task spawn and no
-    /// wake-up of another thread. A handler that takes longer moves to a task of its own (see
-    /// [`handle`](Self::handle)).
+    /// pulled, handled, published and acked in one poll of its shard costs no task spawn, and
+    /// on a core thread no wake-up of another thread either. A handler that takes longer moves
+    /// to a task of its own (see [`handle`](Self::handle)).
     async fn run_shards(self, client: async_nats::Client, subscribe: Subscribe) {
         let concurrency = subscribe.concurrency.get();
-        let workers = tokio::runtime::Handle::current().metrics().num_workers();
-        let shards = workers.min(concurrency / MIN_SHARE).max(1);
+        let threads = match &self.cores {
+            Some(cores) => cores.len(),
+            None => tokio::runtime::Handle::current().metrics().num_workers(),
+        };
+        let shards = threads.min(concurrency / MIN_SHARE).max(1);
         let supervised = (0..shards).map(|shard| {
             let share = concurrency / shards + usize::from(shard < concurrency % shards);
-            let (worker, client, subscribe) = (self.clone(), client.clone(), subscribe.clone());
+            let (mut worker, mut client, subscribe) =
+                (self.clone(), client.clone(), subscribe.clone());
+            let mut on = tokio::runtime::Handle::current();
+            if let Some(cores) = &self.cores {
+                let core = cores.get(shard);
+                client = core.client.clone();
+                worker.publisher = core.publisher.clone();
+                on = core.handle.clone();
+            }
             async move {
                 loop {
                     let run = worker.clone().run_jetstream(client.clone(), subscribe.clone(), shard, share);
-                    let Err(e) = worker.tracker.spawn(run).await else { break };
+                    let Err(e) = on.spawn(worker.tracker.track_future(run)).await else { break };
                     tracing::error!(plugin = worker.current().name(), shard, error = %e, "a pull loop panicked; starting it again");
                     if worker.shutdown.is_stopping() || worker.retire.is_cancelled() {
                         break;

@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin};
 use crate::config::HostConfig;
+use crate::cores::Cores;
 use crate::metrics::Metrics;
 use crate::plugins::{Change, Registry, SETTLE_TIME};
 use crate::publisher::Publisher;
@@ -58,6 +59,10 @@ async fn serve(config: HostConfig, shutdown: Shutdown, traces: Traces) -> anyhow
     let _ = admin.client.set(client.clone());
     let publisher =
         Arc::new(Publisher::connect(&config.nats, &config.publisher, metrics.clone()).await?);
+    // One core thread per runtime worker thread, for the JetStream shards.
+    let threads = tokio::runtime::Handle::current().metrics().num_workers();
+    let cores =
+        Arc::new(Cores::start(threads, &config.nats, &config.publisher, metrics.clone()).await?);
     let tracker = TaskTracker::new();
     let registry = Arc::new(
         Registry::new(
@@ -69,7 +74,8 @@ async fn serve(config: HostConfig, shutdown: Shutdown, traces: Traces) -> anyhow
             tracker.clone(),
             metrics.clone(),
         )
-        .with_traces(traces),
+        .with_traces(traces)
+        .with_cores(cores.clone()),
     );
     let _ = admin.registry.set(registry.clone());
     // Files still being written are looked at again until they settle.
@@ -119,6 +125,7 @@ async fn serve(config: HostConfig, shutdown: Shutdown, traces: Traces) -> anyhow
     }
     let _ = tokio::join!(watcher, control);
     publisher.close().await;
+    cores.close().await;
     if let Err(e) = client.drain().await {
         tracing::warn!(error = %e, "cannot drain the consumer connection");
     }

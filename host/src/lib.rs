@@ -19,6 +19,7 @@
 //! - [`scaffold`]: `natsplug new`, a plugin project with a test through the real runtime.
 //! - [`consumer`]: per-plugin pull consumer (one pull loop per runtime thread) or core subscription.
 //! - [`pull`]: pull requests sized by free handler slots, over one inbox per consumer.
+//! - [`cores`]: one thread per CPU with its own runtime and connections, where shards run.
 //! - [`heartbeat`]: ack-progress while a message is in the host's hands, one ticker per pull loop.
 //! - [`settle`]: what becomes of an input (publish then ack, nak, dead-letter then term).
 //! - [`publisher`]: the publisher pool, dedup ids and bounded retries.
@@ -34,6 +35,7 @@ pub mod config;
 pub mod connection;
 pub mod consumer;
 pub mod control;
+pub mod cores;
 pub mod dev;
 pub mod heartbeat;
 pub mod host;

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::consumer::Worker;
+use crate::cores::Cores;
 use crate::manifest::{Manifest, Subscribe};
 use crate::metrics::{Metrics, PluginMetrics, ResultLabels, StatsSnapshot, VersionLabels};
 use crate::publisher::Publisher;
@@ -125,6 +126,8 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     /// The trace exporter every worker uses; none unless [`with_traces`](Self::with_traces).
     traces: Traces,
+    /// Where JetStream shards run; none unless [`with_cores`](Self::with_cores).
+    cores: Option<Arc<Cores>>,
     /// Serializes syncs; held while compiling.
     syncing: Mutex<()>,
     /// The plugins; held only briefly, so `list` never waits for a compile.
@@ -151,9 +154,16 @@ impl Registry {
             tracker,
             metrics,
             traces: Traces::default(),
+            cores: None,
             syncing: Mutex::default(),
             entries: std::sync::Mutex::default(),
         }
+    }
+
+    /// Makes every worker started from now on run its JetStream shards on `cores`.
+    pub fn with_cores(mut self, cores: Arc<Cores>) -> Self {
+        self.cores = Some(cores);
+        self
     }
 
     /// Makes every worker started from now on trace its messages with `traces`.
@@ -338,6 +348,7 @@ impl Registry {
                     entry.bound.clone()
                 },
                 traces: self.traces.clone(),
+                cores: self.cores.clone(),
             };
             self.tracker.spawn(worker.run(self.client.clone()));
             entry.retire = Some(retire);

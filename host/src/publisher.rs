@@ -74,8 +74,18 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Opens `config.connections` connections (at least one).
+    /// Opens `config.connections` connections (at least one), named `publisher-N`.
     pub async fn connect(
+        nats: &NatsConfig,
+        config: &PublisherConfig,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        Self::connect_as("publisher", nats, config, metrics).await
+    }
+
+    /// Opens `config.connections` connections (at least one), named `ROLE-N`.
+    pub async fn connect_as(
+        role: &str,
         nats: &NatsConfig,
         config: &PublisherConfig,
         metrics: Arc<Metrics>,
@@ -83,7 +93,7 @@ impl Publisher {
         let mut pool = Vec::new();
         for i in 0..config.connections.max(1) {
             let client =
-                connection::connect_with(nats, &format!("publisher-{i}"), Some(metrics.clone()))
+                connection::connect_with(nats, &format!("{role}-{i}"), Some(metrics.clone()))
                     .await?;
             let mut jetstream = jetstream::new(client.clone());
             jetstream.set_timeout(nats.request_timeout);
