@@ -23,6 +23,8 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// The consumer connection, once created.
     pub client: OnceLock<async_nats::Client>,
+    /// The core threads' connections, once connected.
+    pub cores: OnceLock<Arc<crate::cores::Cores>>,
     /// The plugins, once created.
     pub registry: OnceLock<Arc<Registry>>,
     /// Set once the first sync of the plugins folder is done.
@@ -40,6 +42,9 @@ impl Admin {
         match self.client.get() {
             Some(c) if c.connection_state() == async_nats::connection::State::Connected => {}
             _ => return Some("not connected to NATS".into()),
+        }
+        if self.cores.get().is_some_and(|cores| !cores.connected()) {
+            return Some("a core thread's connection to NATS is down".into());
         }
         if !self.loaded.load(Ordering::Relaxed) {
             return Some("plugins not loaded yet".into());

@@ -2,7 +2,7 @@
 //! NATS subscriptions. Each message runs the handler with a heartbeat beside it and settles the
 //! input (publish outputs then ack, nak, or dead-letter then term).
 //!
-//! A JetStream worker is one pull loop (a shard) per runtime worker thread, each with its share
+//! A JetStream worker is one pull loop (a shard) per core thread ([`crate::cores`]), each with its share
 //! of the plugin's concurrency, running its messages in its own task. A shard pulls only as many
 //! messages as it has free handler slots, so a message never waits in a local buffer while its
 //! ack_wait runs out. Core messages get a task each.
@@ -66,6 +66,9 @@ pub struct Worker {
     /// The host's core threads, where the shards run (with their connections); without them,
     /// shards are tasks on the current runtime with [`publisher`](Self::publisher).
     pub cores: Option<Arc<Cores>>,
+    /// Where a handler that yields moves to (the host's multi-thread runtime when this worker
+    /// is a shard on a core); the current runtime when none.
+    pub long_handlers: Option<tokio::runtime::Handle>,
 }
 
 impl Worker {
@@ -102,21 +105,29 @@ impl Worker {
             None => tokio::runtime::Handle::current().metrics().num_workers(),
         };
         let shards = threads.min(concurrency / MIN_SHARE).max(1);
+        let first = self.cores.as_ref().map_or(0, |cores| cores.first());
         let supervised = (0..shards).map(|shard| {
             let share = concurrency / shards + usize::from(shard < concurrency % shards);
             let (mut worker, mut client, subscribe) =
                 (self.clone(), client.clone(), subscribe.clone());
             let mut on = tokio::runtime::Handle::current();
             if let Some(cores) = &self.cores {
-                let core = cores.get(shard);
+                let core = cores.get(first + shard);
                 client = core.client.clone();
                 worker.publisher = core.publisher.clone();
                 on = core.handle.clone();
+                // Where a long handler goes; a shard does not hold the cores (they stop when
+                // the host drops them).
+                worker.long_handlers = Some(cores.main().clone());
+                worker.cores = None;
             }
             async move {
                 loop {
                     let run = worker.clone().run_jetstream(client.clone(), subscribe.clone(), shard, share);
                     let Err(e) = on.spawn(worker.tracker.track_future(run)).await else { break };
+                    if !e.is_panic() {
+                        break; // cancelled: its core is closing
+                    }
                     tracing::error!(plugin = worker.current().name(), shard, error = %e, "a pull loop panicked; starting it again");
                     if worker.shutdown.is_stopping() || worker.retire.is_cancelled() {
                         break;
@@ -374,7 +385,11 @@ impl Worker {
         let ((result, fuel), input) = match futures::poll!(run.as_mut()) {
             std::task::Poll::Ready(done) => done,
             std::task::Poll::Pending => {
-                let mut task = AbortOnDrop(tokio::spawn(run.in_current_span()));
+                let run = run.in_current_span();
+                let mut task = AbortOnDrop(match &self.long_handlers {
+                    Some(runtime) => runtime.spawn(run),
+                    None => tokio::spawn(run),
+                });
                 match (&mut task.0).await {
                     Ok(done) => done,
                     // Cancelled only if the runtime is going away, which drops this too.

@@ -1,10 +1,13 @@
-//! Core threads: one per runtime worker thread, each running a current-thread tokio runtime with
-//! its own consumer connection and its own publisher connection. A plugin's JetStream shards run
-//! on them (shard N on core N), so a message is pulled, handled, published and acked on one
-//! thread, and no wake-up crosses threads on its way. Everything else (core NATS subscriptions,
-//! the admin endpoints, reloads) stays on the host's multi-thread runtime.
+//! Core threads: one per worker thread of the host's runtime, each running a current-thread
+//! tokio runtime with its own consumer connection and its own publisher connection. A plugin's
+//! JetStream shards run on them (consecutive cores from a rotating start), so a message is
+//! pulled, handled, published and acked on one thread, and no wake-up crosses threads on its
+//! way. Everything else (core NATS subscriptions, the admin endpoints, reloads, and handlers
+//! that run long) stays on the host's multi-thread runtime.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::oneshot;
@@ -14,9 +17,17 @@ use crate::connection;
 use crate::metrics::Metrics;
 use crate::publisher::Publisher;
 
-/// The host's core threads.
+/// How long closing a core waits for its connections to flush and close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The host's core threads. Dropping them stops the threads (without flushing: see
+/// [`close`](Cores::close)).
 pub struct Cores {
     cores: Vec<Core>,
+    /// The first core of the next plugin's shards, so that small plugins spread.
+    next: AtomicUsize,
+    /// The host's multi-thread runtime, where a handler that runs long goes.
+    main: tokio::runtime::Handle,
 }
 
 /// One core thread and what runs on it.
@@ -92,7 +103,31 @@ impl Cores {
                 stop: std::sync::Mutex::new(Some((stop, thread))),
             });
         }
-        Ok(Self { cores })
+        Ok(Self {
+            cores,
+            next: AtomicUsize::new(0),
+            main: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// The core of a plugin's first shard: the next one in turn.
+    pub fn first(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % self.cores.len()
+    }
+
+    /// The host's multi-thread runtime.
+    pub fn main(&self) -> &tokio::runtime::Handle {
+        &self.main
+    }
+
+    /// Whether every core's connections are up.
+    pub fn connected(&self) -> bool {
+        let up = |c: &async_nats::Client| {
+            c.connection_state() == async_nats::connection::State::Connected
+        };
+        self.cores
+            .iter()
+            .all(|core| up(&core.client) && core.publisher.connected())
     }
 
     /// How many cores there are.
@@ -110,19 +145,46 @@ impl Cores {
         &self.cores[n % self.cores.len()]
     }
 
-    /// Flushes and drains every core's connections, then stops its thread. Call it once the
-    /// shards are done.
+    /// Flushes and drains every core's connections (each within [`CLOSE_TIMEOUT`]), then stops
+    /// its thread. Call it once the shards are done.
     pub async fn close(&self) {
         for core in &self.cores {
-            core.publisher.close().await;
-            if let Err(e) = core.client.drain().await {
-                tracing::warn!(error = %e, "cannot drain a core's consumer connection");
+            let closing = async {
+                core.publisher.close().await;
+                if let Err(e) = core.client.flush().await {
+                    tracing::warn!(error = %e, "cannot flush a core's consumer connection");
+                }
+                if let Err(e) = core.client.drain().await {
+                    tracing::warn!(error = %e, "cannot drain a core's consumer connection");
+                }
+                // `drain` only asks: the core's runtime, still running, does it.
+                while core.client.connection_state() == async_nats::connection::State::Connected {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            };
+            if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
+                tracing::warn!("a core's connections did not close in time");
             }
-            let stop = core.stop.lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some((stop, thread)) = stop {
+            if let Some((stop, thread)) = core.take_stop() {
                 let _ = stop.send(());
                 let _ = tokio::task::spawn_blocking(move || thread.join()).await;
             }
         }
+    }
+}
+
+impl Drop for Cores {
+    fn drop(&mut self) {
+        for core in &self.cores {
+            if let Some((stop, _)) = core.take_stop() {
+                let _ = stop.send(());
+            }
+        }
+    }
+}
+
+impl Core {
+    fn take_stop(&self) -> Option<(oneshot::Sender<()>, std::thread::JoinHandle<()>)> {
+        self.stop.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }

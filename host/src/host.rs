@@ -39,6 +39,7 @@ async fn serve(config: HostConfig, shutdown: Shutdown, traces: Traces) -> anyhow
     let admin = Arc::new(Admin {
         metrics: metrics.clone(),
         client: OnceLock::new(),
+        cores: OnceLock::new(),
         registry: OnceLock::new(),
         loaded: AtomicBool::new(false),
         shutdown: shutdown.clone(),
@@ -63,6 +64,7 @@ async fn serve(config: HostConfig, shutdown: Shutdown, traces: Traces) -> anyhow
     let threads = tokio::runtime::Handle::current().metrics().num_workers();
     let cores =
         Arc::new(Cores::start(threads, &config.nats, &config.publisher, metrics.clone()).await?);
+    let _ = admin.cores.set(cores.clone());
     let tracker = TaskTracker::new();
     let registry = Arc::new(
         Registry::new(

@@ -19,7 +19,8 @@
 //! - [`scaffold`]: `natsplug new`, a plugin project with a test through the real runtime.
 //! - [`consumer`]: per-plugin pull consumer (one pull loop per runtime thread) or core subscription.
 //! - [`pull`]: pull requests sized by free handler slots, over one inbox per consumer.
-//! - [`cores`]: one thread per CPU with its own runtime and connections, where shards run.
+//! - [`cores`]: a thread per worker of the host's runtime, each with its own single-threaded
+//!   runtime and connections, where JetStream shards run.
 //! - [`heartbeat`]: ack-progress while a message is in the host's hands, one ticker per pull loop.
 //! - [`settle`]: what becomes of an input (publish then ack, nak, dead-letter then term).
 //! - [`publisher`]: the publisher pool, dedup ids and bounded retries.

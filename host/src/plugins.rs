@@ -349,6 +349,7 @@ impl Registry {
                 },
                 traces: self.traces.clone(),
                 cores: self.cores.clone(),
+                long_handlers: None,
             };
             self.tracker.spawn(worker.run(self.client.clone()));
             entry.retire = Some(retire);

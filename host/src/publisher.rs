@@ -107,6 +107,13 @@ impl Publisher {
         })
     }
 
+    /// Whether every connection of the pool is up.
+    pub fn connected(&self) -> bool {
+        self.pool
+            .iter()
+            .all(|c| c.client.connection_state() == async_nats::connection::State::Connected)
+    }
+
     fn connection(&self) -> &Connection {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
         &self.pool[i]
