@@ -17,8 +17,10 @@ use crate::connection;
 use crate::metrics::Metrics;
 use crate::publisher::Publisher;
 
-/// How long closing a core waits for its connections to flush and close.
+/// How long closing a core waits for its connections to flush.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a core's runtime keeps running after its consumer connection is asked to drain.
+const DRAIN_GRACE: Duration = Duration::from_millis(50);
 
 /// The host's core threads. Dropping them stops the threads (without flushing: see
 /// [`close`](Cores::close)).
@@ -157,10 +159,10 @@ impl Cores {
                 if let Err(e) = core.client.drain().await {
                     tracing::warn!(error = %e, "cannot drain a core's consumer connection");
                 }
-                // `drain` only asks: the core's runtime, still running, does it.
-                while core.client.connection_state() == async_nats::connection::State::Connected {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+                // Everything is flushed; `drain` only queues its unsubscribes, which the core's
+                // runtime, still running, writes in a moment. (async-nats tells a drain's end
+                // only as an event, and the connection state stays `Connected`.)
+                tokio::time::sleep(DRAIN_GRACE).await;
             };
             if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
                 tracing::warn!("a core's connections did not close in time");
