@@ -40,6 +40,11 @@ const GIVE_BACK_DELAY: Duration = Duration::from_secs(2);
 /// The fewest handler slots a shard gets: fewer shards than runtime threads rather than shards
 /// that pull a message or two at a time.
 const MIN_SHARE: usize = 16;
+/// The dead-letter kind of a message this host gave back on its last allowed delivery.
+const GIVEN_BACK: &str = "given-back";
+/// The dead-letter reason of one still in flight at the end of the graceful period.
+const CUT_SHORT: &str =
+    "still in flight at the end of the graceful period, on its last allowed delivery";
 /// Longest wait between attempts to set up a consumer or pull after an error.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
@@ -264,10 +269,26 @@ impl Worker {
     /// Naks a message this worker will not handle. The delay outlasts any open pull request,
     /// or the server would redeliver it straight into one being drained, burning a delivery
     /// per round until max_deliver.
+    ///
+    /// A message on its last allowed delivery would not come back after a nak: it is
+    /// dead-lettered (kind `given-back`) instead.
     fn give_back(&self, message: jetstream::Message) {
+        let worker = self.clone();
         self.tracker.spawn(async move {
-            let (_, acker) = message.split();
-            nak(&acker, GIVE_BACK_DELAY).await;
+            let plugin = worker.current();
+            let (input, acker) = match jetstream_input(message) {
+                Ok(ok) => ok,
+                Err((_, acker)) => return nak(&acker, GIVE_BACK_DELAY).await,
+            };
+            let delivered = input.delivery.as_ref().map_or(1, |d| d.delivered);
+            if settle::is_last_delivery(delivered, plugin.manifest()) {
+                let reason = "pulled while this host stopped, on its last allowed delivery";
+                worker
+                    .dead_letter_and_term(&plugin, &input, &acker, GIVEN_BACK, reason)
+                    .await;
+            } else {
+                nak(&acker, GIVE_BACK_DELAY).await;
+            }
         });
     }
 
@@ -294,42 +315,31 @@ impl Worker {
     ) {
         let plugin = self.current();
         let _in_flight = self.metrics.in_flight();
-        let delivery = match message.info() {
-            Ok(info) => Delivery {
-                stream: info.stream.to_owned(),
-                consumer: info.consumer.to_owned(),
-                stream_sequence: info.stream_sequence,
-                consumer_sequence: info.consumer_sequence,
-                delivered: u64::try_from(info.delivered).unwrap_or(1),
-                pending: info.pending,
-                timestamp_ns: i64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(0),
-            },
-            Err(e) => {
+        let (input, acker) = match jetstream_input(message) {
+            Ok(ok) => ok,
+            Err((e, acker)) => {
                 tracing::error!(plugin = plugin.name(), error = %e, "a JetStream message without delivery info; terminated");
-                let (_, acker) = message.split();
                 settle_ack(&acker, AckKind::Term).await;
                 return;
             }
         };
-        let sequence = delivery.stream_sequence;
-        let (message, acker) = message.split();
         let acker = Arc::new(acker);
+        let (sequence, delivered) = input
+            .delivery
+            .as_ref()
+            .map_or((0, 1), |d| (d.stream_sequence, d.delivered));
         let span = tracing::info_span!(
             "message",
             plugin = plugin.name(),
             messaging.system = "nats",
-            messaging.destination.name = %message.subject,
-            stream = %delivery.stream,
-            sequence = delivery.stream_sequence,
-            delivered = delivery.delivered,
+            messaging.destination.name = %input.subject,
+            stream = input.delivery.as_ref().map_or("", |d| d.stream.as_str()),
+            sequence,
+            delivered,
         );
-        let input = Message {
-            subject: message.subject.to_string(),
-            reply: None,
-            headers: Headers::from_nats(message.headers.as_ref()),
-            payload: message.payload,
-            delivery: Some(delivery),
-        };
+        // On its last allowed delivery a message cut short by the end of the graceful period is
+        // not redelivered after a nak: it is dead-lettered instead, which needs it whole.
+        let last = settle::is_last_delivery(delivered, plugin.manifest()).then(|| input.clone());
         let trace = self.traces.message(plugin.name(), &input);
         let heartbeat = heartbeats.start(acker.clone());
         let hooks = Hooks {
@@ -351,10 +361,15 @@ impl Worker {
         };
         let settled = tokio::select! {
             settled = work.instrument(span) => settled,
-            _ = self.shutdown.aborting() => {
-                tracing::warn!(plugin = plugin.name(), sequence, "still in flight at the end of the graceful period: nak'ed for another host");
-                nak(&acker, Duration::ZERO).await;
-                Settled::GivenBack
+            _ = self.shutdown.aborting() => match &last {
+                None => {
+                    tracing::warn!(plugin = plugin.name(), sequence, "still in flight at the end of the graceful period: nak'ed for another host");
+                    nak(&acker, Duration::ZERO).await;
+                    Settled::GivenBack
+                }
+                Some(input) => {
+                    self.dead_letter_and_term(&plugin, input, &acker, GIVEN_BACK, CUT_SHORT).await
+                }
             }
         };
         drop(heartbeat);
@@ -831,5 +846,36 @@ fn settled(plugin: &str, done: std::thread::Result<()>) {
             panic,
             "a message's handling panicked; it is left to its ack_wait"
         );
+    }
+}
+
+/// The input a JetStream message gives its handler, and its acker; or why it has no delivery
+/// info (with the acker, to terminate it).
+fn jetstream_input(message: jetstream::Message) -> Result<(Message, Acker), (String, Acker)> {
+    let delivery = message
+        .info()
+        .map(|info| Delivery {
+            stream: info.stream.to_owned(),
+            consumer: info.consumer.to_owned(),
+            stream_sequence: info.stream_sequence,
+            consumer_sequence: info.consumer_sequence,
+            delivered: u64::try_from(info.delivered).unwrap_or(1),
+            pending: info.pending,
+            timestamp_ns: i64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(0),
+        })
+        .map_err(|e| e.to_string());
+    let (message, acker) = message.split();
+    match delivery {
+        Ok(delivery) => Ok((
+            Message {
+                subject: message.subject.to_string(),
+                reply: None,
+                headers: Headers::from_nats(message.headers.as_ref()),
+                payload: message.payload,
+                delivery: Some(delivery),
+            },
+            acker,
+        )),
+        Err(e) => Err((e, acker)),
     }
 }

@@ -165,6 +165,51 @@ async fn sigterm_past_the_graceful_timeout_naks_for_another_host_at_once() {
     assert_eq!(outputs[0].payload, "slept 10");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_graceful_timeout_a_message_on_its_last_delivery_is_dead_lettered_not_lost() {
+    let (server, js) = setup().await;
+    let plugins = PluginsDir::new();
+    // One delivery allowed: a nak would strand it (the server never redelivers it).
+    plugins.add(
+        "slow",
+        "slow",
+        "[subscribe]\nstream = \"IN\"\nsubjects = [\"in.slow\"]\nack_wait = \"60s\"\n\
+         max_deliver = 1\nconcurrency = 1\n[publish]\nallow = [\"out.slow\"]\n\
+         dead_letter = \"dead.slow\"\n[config]\noutput = \"out.slow\"\n",
+    );
+    let mut host = HostProcess::spawn(&server.url(), plugins.path(), &["--graceful-timeout", "2s"]);
+    publish_all(&js, "in.slow", &["10".to_owned()]).await;
+    wait_until(Duration::from_secs(10), "the handler in flight", || async {
+        consumer_info(&js, "IN", "slow").await.num_ack_pending == 1
+    })
+    .await;
+    host.terminate();
+    let status = host.wait(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status:?}");
+
+    let dead = stream_messages(&js, "DEAD").await;
+    assert_eq!(dead.len(), 1);
+    let header = |name: &str| {
+        dead[0]
+            .headers
+            .get(name)
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default()
+    };
+    assert_eq!(dead[0].payload, "10");
+    assert_eq!(header("Natsplug-Error-Kind"), "given-back");
+    assert_eq!(
+        header("Natsplug-Reason"),
+        "still in flight at the end of the graceful period, on its last allowed delivery"
+    );
+    assert_eq!(header("Natsplug-Delivered"), "1");
+    assert_eq!(header("Natsplug-Sequence"), "1");
+    assert_eq!(stream_count(&js, "OUT").await, 0);
+    let info = consumer_info(&js, "IN", "slow").await;
+    assert_eq!(info.num_ack_pending, 0, "terminated, not left pending");
+    assert_eq!(info.delivered.consumer_sequence, 1);
+}
+
 #[test]
 fn the_demo_runs_its_samples_through_and_exits_with_once() {
     let output = std::process::Command::new(natsplug_tests::natsplug_bin())
