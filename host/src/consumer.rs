@@ -277,8 +277,8 @@ impl Worker {
         self.tracker.spawn(async move {
             let plugin = worker.current();
             let (input, acker) = match jetstream_input(message) {
-                Ok(ok) => ok,
-                Err((_, acker)) => return nak(&acker, GIVE_BACK_DELAY).await,
+                (Ok(input), acker) => (input, acker),
+                (Err(_), acker) => return nak(&acker, GIVE_BACK_DELAY).await,
             };
             let delivered = input.delivery.as_ref().map_or(1, |d| d.delivered);
             if settle::is_last_delivery(delivered, plugin.manifest()) {
@@ -316,8 +316,8 @@ impl Worker {
         let plugin = self.current();
         let _in_flight = self.metrics.in_flight();
         let (input, acker) = match jetstream_input(message) {
-            Ok(ok) => ok,
-            Err((e, acker)) => {
+            (Ok(input), acker) => (input, acker),
+            (Err(e), acker) => {
                 tracing::error!(plugin = plugin.name(), error = %e, "a JetStream message without delivery info; terminated");
                 settle_ack(&acker, AckKind::Term).await;
                 return;
@@ -849,9 +849,9 @@ fn settled(plugin: &str, done: std::thread::Result<()>) {
     }
 }
 
-/// The input a JetStream message gives its handler, and its acker; or why it has no delivery
-/// info (with the acker, to terminate it).
-fn jetstream_input(message: jetstream::Message) -> Result<(Message, Acker), (String, Acker)> {
+/// The input a JetStream message gives its handler (or why it has none: no delivery info), and
+/// its acker.
+fn jetstream_input(message: jetstream::Message) -> (Result<Message, String>, Acker) {
     let delivery = message
         .info()
         .map(|info| Delivery {
@@ -865,17 +865,12 @@ fn jetstream_input(message: jetstream::Message) -> Result<(Message, Acker), (Str
         })
         .map_err(|e| e.to_string());
     let (message, acker) = message.split();
-    match delivery {
-        Ok(delivery) => Ok((
-            Message {
-                subject: message.subject.to_string(),
-                reply: None,
-                headers: Headers::from_nats(message.headers.as_ref()),
-                payload: message.payload,
-                delivery: Some(delivery),
-            },
-            acker,
-        )),
-        Err(e) => Err((e, acker)),
-    }
+    let input = delivery.map(|delivery| Message {
+        subject: message.subject.to_string(),
+        reply: None,
+        headers: Headers::from_nats(message.headers.as_ref()),
+        payload: message.payload,
+        delivery: Some(delivery),
+    });
+    (input, acker)
 }
