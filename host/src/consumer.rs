@@ -18,7 +18,7 @@ use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::Instrument as _;
 
 use crate::backoff::Backoff;
@@ -42,6 +42,8 @@ const GIVE_BACK_DELAY: Duration = Duration::from_secs(2);
 const MIN_SHARE: usize = 16;
 /// The dead-letter kind of a message this host gave back on its last allowed delivery.
 const GIVEN_BACK: &str = "given-back";
+/// The dead-letter reason of one pulled while the host stopped.
+const PULLED_WHILE_STOPPING: &str = "pulled while this host stopped, on its last allowed delivery";
 /// The dead-letter reason of one still in flight at the end of the graceful period.
 const CUT_SHORT: &str =
     "still in flight at the end of the graceful period, on its last allowed delivery";
@@ -282,9 +284,14 @@ impl Worker {
             };
             let delivered = input.delivery.as_ref().map_or(1, |d| d.delivered);
             if settle::is_last_delivery(delivered, plugin.manifest()) {
-                let reason = "pulled while this host stopped, on its last allowed delivery";
                 worker
-                    .dead_letter_and_term(&plugin, &input, &acker, GIVEN_BACK, reason)
+                    .dead_letter_and_term(
+                        &plugin,
+                        &input,
+                        &acker,
+                        GIVEN_BACK,
+                        PULLED_WHILE_STOPPING,
+                    )
                     .await;
             } else {
                 nak(&acker, GIVE_BACK_DELAY).await;
@@ -346,11 +353,10 @@ impl Worker {
             in_progress: Some(heartbeat.in_progress()),
         };
         let work = async {
-            if input.delivery.as_ref().is_some_and(|d| d.delivered > 1) {
+            if delivered > 1 {
                 self.metrics.redeliveries.inc();
                 tracing::debug!("redelivery");
             }
-            let delivered = input.delivery.as_ref().map_or(1, |d| d.delivered);
             let (result, input) = self.handle(&plugin, input, hooks).await;
             let mut decision = settle::decide(result, delivered, plugin.manifest());
             if let Decision::Publish(outputs) = &mut decision {
@@ -401,11 +407,13 @@ impl Worker {
             std::task::Poll::Ready(done) => done,
             std::task::Poll::Pending => {
                 let run = run.in_current_span();
-                let mut task = AbortOnDrop(match &self.long_handlers {
+                // Aborted with the message that owns it (at the end of the graceful period,
+                // say), as it would have been in the message's own poll.
+                let task = AbortOnDropHandle::new(match &self.long_handlers {
                     Some(runtime) => runtime.spawn(run),
                     None => tokio::spawn(run),
                 });
-                match (&mut task.0).await {
+                match task.await {
                     Ok(done) => done,
                     // Cancelled only if the runtime is going away, which drops this too.
                     Err(e) => std::panic::resume_unwind(
@@ -800,16 +808,6 @@ async fn nak(acker: &Acker, delay: Duration) {
 async fn settle_ack(acker: &Acker, kind: AckKind) {
     if let Err(e) = acker.ack_with(kind).await {
         tracing::warn!(error = %e, ?kind, "cannot send ack");
-    }
-}
-
-/// A handler moved to a task of its own ends with the message that owns it (at the end of the
-/// graceful period, say), as it would have in the message's own poll.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

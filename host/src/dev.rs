@@ -99,8 +99,9 @@ impl Drop for LocalServer {
     }
 }
 
-/// Whether a connection to `port` gets a NATS server's `INFO` line (not just any listener).
-fn answers_info(port: u16) -> bool {
+/// Whether a connection to `port` on 127.0.0.1 gets a NATS server's `INFO` line (not just any
+/// listener). The test harness uses it too.
+pub fn answers_info(port: u16) -> bool {
     use std::io::Read as _;
     let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return false;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use natsplug::dev::answers_info;
 use tempfile::TempDir;
 
 /// A running (or stopped) nats-server owned by a test.
@@ -28,17 +29,6 @@ pub fn server_binary() -> PathBuf {
         return venv;
     }
     PathBuf::from("nats-server")
-}
-
-/// Whether a connection to `port` gets a NATS server's `INFO` line.
-fn answers_info(port: u16) -> bool {
-    use std::io::Read as _;
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut banner = [0u8; 5];
-    stream.read_exact(&mut banner).is_ok() && &banner == b"INFO "
 }
 
 fn free_port() -> u16 {
