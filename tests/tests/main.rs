@@ -1,0 +1,19 @@
+//! Every integration test, in one binary: each file is a module for one area, and each test
+//! starts what it needs (a `nats-server` of its own, a host, a plugins folder). One binary means
+//! one link of wasmtime instead of seven (about 90 MB and several seconds each).
+//!
+//! - [`runtime`]: the sandboxed runtime without NATS: every limit, bad plugins, isolation.
+//! - [`engine`]: the JetStream engine: exact counts, retries, dead letters, restarts, replies.
+//! - [`observability`]: metrics, health, traces and logs.
+//! - [`process`]: the `natsplug` binary as a process: SIGKILL and SIGTERM mid-run.
+//! - [`reload`]: hot reload under load and the control plane.
+//! - [`deploy`]: the deployment files (Kubernetes manifest, Grafana dashboard).
+//! - [`languages`]: the same handler in Rust, Python and JavaScript.
+
+mod deploy;
+mod engine;
+mod languages;
+mod observability;
+mod process;
+mod reload;
+mod runtime;
