@@ -101,6 +101,12 @@ impl TestHost {
         Self { shutdown, task }
     }
 
+    /// Begins a graceful stop without waiting for it: from here on the host pulls nothing
+    /// new, and gives back what still comes in.
+    pub fn begin_stop(&self) {
+        self.shutdown.stop();
+    }
+
     /// Stops it gracefully and waits for it.
     pub async fn stop(self) {
         self.shutdown.stop();

@@ -1,6 +1,7 @@
 //! The JetStream engine against a real nats-server per test: throughput with exact counts, a
-//! consumer deleted under the host, the long-handler timeout scenario, retries with their delays, dead letters, a missing output
-//! stream, server restarts, and request-reply.
+//! consumer deleted under the host, the long-handler timeout scenario, retries with their
+//! delays, dead letters, a missing output stream, server restarts, request-reply, and a message
+//! that arrives while its host stops.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -383,6 +384,111 @@ async fn flaky_is_naked_with_the_configured_delays_then_succeeds() {
     );
     let info = consumer_info(&js, "IN", "flaky").await;
     assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
+}
+
+/// Starts a host serving `plugin` (`uppercase` on `in.{plugin}`, one slot) and returns it as
+/// soon as it has sent a pull request, which stays open for its `expires` (1 s): a message
+/// published now is delivered into that request.
+async fn a_host_with_an_open_pull_request(
+    server: &NatsServer,
+    client: &async_nats::Client,
+    plugin: &str,
+    max_deliver: u32,
+) -> (TestHost, PluginsDir) {
+    let plugins = PluginsDir::new();
+    plugins.add(
+        plugin,
+        "uppercase",
+        &format!(
+            "[subscribe]\nstream = \"IN\"\nsubjects = [\"in.{plugin}\"]\nconcurrency = 1\n\
+             max_deliver = {max_deliver}\n[publish]\nallow = [\"out.{plugin}\"]\n\
+             dead_letter = \"dead.{plugin}\"\n[config]\noutput = \"out.{plugin}\"\n"
+        ),
+    );
+    let mut requests = client
+        .subscribe(format!("$JS.API.CONSUMER.MSG.NEXT.IN.{plugin}"))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let host = TestHost::start(TestHost::config(&server.url(), plugins.path()));
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        futures::StreamExt::next(&mut requests),
+    )
+    .await
+    .expect("a pull request within 10 s")
+    .expect("the request subscription is open");
+    (host, plugins)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_pulled_while_the_host_stops_is_given_back_and_the_next_host_handles_it() {
+    let (server, client, js) = jetstream_setup().await;
+    let (stopping, plugins) = a_host_with_an_open_pull_request(&server, &client, "again", 5).await;
+    stopping.begin_stop();
+    publish_all(&js, "in.again", &["given back".to_owned()]).await;
+    stopping.stop().await;
+    // Delivered once, into the stopping host's open request, and given back: not handled.
+    assert_eq!(stream_count(&js, "OUT").await, 0);
+    assert_eq!(stream_count(&js, "DEAD").await, 0);
+    let info = consumer_info(&js, "IN", "again").await;
+    assert_eq!(info.delivered.consumer_sequence, 1);
+
+    let next = TestHost::start(TestHost::config(&server.url(), plugins.path()));
+    wait_until(Duration::from_secs(15), "the output", || async {
+        stream_count(&js, "OUT").await == 1
+    })
+    .await;
+    wait_until(Duration::from_secs(10), "the ack", || async {
+        consumer_info(&js, "IN", "again").await.num_ack_pending == 0
+    })
+    .await;
+    next.stop().await;
+    let outputs = stream_messages(&js, "OUT").await;
+    assert_eq!(outputs.len(), 1);
+    assert_eq!(
+        (outputs[0].subject.as_str(), outputs[0].payload.as_str()),
+        ("out.again", "GIVEN BACK")
+    );
+    let info = consumer_info(&js, "IN", "again").await;
+    assert_eq!(info.delivered.consumer_sequence, 2, "the second delivery");
+    assert_eq!(info.delivered.stream_sequence, 1);
+    assert_eq!(
+        (info.num_pending, info.num_ack_pending, info.num_redelivered),
+        (0, 0, 0)
+    );
+    assert_eq!(stream_count(&js, "DEAD").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_pulled_while_the_host_stops_on_its_last_delivery_is_dead_lettered() {
+    let (server, client, js) = jetstream_setup().await;
+    let (stopping, _plugins) = a_host_with_an_open_pull_request(&server, &client, "last", 1).await;
+    stopping.begin_stop();
+    publish_all(&js, "in.last", &["one chance".to_owned()]).await;
+    stopping.stop().await;
+    // A nak would strand it: with max_deliver = 1 the server never delivers it again.
+    let dead = stream_messages(&js, "DEAD").await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].subject.as_str(), dead[0].payload.as_str()),
+        ("dead.last", "one chance")
+    );
+    assert_eq!(header(&dead[0], "Natsplug-Error-Kind"), "given-back");
+    assert_eq!(
+        header(&dead[0], "Natsplug-Reason"),
+        "pulled while this host stopped, on its last allowed delivery"
+    );
+    assert_eq!(header(&dead[0], "Natsplug-Delivered"), "1");
+    assert_eq!(header(&dead[0], "Natsplug-Sequence"), "1");
+    assert_eq!(stream_count(&js, "OUT").await, 0);
+    let info = consumer_info(&js, "IN", "last").await;
+    assert_eq!(info.delivered.consumer_sequence, 1);
+    assert_eq!(
+        (info.num_pending, info.num_ack_pending),
+        (0, 0),
+        "terminated, not left pending"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
