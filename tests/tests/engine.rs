@@ -386,48 +386,58 @@ async fn flaky_is_naked_with_the_configured_delays_then_succeeds() {
     assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
 }
 
-/// Starts a host serving `plugin` (`uppercase` on `in.{plugin}`, one slot) and returns it as
-/// soon as it has sent a pull request, which stays open for its `expires` (1 s): a message
-/// published now is delivered into that request.
-async fn a_host_with_an_open_pull_request(
-    server: &NatsServer,
-    client: &async_nats::Client,
+/// A host serving `plugin` (`uppercase` on `in.{plugin}`, one slot, a 60 s ack_wait) that
+/// began to stop just after sending a pull request, with `payload` published into that request
+/// (open for its `expires`, 1 s), then stopped. Returns its server, once that held: a machine
+/// stalled for 700 ms between the request and the publish may have let the request expire
+/// first, so such an attempt is run again on a new server.
+async fn a_message_came_as_its_host_stopped(
     plugin: &str,
     max_deliver: u32,
-) -> (TestHost, PluginsDir) {
-    let plugins = PluginsDir::new();
-    plugins.add(
-        plugin,
-        "uppercase",
-        &format!(
-            "[subscribe]\nstream = \"IN\"\nsubjects = [\"in.{plugin}\"]\nconcurrency = 1\n\
-             max_deliver = {max_deliver}\n[publish]\nallow = [\"out.{plugin}\"]\n\
-             dead_letter = \"dead.{plugin}\"\n[config]\noutput = \"out.{plugin}\"\n"
-        ),
-    );
-    let mut requests = client
-        .subscribe(format!("$JS.API.CONSUMER.MSG.NEXT.IN.{plugin}"))
+    payload: &str,
+) -> (NatsServer, jetstream::Context, PluginsDir) {
+    for _ in 0..3 {
+        let (server, client, js) = jetstream_setup().await;
+        let plugins = PluginsDir::new();
+        plugins.add(
+            plugin,
+            "uppercase",
+            &format!(
+                "[subscribe]\nstream = \"IN\"\nsubjects = [\"in.{plugin}\"]\nconcurrency = 1\n\
+                 ack_wait = \"60s\"\nmax_deliver = {max_deliver}\n[publish]\n\
+                 allow = [\"out.{plugin}\"]\ndead_letter = \"dead.{plugin}\"\n\
+                 [config]\noutput = \"out.{plugin}\"\n"
+            ),
+        );
+        let mut requests = client
+            .subscribe(format!("$JS.API.CONSUMER.MSG.NEXT.IN.{plugin}"))
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        let host = TestHost::start(TestHost::config(&server.url(), plugins.path()));
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            futures::StreamExt::next(&mut requests),
+        )
         .await
-        .unwrap();
-    client.flush().await.unwrap();
-    let host = TestHost::start(TestHost::config(&server.url(), plugins.path()));
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        futures::StreamExt::next(&mut requests),
-    )
-    .await
-    .expect("a pull request within 10 s")
-    .expect("the request subscription is open");
-    (host, plugins)
+        .expect("a pull request within 10 s")
+        .expect("the request subscription is open");
+        let asked = Instant::now();
+        host.begin_stop();
+        publish_all(&js, &format!("in.{plugin}"), &[payload.to_owned()]).await;
+        let in_time = asked.elapsed() < Duration::from_millis(0);
+        host.stop().await;
+        if in_time {
+            return (server, js, plugins);
+        }
+        eprintln!("the publish came over 700 ms after the pull request; trying again");
+    }
+    panic!("three attempts stalled over 700 ms between the pull request and the publish");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_pulled_while_the_host_stops_is_given_back_and_the_next_host_handles_it() {
-    let (server, client, js) = jetstream_setup().await;
-    let (stopping, plugins) = a_host_with_an_open_pull_request(&server, &client, "again", 5).await;
-    stopping.begin_stop();
-    publish_all(&js, "in.again", &["given back".to_owned()]).await;
-    stopping.stop().await;
+    let (server, js, plugins) = a_message_came_as_its_host_stopped("again", 5, "given back").await;
     // Delivered once, into the stopping host's open request, and given back: not handled.
     assert_eq!(stream_count(&js, "OUT").await, 0);
     assert_eq!(stream_count(&js, "DEAD").await, 0);
@@ -462,11 +472,7 @@ async fn a_message_pulled_while_the_host_stops_is_given_back_and_the_next_host_h
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_pulled_while_the_host_stops_on_its_last_delivery_is_dead_lettered() {
-    let (server, client, js) = jetstream_setup().await;
-    let (stopping, _plugins) = a_host_with_an_open_pull_request(&server, &client, "last", 1).await;
-    stopping.begin_stop();
-    publish_all(&js, "in.last", &["one chance".to_owned()]).await;
-    stopping.stop().await;
+    let (_server, js, _plugins) = a_message_came_as_its_host_stopped("last", 1, "one chance").await;
     // A nak would strand it: with max_deliver = 1 the server never delivers it again.
     let dead = stream_messages(&js, "DEAD").await;
     assert_eq!(dead.len(), 1);

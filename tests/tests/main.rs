@@ -1,6 +1,8 @@
 //! Every integration test, in one binary: each file is a module for one area, and each test
 //! starts what it needs (a `nats-server` of its own, a host, a plugins folder). One binary means
-//! one link of wasmtime instead of seven (about 90 MB and several seconds each).
+//! one link of wasmtime instead of seven (about 90 MB and several seconds each). Run one area
+//! with `cargo test -p natsplug-tests --test integration engine::`. A new file here needs its
+//! `mod` line below: tests/Cargo.toml turns off cargo's one-binary-per-file discovery.
 //!
 //! - [`runtime`]: the sandboxed runtime without NATS: every limit, bad plugins, isolation.
 //! - [`engine`]: the JetStream engine: exact counts, retries, dead letters, restarts, replies.
