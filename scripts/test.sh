@@ -6,9 +6,12 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 . scripts/setup.sh
-# Some tests run the `natsplug` binary as a separate process (kill -9, SIGTERM).
-cargo build --quiet -p natsplug --bin natsplug
+packages=(-p natsplug -p natsplug-sdk -p natsplug-tests -p natsplug-bench)
+# Some tests run the `natsplug` binary as a separate process (kill -9, SIGTERM). It is built in
+# the same invocation as the tests: built alone, its dependencies resolve without the tests'
+# dev-dependency features, and wasmtime and 60 other crates would be compiled twice.
+cargo build --quiet "${packages[@]}" --bin natsplug --tests
 # The guest SDKs' own unit tests (Python and JavaScript), then the workspace.
 python3 -m unittest discover -s guest-sdk/python/tests
 node --import ./guest-sdk/js/test/register.mjs --test guest-sdk/js/test/natsplug.test.mjs
-cargo test -p natsplug -p natsplug-sdk -p natsplug-tests -p natsplug-bench "$@"
+cargo test "${packages[@]}" "$@"
