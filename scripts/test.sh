@@ -9,7 +9,7 @@ cd "$root"
 packages=(-p natsplug -p natsplug-sdk -p natsplug-tests -p natsplug-bench)
 # Some tests run the `natsplug` binary as a separate process (kill -9, SIGTERM). It is built in
 # the same invocation as the tests: built alone, its dependencies resolve without the tests'
-# dev-dependency features, and wasmtime and 60 other crates would be compiled twice.
+# dev-dependency features, and 34 crates, wasmtime among them, would be compiled twice.
 cargo build --quiet "${packages[@]}" --bin natsplug --tests
 # The guest SDKs' own unit tests (Python and JavaScript), then the workspace.
 python3 -m unittest discover -s guest-sdk/python/tests
