@@ -291,6 +291,17 @@ impl HttpClient for Post {
     }
 }
 
+/// Where to connect for `authority`: its host, without the brackets of an IPv6 literal (the
+/// resolver takes `::1`, not `[::1]`), and its port, 80 when it names none.
+fn socket_target(authority: &http::uri::Authority) -> (&str, u16) {
+    let host = authority.host();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    (host, authority.port_u16().unwrap_or(80))
+}
+
 async fn post(request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
     let (mut parts, body) = request.into_parts();
     let authority = parts
@@ -298,9 +309,7 @@ async fn post(request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
         .authority()
         .ok_or("the endpoint has no host")?
         .clone();
-    let stream =
-        tokio::net::TcpStream::connect((authority.host(), authority.port_u16().unwrap_or(80)))
-            .await?;
+    let stream = tokio::net::TcpStream::connect(socket_target(&authority)).await?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     // This connection-level API sends the URI as given: the path, and the host as a header.
@@ -408,6 +417,10 @@ mod tests {
             traces_url("http://collector/v1/traces").unwrap(),
             "http://collector/v1/traces"
         );
+        assert_eq!(
+            traces_url("http://[::1]:4318").unwrap(),
+            "http://[::1]:4318/v1/traces"
+        );
         for bad in [
             "https://collector:4318",
             "collector:4318",
@@ -416,5 +429,30 @@ mod tests {
         ] {
             assert!(traces_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_endpoint_connects_to_its_address_an_ipv6_literal_without_brackets() {
+        use std::net::{SocketAddr, ToSocketAddrs as _};
+        let target = |url: &str| {
+            let uri: http::Uri = url.parse().unwrap();
+            let (host, port) = socket_target(uri.authority().unwrap());
+            (host.to_owned(), port)
+        };
+        assert_eq!(
+            target("http://[::1]:4318/v1/traces"),
+            ("::1".to_owned(), 4318)
+        );
+        assert_eq!(
+            target("http://127.0.0.1/v1/traces"),
+            ("127.0.0.1".to_owned(), 80)
+        );
+        assert_eq!(
+            target("http://collector:4318/v1/traces"),
+            ("collector".to_owned(), 4318)
+        );
+        // The target is an IP literal, which resolves without a lookup.
+        let addrs: Vec<SocketAddr> = ("::1", 4318).to_socket_addrs().unwrap().collect();
+        assert_eq!(addrs, ["[::1]:4318".parse::<SocketAddr>().unwrap()]);
     }
 }
