@@ -40,7 +40,7 @@ impl Admin {
             return Some("shutting down".into());
         }
         match self.client.get() {
-            Some(c) if c.connection_state() == async_nats::connection::State::Connected => {}
+            Some(c) if crate::connection::is_up(c) => {}
             _ => return Some("not connected to NATS".into()),
         }
         if self.cores.get().is_some_and(|cores| !cores.connected()) {

@@ -17,6 +17,11 @@ use crate::metrics::{Metrics, RoleLabel};
 /// The server used when none is configured.
 pub const DEFAULT_SERVER: &str = "nats://127.0.0.1:4222";
 
+/// Whether `client`'s connection is up (not connecting, reconnecting or closed).
+pub fn is_up(client: &async_nats::Client) -> bool {
+    client.connection_state() == async_nats::connection::State::Connected
+}
+
 /// Connects one client for `role` ("consumer", "publisher-0"...).
 pub async fn connect(config: &NatsConfig, role: &str) -> anyhow::Result<async_nats::Client> {
     connect_with(config, role, None).await

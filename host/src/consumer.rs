@@ -282,7 +282,7 @@ impl Worker {
                 (Ok(input), acker) => (input, acker),
                 (Err(_), acker) => return nak(&acker, GIVE_BACK_DELAY).await,
             };
-            let delivered = input.delivery.as_ref().map_or(1, |d| d.delivered);
+            let delivered = input.delivered();
             if settle::is_last_delivery(delivered, plugin.manifest()) {
                 worker
                     .dead_letter_and_term(
@@ -331,10 +331,8 @@ impl Worker {
             }
         };
         let acker = Arc::new(acker);
-        let (sequence, delivered) = input
-            .delivery
-            .as_ref()
-            .map_or((0, 1), |d| (d.stream_sequence, d.delivered));
+        let sequence = input.delivery.as_ref().map_or(0, |d| d.stream_sequence);
+        let delivered = input.delivered();
         let span = tracing::info_span!(
             "message",
             plugin = plugin.name(),
@@ -437,7 +435,7 @@ impl Worker {
         acker: &Acker,
         decision: Decision,
     ) -> Settled {
-        let delivered = input.delivery.as_ref().map_or(1, |d| d.delivered);
+        let delivered = input.delivered();
         let manifest = plugin.manifest();
         match decision {
             Decision::Publish(outputs) => match self.publish_outputs(plugin, input, &outputs).await
@@ -509,7 +507,7 @@ impl Worker {
                 }
             }
             Err(e) => {
-                let delivered = input.delivery.as_ref().map_or(1, |d| d.delivered);
+                let delivered = input.delivered();
                 tracing::error!(error = %e, kind, reason, "cannot publish the dead letter; nak'ed to try again");
                 nak(acker, plugin.manifest().retry.delay_for(delivered)).await;
                 Settled::Retried {

@@ -127,7 +127,7 @@ pub async fn serve(
                             .format(&time::format_description::well_known::Rfc3339)
                             .unwrap_or_default(),
                         uptime_secs: started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
-                        connected: client.connection_state() == async_nats::connection::State::Connected,
+                        connected: crate::connection::is_up(&client),
                         plugins: plugins.len(),
                         failed: plugins.iter().filter(|p| p.error.is_some()).count(),
                         in_flight: plugins.iter().map(|p| p.stats.in_flight).sum(),

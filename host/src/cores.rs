@@ -124,12 +124,9 @@ impl Cores {
 
     /// Whether every core's connections are up.
     pub fn connected(&self) -> bool {
-        let up = |c: &async_nats::Client| {
-            c.connection_state() == async_nats::connection::State::Connected
-        };
         self.cores
             .iter()
-            .all(|core| up(&core.client) && core.publisher.connected())
+            .all(|core| connection::is_up(&core.client) && core.publisher.connected())
     }
 
     /// How many cores there are.

@@ -88,6 +88,11 @@ pub struct Message {
 }
 
 impl Message {
+    /// How many times JetStream has delivered it, this time included; 1 for core NATS.
+    pub fn delivered(&self) -> u64 {
+        self.delivery.as_ref().map_or(1, |d| d.delivered)
+    }
+
     /// A core NATS message with no headers.
     pub fn new(subject: impl Into<String>, payload: impl Into<bytes::Bytes>) -> Self {
         Self {

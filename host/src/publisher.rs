@@ -109,9 +109,7 @@ impl Publisher {
 
     /// Whether every connection of the pool is up.
     pub fn connected(&self) -> bool {
-        self.pool
-            .iter()
-            .all(|c| c.client.connection_state() == async_nats::connection::State::Connected)
+        self.pool.iter().all(|c| connection::is_up(&c.client))
     }
 
     fn connection(&self) -> &Connection {

@@ -184,7 +184,7 @@ pub fn dead_letter_headers(
     headers.insert(header::KIND, kind);
     headers.insert(header::REASON, header_value(reason).as_str());
     headers.insert(header::SUBJECT, input.subject.as_str());
-    let delivered = input.delivery.as_ref().map_or(1, |d| d.delivered);
+    let delivered = input.delivered();
     headers.insert(header::DELIVERED, delivered.to_string().as_str());
     if let Some(d) = &input.delivery {
         headers.insert(header::STREAM, d.stream.as_str());
