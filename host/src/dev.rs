@@ -62,25 +62,20 @@ impl LocalServer {
                         "cannot start {binary:?}: run the README's set-up, or set NATS_SERVER_BIN"
                     )
                 })?;
-            let started = Instant::now();
-            loop {
-                if let Ok(Some(status)) = child.try_wait() {
-                    tracing::warn!(port, %status, "nats-server exited at start; trying another port");
-                    break;
-                }
-                if answers_info(port) {
+            match wait_until_serving(&mut child, port) {
+                Ok(()) => {
                     return Ok(Self {
                         child,
                         url: format!("nats://127.0.0.1:{port}"),
                         _store: store,
                     });
                 }
-                if started.elapsed() > Duration::from_secs(10) {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    anyhow::bail!("nats-server did not answer on port {port} within 10s");
+                Err(NotServing::Exited(status)) => {
+                    tracing::warn!(port, %status, "nats-server exited at start; trying another port");
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                Err(NotServing::Silent) => {
+                    anyhow::bail!("nats-server did not answer on port {port} within 10s")
+                }
             }
         }
         anyhow::bail!("nats-server exited at start on three free ports in a row")
@@ -99,8 +94,47 @@ impl Drop for LocalServer {
     }
 }
 
+/// Why a started nats-server is not serving.
+#[derive(Debug)]
+pub enum NotServing {
+    /// It exited at start: another process probably took its port.
+    Exited(std::process::ExitStatus),
+    /// It did not answer within 10 s; it has been killed.
+    Silent,
+}
+
+impl std::fmt::Display for NotServing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exited(status) => write!(f, "it exited ({status}), the port is probably taken"),
+            Self::Silent => f.write_str("no NATS INFO within 10 s"),
+        }
+    }
+}
+
+/// Waits until nats-server `child`, just started on `port`, answers there with its `INFO` line
+/// (a port that accepts connections may be another process's listener). The test harness uses
+/// it too.
+pub fn wait_until_serving(child: &mut Child, port: u16) -> Result<(), NotServing> {
+    let started = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(NotServing::Exited(status));
+        }
+        if answers_info(port) {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(NotServing::Silent);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Whether a connection to `port` on 127.0.0.1 gets a NATS server's `INFO` line (not just any
-/// listener). The test harness uses it too.
+/// listener).
 pub fn answers_info(port: u16) -> bool {
     use std::io::Read as _;
     let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {

@@ -6,9 +6,8 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use natsplug::dev::answers_info;
+use natsplug::dev::wait_until_serving;
 use tempfile::TempDir;
 
 /// A running (or stopped) nats-server owned by a test.
@@ -124,7 +123,7 @@ impl NatsServer {
     /// line from it: a port that accepts connections may be another test's listener.
     fn try_start(&mut self) -> Result<(), String> {
         self.stop();
-        let child = Command::new(server_binary())
+        let mut child = Command::new(server_binary())
             .args([
                 "-a",
                 "127.0.0.1",
@@ -144,22 +143,9 @@ impl NatsServer {
                     server_binary()
                 )
             });
+        wait_until_serving(&mut child, self.port).map_err(|e| e.to_string())?;
         self.child = Some(child);
-        let started = Instant::now();
-        loop {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                self.child = None;
-                return Err(format!("it exited ({status}), the port is probably taken"));
-            }
-            if answers_info(self.port) {
-                return Ok(());
-            }
-            if started.elapsed() > Duration::from_secs(10) {
-                self.stop();
-                return Err("no NATS INFO within 10 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        Ok(())
     }
 
     /// A client connection.
@@ -179,6 +165,7 @@ impl Drop for NatsServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use natsplug::dev::answers_info;
 
     #[test]
     fn a_port_taken_by_another_listener_is_not_mistaken_for_the_server() {
