@@ -159,6 +159,10 @@ pub struct RuntimeSection {
     /// Largest memory limit a plugin may ask for, in bytes. Default: 1 GiB.
     #[serde(default = "default_max_memory")]
     pub max_memory: u64,
+    /// Output bytes the host holds for all messages in flight together, in bytes: past it a
+    /// handler fails with `host-output-limit` and its input is retried. Default: 1 GiB.
+    #[serde(default = "default_max_output_bytes")]
+    pub max_output_bytes: u64,
     /// Compiled components are cached here (keyed by content and engine settings), so a restart
     /// does not recompile. Default: `$XDG_CACHE_HOME/natsplug` or `~/.cache/natsplug`.
     pub cache_dir: Option<PathBuf>,
@@ -222,6 +226,7 @@ impl Default for RuntimeSection {
         Self {
             max_instances: default_max_instances(),
             max_memory: default_max_memory(),
+            max_output_bytes: default_max_output_bytes(),
             cache_dir: None,
             cache: default_cache(),
         }
@@ -243,6 +248,7 @@ impl RuntimeSection {
         RuntimeConfig {
             max_instances: self.max_instances,
             max_memory: self.max_memory,
+            max_output_bytes: self.max_output_bytes,
             cache_dir,
         }
     }
@@ -400,6 +406,9 @@ const fn default_cache() -> bool {
     true
 }
 const fn default_max_memory() -> u64 {
+    1 << 30
+}
+const fn default_max_output_bytes() -> u64 {
     1 << 30
 }
 

@@ -88,6 +88,8 @@ async fn options(
     let was_connected = Arc::new(AtomicBool::new(false));
     Ok(options
         .name(format!("{}-{role}", config.name))
+        // The host's inboxes are reserved space (crate::policy): no reply goes there.
+        .custom_inbox_prefix(crate::policy::HOST_INBOX_PREFIX)
         .ping_interval(config.ping_interval)
         .connection_timeout(config.connect_timeout)
         .request_timeout(Some(config.request_timeout))
@@ -143,6 +145,11 @@ fn log_event(role: &str, event: Event) {
         Event::Disconnected => tracing::warn!(messaging.system = "nats", role, "disconnected"),
         Event::SlowConsumer(sid) => {
             tracing::warn!(messaging.system = "nats", role, sid, "slow consumer")
+        }
+        // A permissions violation or an authorization error: the server refused something the
+        // host did (a grant its NATS user does not cover); a human has to widen one or the other.
+        Event::ServerError(error) => {
+            tracing::error!(messaging.system = "nats", role, error = %error, "the server refused a request")
         }
         other => {
             tracing::info!(messaging.system = "nats", role, event = %other, "connection event")

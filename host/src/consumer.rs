@@ -25,11 +25,12 @@ use crate::backoff::Backoff;
 use crate::cores::Cores;
 use crate::heartbeat::Heartbeats;
 use crate::manifest::{AckMode, Subscribe};
-use crate::message::{Delivery, Headers, Message, subject_matches};
+use crate::message::{Delivery, Headers, Message};
 use crate::metrics::PluginMetrics;
+use crate::policy;
 use crate::publisher::{PublishError, Publisher};
 use crate::pull::{Pulled, Puller};
-use crate::runtime::{Hooks, Plugin};
+use crate::runtime::{Hooks, OutputHold, Plugin};
 use crate::settle::{self, Decision, Settled};
 use crate::shutdown::Shutdown;
 use crate::traces::Traces;
@@ -355,13 +356,16 @@ impl Worker {
                 self.metrics.redeliveries.inc();
                 tracing::debug!("redelivery");
             }
-            let (result, input) = self.handle(&plugin, input, hooks).await;
+            let (result, input, held) = self.handle(&plugin, input, hooks).await;
             let mut decision = settle::decide(result, delivered, plugin.manifest());
             if let Decision::Publish(outputs) = &mut decision {
                 trace.stamp(&input, outputs);
             }
-            self.settle_jetstream(&plugin, &input, &acker, decision)
-                .await
+            let settled = self
+                .settle_jetstream(&plugin, &input, &acker, decision)
+                .await;
+            drop(held);
+            settled
         };
         let settled = tokio::select! {
             settled = work.instrument(span) => settled,
@@ -380,7 +384,8 @@ impl Worker {
         trace.end(&settled);
     }
 
-    /// Runs the handler, records its duration and limit hits, and gives `input` back.
+    /// Runs the handler, records its duration, limit hits and refusals, and gives `input` back
+    /// with the output bytes its outputs hold in the host's pool.
     ///
     /// A handler that finishes without waiting runs right here, in its shard's poll. One that
     /// yields (it ran past an epoch tick, or a host call waits) moves to a task of its own, so
@@ -394,6 +399,7 @@ impl Worker {
     ) -> (
         Result<crate::runtime::Outcome, crate::runtime::HandlerError>,
         Message,
+        OutputHold,
     ) {
         let started = std::time::Instant::now();
         let plugin = plugin.clone();
@@ -401,7 +407,7 @@ impl Worker {
             let metered = plugin.handle_metered(&input, hooks).await;
             (metered, input)
         });
-        let ((result, fuel), input) = match futures::poll!(run.as_mut()) {
+        let (handled, input) = match futures::poll!(run.as_mut()) {
             std::task::Poll::Ready(done) => done,
             std::task::Poll::Pending => {
                 let run = run.in_current_span();
@@ -421,11 +427,31 @@ impl Worker {
                 }
             }
         };
-        self.metrics.handled(started.elapsed(), fuel);
-        if let Err(e) = &result {
+        self.metrics.handled(started.elapsed(), handled.fuel);
+        if let Err(e) = &handled.result {
             self.metrics.limit_hit(e.kind());
         }
-        (result, input)
+        for kind in handled.denials {
+            self.metrics.denied(kind);
+        }
+        (handled.result, input, handled.held)
+    }
+
+    /// The reply subject of `input` if the host may answer there. A refused one (reserved
+    /// space, `publish.reply_deny`, not a subject) is counted, logged at most once per plugin per
+    /// interval, and the answer dropped: a requester must not make the host publish with its
+    /// own credentials where the requester chose.
+    fn reply_to<'a>(&self, plugin: &Plugin, input: &'a Message) -> Option<&'a str> {
+        let reply = input.reply.as_deref()?;
+        match policy::refuse_reply(reply, &plugin.grants().reply_deny) {
+            Ok(()) => Some(reply),
+            Err(denied) => {
+                if self.metrics.denied(denied.kind()) {
+                    tracing::warn!(plugin = plugin.name(), error = %denied, "a reply dropped (logged once per plugin per minute)");
+                }
+                None
+            }
+        }
     }
 
     async fn settle_jetstream(
@@ -611,19 +637,13 @@ impl Worker {
         let headers = output.headers.to_nats();
         let payload = output.payload.clone();
         match output.subject.as_deref() {
-            // The runtime only lets a reply through when the input has a reply subject.
-            None => match input.reply.as_deref() {
+            // The runtime only lets a reply through when the input has a reply subject; it goes
+            // out only where the host may answer.
+            None => match self.reply_to(plugin, input) {
                 Some(reply) => self.publisher.core(reply, headers, payload).await,
                 None => Ok(()),
             },
-            Some(subject)
-                if plugin
-                    .manifest()
-                    .publish
-                    .core
-                    .iter()
-                    .any(|p| subject_matches(p, subject)) =>
-            {
+            Some(subject) if plugin.grants().is_core(subject) => {
                 self.publisher.core(subject, headers, payload).await
             }
             Some(subject) => {
@@ -698,7 +718,7 @@ impl Worker {
         );
         let trace = self.traces.message(plugin.name(), &input);
         let settled = async {
-            let (result, input) = self.handle(&plugin, input, Hooks::default()).await;
+            let (result, input, _held) = self.handle(&plugin, input, Hooks::default()).await;
             let settled = match settle::decide(result, 1, plugin.manifest()) {
                 Decision::Publish(mut outputs) => {
                     trace.stamp(&input, &mut outputs);
@@ -733,7 +753,7 @@ impl Worker {
             if let Some((kind, reason)) = settled.failure() {
                 tracing::warn!(kind, reason, "core message failed");
                 // A requester gets the failure at once instead of waiting for its timeout.
-                if let Some(reply) = &input.reply {
+                if let Some(reply) = self.reply_to(&plugin, &input) {
                     let mut headers = async_nats::HeaderMap::new();
                     headers.insert(settle::header::KIND, kind);
                     headers.insert(

@@ -5,8 +5,10 @@
 //! time in a fresh sandboxed instance, under fuel, wall-clock and memory limits.
 //!
 //! Layout:
-//! - [`message`]: the host's message and output types, subject matching.
+//! - [`message`]: the host's message and output types.
 //! - [`manifest`]: the plugin manifest (`NAME.toml`): subscriptions, limits, policies, grants.
+//! - [`policy`]: every check of what a guest, a requester or a manifest controls (subjects,
+//!   reply subjects, headers, sizes) against the plugin's grant and the reserved space.
 //! - [`runtime`]: the wasmtime engine, plugin loading and the sandboxed handler call.
 //! - [`offline`]: `natsplug validate` and `natsplug call`, the plugin author's test loop.
 //! - [`config`]: the host configuration (`natsplug.toml` + `NATSPLUG_*` overrides).
@@ -45,6 +47,7 @@ pub mod message;
 pub mod metrics;
 pub mod offline;
 pub mod plugins;
+pub mod policy;
 pub mod publisher;
 pub mod pull;
 pub mod reload;

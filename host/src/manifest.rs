@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::policy::{self, Pattern};
+
 /// A manifest could not be read or is not valid.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -127,6 +129,17 @@ pub struct Limits {
     /// Default: 128MiB.
     #[serde(default = "default_memory", deserialize_with = "byte_size")]
     pub memory: u64,
+    /// Bytes of outputs one message may ask for, returned and `publish()`ed together (subjects,
+    /// headers, payloads and 64 bytes each). The call that crosses it fails the handler with
+    /// kind `output-limit`. It bounds what the host holds for a message: the guest's own memory
+    /// limit does not, as a guest can publish one buffer many times. Default: 16MiB.
+    #[serde(default = "default_output_bytes", deserialize_with = "byte_size")]
+    pub output_bytes: u64,
+    /// Bytes of log lines (stdout, stderr and `log`) one message may write to the host's log;
+    /// past it, lines are dropped and counted, and one line says how many. A line is cut at
+    /// 4KiB. Default: 64KiB.
+    #[serde(default = "default_log_bytes", deserialize_with = "byte_size")]
+    pub log_bytes: u64,
 }
 
 impl Default for Limits {
@@ -135,6 +148,8 @@ impl Default for Limits {
             fuel: default_fuel(),
             deadline: default_deadline(),
             memory: default_memory(),
+            output_bytes: default_output_bytes(),
+            log_bytes: default_log_bytes(),
         }
     }
 }
@@ -209,8 +224,20 @@ pub struct PublishPolicy {
     /// missing stream never loses an output silently. Default: none.
     #[serde(default, deserialize_with = "subjects")]
     pub core: Vec<String>,
-    /// Where rejected and dead-lettered inputs go. Default: `natsplug.dead.<plugin>`.
+    /// Where rejected and dead-lettered inputs go; a concrete subject outside reserved space.
+    /// Default: `natsplug.dead.<plugin>`.
     pub dead_letter: Option<String>,
+    /// Headers that steer the server (`Nats-TTL`, `Nats-Rollup`, `Nats-Expected-*`...) the
+    /// guest may set on its outputs, by name. Any other `Nats-*` header fails the handler
+    /// (`forbidden-header`); `Nats-Msg-Id` is always the host's own and is left out.
+    /// Default: none.
+    #[serde(default, deserialize_with = "header_names")]
+    pub headers: Vec<String>,
+    /// Reply subjects (NATS wildcards allowed) the host never answers, besides the reserved
+    /// space it never answers anyway ($-subjects, `natsplug.control.`, the host's inboxes): a
+    /// reply to one is dropped and counted. Default: none.
+    #[serde(default, deserialize_with = "subjects")]
+    pub reply_deny: Vec<String>,
 }
 
 impl PublishPolicy {
@@ -278,10 +305,49 @@ pub struct DirGrant {
 impl Manifest {
     /// Parses a manifest from TOML text; `path` is only used in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ManifestError> {
-        toml::from_str(text).map_err(|e| ManifestError::Invalid {
+        let invalid = |message: String| ManifestError::Invalid {
             path: path.to_owned(),
-            message: e.to_string().trim_end().replace('\n', " | "),
-        })
+            message,
+        };
+        let manifest: Self = toml::from_str(text)
+            .map_err(|e| invalid(e.to_string().trim_end().replace('\n', " | ")))?;
+        manifest.refuse_reserved().map_err(invalid)?;
+        Ok(manifest)
+    }
+
+    /// The checks that need more than one field: names that go into API subjects, core
+    /// subscriptions and the dead-letter subject kept out of reserved space
+    /// ([`policy`](crate::policy)).
+    fn refuse_reserved(&self) -> Result<(), String> {
+        if let Some(subscribe) = &self.subscribe {
+            let names = [
+                ("subscribe.stream", &subscribe.stream),
+                ("subscribe.durable", &subscribe.durable),
+                ("subscribe.queue_group", &subscribe.queue_group),
+            ];
+            for (field, name) in names {
+                if let Some(name) = name {
+                    policy::refuse_invalid_name(field, name)?;
+                }
+            }
+            if subscribe.stream.is_none() {
+                for subject in &subscribe.subjects {
+                    policy::refuse_reserved_subscription(subject)
+                        .map_err(|e| format!("subscribe.subjects: {e}"))?;
+                }
+            }
+        }
+        if let Some(subject) = &self.publish.dead_letter {
+            policy::refuse_invalid_subject(subject)
+                .and_then(|()| policy::refuse_wildcard(subject))
+                .map_err(|e| format!("publish.dead_letter: {e}"))?;
+            if let Some(prefix) = policy::reserved_prefix(subject) {
+                return Err(format!(
+                    "publish.dead_letter = {subject:?} is in reserved space ({prefix})"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Reads and parses a manifest file.
@@ -323,6 +389,12 @@ const fn default_deadline() -> Duration {
 const fn default_memory() -> u64 {
     128 << 20
 }
+const fn default_output_bytes() -> u64 {
+    16 << 20
+}
+const fn default_log_bytes() -> u64 {
+    64 << 10
+}
 fn default_backoff() -> Vec<Duration> {
     vec![
         Duration::from_secs(1),
@@ -337,22 +409,27 @@ const fn retry() -> LimitAction {
     LimitAction::Retry
 }
 
-/// A list of NATS subjects: non-empty tokens, `>` only last.
+/// A list of NATS subjects: non-empty tokens without whitespace or control characters, `*`
+/// and `>` as whole tokens, `>` only last.
 fn subjects<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let subjects = Vec::<String>::deserialize(d)?;
     for subject in &subjects {
-        let tokens: Vec<&str> = subject.split('.').collect();
-        let bad_token = tokens
-            .iter()
-            .position(|t| t.is_empty() || t.contains(char::is_whitespace));
-        let bad_tail = tokens[..tokens.len() - 1].contains(&">");
-        if bad_token.is_some() || bad_tail {
+        if !Pattern::parse(subject).is_valid() || subject.len() > policy::MAX_SUBJECT {
             return Err(serde::de::Error::custom(format!(
                 "{subject:?} is not a valid NATS subject"
             )));
         }
     }
     Ok(subjects)
+}
+
+/// A list of header names the protocol can carry.
+fn header_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let names = Vec::<String>::deserialize(d)?;
+    for name in &names {
+        policy::headers::refuse_unsendable_name(name).map_err(serde::de::Error::custom)?;
+    }
+    Ok(names)
 }
 
 fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
@@ -483,5 +560,103 @@ mod tests {
             err.contains("line 3") && err.contains("concurrency"),
             "{err}"
         );
+    }
+    #[test]
+    fn what_would_reach_reserved_space_is_refused_at_load() {
+        for (text, wanted) in [
+            (
+                "[subscribe]\nsubjects = [\">\"]\n",
+                "reaches reserved space",
+            ),
+            (
+                "[subscribe]\nsubjects = [\"*.>\"]\n",
+                "reaches reserved space",
+            ),
+            (
+                "[subscribe]\nsubjects = [\"natsplug.>\"]\n",
+                "reaches reserved space",
+            ),
+            (
+                "[publish]\ndead_letter = \"$JS.API.STREAM.DELETE.IN\"\n",
+                "reserved space",
+            ),
+            ("[publish]\ndead_letter = \"dead.*\"\n", "wildcard"),
+            (
+                "[subscribe]\nstream = \"IN.x\"\nsubjects = [\"a\"]\n",
+                "not a valid name",
+            ),
+            (
+                "[subscribe]\nstream = \"IN\"\ndurable = \"d *\"\nsubjects = [\"a\"]\n",
+                "not a valid name",
+            ),
+            ("[publish]\nheaders = [\"Bad Name\"]\n", "invalid"),
+            (
+                "[publish]\nallow = [\"a.b*\"]\n",
+                "not a valid NATS subject",
+            ),
+            (
+                "[publish]\nreply_deny = [\"a..b\"]\n",
+                "not a valid NATS subject",
+            ),
+        ] {
+            let err = Manifest::parse(text, Path::new("r.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("r.toml") && err.contains(wanted),
+                "{text}: {err}"
+            );
+        }
+        // A JetStream filter is inside its stream: `>` is fine there.
+        let m = Manifest::parse(
+            "[subscribe]\nstream = \"IN\"\nsubjects = [\">\"]\n[publish]\nheaders = [\"Nats-TTL\"]\n",
+            Path::new("ok.toml"),
+        )
+        .unwrap();
+        assert_eq!(m.publish.headers, ["Nats-TTL"]);
+        assert_eq!(m.limits.output_bytes, 16 << 20);
+        assert_eq!(m.limits.log_bytes, 64 << 10);
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Manifest text from the fragments a manifest is made of, so random ones are often
+        /// valid TOML and exercise the field checks, not only the TOML parser.
+        fn text() -> impl Strategy<Value = String> {
+            let line = prop_oneof![
+                Just("[subscribe]".to_owned()),
+                Just("[publish]".to_owned()),
+                Just("[limits]".to_owned()),
+                Just("[retry]".to_owned()),
+                Just("[sandbox]".to_owned()),
+                "(stream|durable|queue_group|dead_letter) = \"[a-z.*>$ ]{0,6}\"",
+                "(subjects|allow|core|reply_deny|headers|backoff) = \\[(\"[a-z.*>$:-]{0,6}\", ?){0,3}\\]",
+                "(memory|output_bytes|log_bytes|fuel|max_deliver|concurrency) = (-?[0-9]{1,12}|\"[0-9]{0,4}[KMG]?i?B?\")",
+                "(ack_wait|deadline|heartbeat) = \"[0-9]{0,3}(ms|s|m|h|x)?\"",
+                "\\PC{0,20}",
+            ];
+            prop::collection::vec(line, 0..10).prop_map(|lines| lines.join("\n"))
+        }
+
+        proptest! {
+            #[test]
+            fn random_manifests_never_panic_and_never_grant_reserved_space(text in text()) {
+                if let Ok(m) = Manifest::parse(&text, Path::new("p.toml")) {
+                    if let Some(s) = &m.subscribe
+                        && s.stream.is_none()
+                    {
+                        for subject in &s.subjects {
+                            prop_assert!(policy::refuse_reserved_subscription(subject).is_ok());
+                        }
+                    }
+                    let dead = m.publish.dead_letter_subject("p");
+                    prop_assert!(policy::reserved_prefix(&dead).is_none(), "{dead}");
+                    let _ = policy::Grants::new(&m.publish);
+                }
+            }
+        }
     }
 }

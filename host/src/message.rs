@@ -30,11 +30,17 @@ impl Headers {
         self.0.push((name, value.into()));
     }
 
-    /// Converts to async-nats headers.
+    /// Converts to async-nats headers, leaving out any the protocol cannot carry (async-nats
+    /// panics on them; outputs are checked before, see [`crate::policy::headers`]).
     pub fn to_nats(&self) -> async_nats::HeaderMap {
         let mut map = async_nats::HeaderMap::new();
         for (name, value) in &self.0 {
-            map.append(name.as_str(), value.as_str());
+            if let (Ok(name), Ok(value)) = (
+                name.parse::<async_nats::HeaderName>(),
+                value.parse::<async_nats::HeaderValue>(),
+            ) {
+                map.append(name, value);
+            }
         }
         map
     }
@@ -125,38 +131,5 @@ fn serialize_payload<S: serde::Serializer>(
     match std::str::from_utf8(payload) {
         Ok(text) => s.serialize_str(text),
         Err(_) => s.collect_seq(payload.iter()),
-    }
-}
-
-/// Whether `subject` matches a NATS subject `pattern` (`*` is one token, a final `>` is one or
-/// more tokens).
-pub fn subject_matches(pattern: &str, subject: &str) -> bool {
-    let mut pattern = pattern.split('.');
-    let mut subject = subject.split('.');
-    loop {
-        match (pattern.next(), subject.next()) {
-            (Some(">"), Some(_)) => return true,
-            (Some("*"), Some(_)) => {}
-            (Some(p), Some(s)) if p == s => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subjects_match_nats_wildcards() {
-        assert!(subject_matches("a.b", "a.b"));
-        assert!(!subject_matches("a.b", "a.b.c"));
-        assert!(subject_matches("a.*", "a.b"));
-        assert!(!subject_matches("a.*", "a.b.c"));
-        assert!(subject_matches("a.>", "a.b.c"));
-        assert!(!subject_matches("a.>", "a"));
-        assert!(subject_matches(">", "x"));
-        assert!(!subject_matches("a.*.c", "a.b.d"));
     }
 }

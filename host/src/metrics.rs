@@ -5,8 +5,9 @@
 //! Names follow Prometheus conventions: `natsplug_` prefix, `_total` counters, `_seconds`
 //! histograms, base units.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -79,6 +80,9 @@ pub struct Metrics {
     pub limit_hits: Family<KindLabels, Counter>,
     /// Dead letters by plugin and kind.
     pub dead_letters: Family<KindLabels, Counter>,
+    /// Refusals of what a guest or a requester asked for ([`crate::policy`]), by plugin and
+    /// kind.
+    pub policy_denials: Family<KindLabels, Counter>,
     /// Handler wall time by plugin.
     pub handler_duration: Family<PluginLabel, Histogram, fn() -> Histogram>,
     /// Fuel consumed by plugin.
@@ -123,6 +127,7 @@ impl Metrics {
             messages: Family::default(),
             limit_hits: Family::default(),
             dead_letters: Family::default(),
+            policy_denials: Family::default(),
             handler_duration: Family::new_with_constructor(duration_histogram),
             fuel: Family::default(),
             in_flight: Family::default(),
@@ -153,6 +158,11 @@ impl Metrics {
             "dead_letters",
             "Inputs dead-lettered, by kind",
             m.dead_letters.clone(),
+        );
+        registry.register(
+            "policy_denials",
+            "Refusals of what a guest or a requester asked for, by kind",
+            m.policy_denials.clone(),
         );
         registry.register_with_unit(
             "handler_duration",
@@ -256,6 +266,7 @@ impl Metrics {
             redeliveries: self.redeliveries.get_or_create(&label).clone(),
             fuel: self.fuel.get_or_create(&label).clone(),
             duration: self.handler_duration.get_or_create(&label).clone(),
+            denial_logged: Arc::default(),
             all: self.clone(),
         }
     }
@@ -281,7 +292,21 @@ pub struct PluginMetrics {
     pub fuel: Counter,
     /// Handler wall time.
     pub duration: Histogram,
+    /// When a refusal was last logged, in ms since [`since`]; 0 for never.
+    denial_logged: Arc<AtomicU64>,
     all: Arc<Metrics>,
+}
+
+/// How often one plugin's refusals are logged; every one is counted.
+const DENIAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Milliseconds since the first call, at least 1.
+fn since() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 impl PluginMetrics {
@@ -294,6 +319,25 @@ impl PluginMetrics {
                 kind: kind.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts a policy refusal of this plugin; true when it should be logged too (the first
+    /// one of each [`DENIAL_LOG_INTERVAL`]), so a flood of refusals does not flood the log.
+    pub fn denied(&self, kind: &str) -> bool {
+        self.all
+            .policy_denials
+            .get_or_create(&KindLabels {
+                plugin: self.plugin.clone(),
+                kind: kind.to_owned(),
+            })
+            .inc();
+        let now = since();
+        let last = self.denial_logged.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= DENIAL_LOG_INTERVAL.as_millis() as u64;
+        due && self
+            .denial_logged
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// Counts a dead letter of this plugin.

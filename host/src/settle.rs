@@ -171,7 +171,9 @@ pub fn header_value(text: &str) -> String {
 }
 
 /// The headers of `input`'s dead letter: `keep` (its own headers, or none) plus the
-/// `Natsplug-*` headers saying why.
+/// `Natsplug-*` headers saying why. The input's `Nats-*` headers are left out: the dead-letter
+/// stream would act on them (`Nats-Expected-Stream: IN` would make the store fail every time,
+/// `Nats-Rollup` would purge earlier dead letters).
 pub fn dead_letter_headers(
     plugin: &str,
     keep: &Headers,
@@ -179,7 +181,10 @@ pub fn dead_letter_headers(
     kind: &str,
     reason: &str,
 ) -> async_nats::HeaderMap {
-    let mut headers = keep.to_nats();
+    let mut kept = keep.clone();
+    kept.0
+        .retain(|(name, _)| !crate::policy::headers::steers_the_server(name));
+    let mut headers = kept.to_nats();
     headers.insert(header::PLUGIN, plugin);
     headers.insert(header::KIND, kind);
     headers.insert(header::REASON, header_value(reason).as_str());

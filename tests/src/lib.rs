@@ -328,6 +328,39 @@ where
     }
 }
 
+/// A GET on a host's admin listener: (status code, body).
+pub async fn admin_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let status = response.get(9..12)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text exposition.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
 /// A `natsplug run` child process.
 pub struct HostProcess {
     child: std::process::Child,
@@ -336,14 +369,37 @@ pub struct HostProcess {
 impl HostProcess {
     /// Starts `natsplug run` on a server and a plugins folder, with extra arguments.
     pub fn spawn(url: &str, plugins: &std::path::Path, extra: &[&str]) -> Self {
+        Self::spawn_logging(url, plugins, extra, std::process::Stdio::null())
+    }
+
+    /// [`spawn`](Self::spawn), with its log (stderr) going to `log`.
+    pub fn spawn_logging(
+        url: &str,
+        plugins: &std::path::Path,
+        extra: &[&str],
+        log: impl Into<std::process::Stdio>,
+    ) -> Self {
         let child = std::process::Command::new(natsplug_bin())
             .args(["run", "--log", "warn", "--server", url, "--plugins"])
             .arg(plugins)
             .args(extra)
             .stdout(std::process::Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("cannot start natsplug");
         Self { child }
+    }
+
+    /// The peak resident set of the process so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the process's status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM");
+        kib * 1024
     }
 
     /// Sends SIGTERM.

@@ -11,6 +11,8 @@
 //! - [`reload`]: hot reload under load and the control plane.
 //! - [`deploy`]: the deployment files (Kubernetes manifest, Grafana dashboard).
 //! - [`languages`]: the same handler in Rust, Python and JavaScript.
+//! - [`security`]: hostile requesters and guests: forged reply subjects, server-steering and
+//!   unsendable headers, output and log floods.
 
 mod deploy;
 mod engine;
@@ -19,3 +21,4 @@ mod observability;
 mod process;
 mod reload;
 mod runtime;
+mod security;

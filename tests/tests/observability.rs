@@ -10,41 +10,9 @@ use futures::StreamExt as _;
 use natsplug_tests::collector::{self, Collector};
 use natsplug_tests::nats::NatsServer;
 use natsplug_tests::{
-    PluginsDir, TestHost, consumer_info, create_stream, jetstream_setup, publish_all, stream_count,
-    stream_messages, wait_until,
+    PluginsDir, TestHost, admin_get as get, consumer_info, create_stream, free_addr,
+    jetstream_setup, publish_all, sample, stream_count, stream_messages, wait_until,
 };
-
-/// A GET on the admin listener: (status code, body).
-async fn get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let status = response.get(9..12)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
-}
-
-fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// The value of the sample `name{labels}` in a Prometheus text exposition.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        line.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .split(' ')
-            .next()?
-            .parse()
-            .ok()
-    })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_every_outcome_exactly() {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use natsplug::manifest::Manifest;
 use natsplug::message::{Headers, Message, Output};
+use natsplug::policy::Denied;
 use natsplug::runtime::{HandlerError, Hooks, LoadError, Outcome, Plugin, Runtime, RuntimeConfig};
 use natsplug_tests::plugin_path;
 
@@ -108,7 +109,7 @@ async fn publish_to_a_forbidden_subject_is_refused_to_the_guest() {
     assert_eq!(
         outcome,
         Outcome::Reject {
-            reason: "plugin \"fanout\" may not publish to \"secret.place\" (not in its publish.allow list)"
+            reason: "plugin \"fanout\": may not publish to \"secret.place\" (not in its publish.allow list)"
                 .into()
         }
     );
@@ -121,9 +122,11 @@ async fn returned_output_to_a_forbidden_subject_is_a_typed_error() {
     let err = handle(&plugin, &Message::new("x", "a")).await.unwrap_err();
     assert_eq!(
         err,
-        HandlerError::ForbiddenSubject {
+        HandlerError::Refused {
             plugin: "uppercase".into(),
-            subject: "not.allowed".into()
+            denied: Denied::NotGranted {
+                subject: "not.allowed".into()
+            }
         }
     );
 }
@@ -560,4 +563,182 @@ async fn an_instance_that_traps_is_never_reused() {
             }
         );
     }
+}
+
+/// The probe's answer to `payload` (the payload of its one output).
+async fn probe(plugin: &Plugin, payload: &str) -> String {
+    match handle(plugin, &Message::new("p", payload.to_owned())).await {
+        Ok(Outcome::Success(outputs)) => String::from_utf8(outputs[0].payload.to_vec()).unwrap(),
+        other => panic!("{payload}: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_sandbox_refuses_writes_sockets_and_env_that_were_not_granted() {
+    let read_only = tempfile::tempdir().unwrap();
+    let writable = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let rt = runtime();
+    let manifest = |network: bool| {
+        format!(
+            "[publish]\nallow = [\"probe.out\"]\n[sandbox]\nnetwork = {network}\n\
+             env = {{ REGION = \"eu\" }}\ndirs = [{{ host = \"{}\", guest = \"/ro\" }}, \
+             {{ host = \"{}\", guest = \"/rw\", writable = true }}]\n",
+            read_only.path().display(),
+            writable.path().display()
+        )
+    };
+    let closed = load_with(&rt, "probe", &manifest(false));
+
+    assert_eq!(
+        probe(&closed, "write:/ro/new.txt").await,
+        "error:PermissionDenied"
+    );
+    assert!(!read_only.path().join("new.txt").exists());
+    assert_eq!(probe(&closed, "write:/rw/new.txt").await, "wrote");
+    assert_eq!(
+        std::fs::read_to_string(writable.path().join("new.txt")).unwrap(),
+        "written by probe"
+    );
+    assert_eq!(
+        probe(&closed, "write:/elsewhere.txt").await,
+        "error:NotFound"
+    );
+
+    let connect = format!("connect:127.0.0.1:{port}");
+    assert_eq!(probe(&closed, &connect).await, "error:PermissionDenied");
+    let open = load_with(&rt, "probe", &manifest(true));
+    assert_eq!(probe(&open, &connect).await, "connected");
+
+    assert_eq!(probe(&closed, "getenv:HOME").await, "error:NotPresent");
+    assert_eq!(probe(&closed, "getenv:PATH").await, "error:NotPresent");
+    assert_eq!(probe(&closed, "getenv:REGION").await, "env:eu");
+}
+
+#[tokio::test]
+async fn outputs_to_reserved_space_need_a_grant_that_names_it() {
+    let rt = runtime();
+    let wide = load_with(&rt, "probe", "[publish]\nallow = [\">\", \"*.>\"]\n");
+    for reserved in [
+        "$JS.API.STREAM.DELETE.IN",
+        "$KV.orders.k",
+        "$SYS.REQ.SERVER.PING",
+        "natsplug.control.h1.reload",
+        "_INBOX.natsplug.x.1",
+    ] {
+        let err = handle(&wide, &Message::new("p", format!("to:{reserved}")))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), "reserved-subject", "{reserved}: {err}");
+    }
+    let err = handle(&wide, &Message::new("p", "to:out.*"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "wildcard-subject");
+    let named = load_with(&rt, "probe", "[publish]\nallow = [\"$KV.orders.>\"]\n");
+    let outcome = handle(&named, &Message::new("p", "to:$KV.orders.k"))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Success(vec![out("$KV.orders.k", &[], "to")])
+    );
+}
+
+#[tokio::test]
+async fn output_bytes_are_bounded_per_message_and_for_the_host() {
+    let rt = runtime();
+    let plugin = load_with(
+        &rt,
+        "probe",
+        "[publish]\nallow = [\"probe.out\"]\n[limits]\noutput_bytes = \"1MiB\"\n",
+    );
+    // 600 kB fits; a second one crosses the budget, and the guest cannot go on past it.
+    let one = handle(&plugin, &Message::new("p", "publish:1:600000"))
+        .await
+        .unwrap();
+    assert!(matches!(one, Outcome::Success(ref o) if o.len() == 2));
+    let err = handle(&plugin, &Message::new("p", "publish:2:600000"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        HandlerError::Refused {
+            plugin: "probe".into(),
+            denied: Denied::OutputLimit { limit: 1 << 20 }
+        }
+    );
+
+    // The host's pool, shared by every message in flight: held until the caller lets go.
+    let small = Runtime::new(RuntimeConfig {
+        max_output_bytes: 1_000_000,
+        ..RuntimeConfig::default()
+    })
+    .unwrap();
+    let plugin = small
+        .load_file(
+            &plugin_path("probe"),
+            Some(Manifest::parse("[publish]\nallow = [\"probe.out\"]\n", Path::new("m")).unwrap()),
+        )
+        .unwrap();
+    let first = plugin
+        .handle_metered(&Message::new("p", "publish:1:600000"), Hooks::default())
+        .await;
+    assert!(first.result.is_ok());
+    assert!(first.held.bytes() > 600_000);
+    let second = plugin
+        .handle_metered(&Message::new("p", "publish:1:600000"), Hooks::default())
+        .await;
+    assert_eq!(
+        second.result.unwrap_err(),
+        HandlerError::OutputPoolFull {
+            plugin: "probe".into(),
+            limit: 1_000_000
+        }
+    );
+    drop(first);
+    let third = plugin
+        .handle_metered(&Message::new("p", "publish:1:600000"), Hooks::default())
+        .await;
+    assert!(third.result.is_ok(), "released: {:?}", third.result);
+}
+
+#[tokio::test]
+async fn headers_are_checked_before_anything_is_kept() {
+    let rt = runtime();
+    let plugin = load(&rt, "probe");
+    for (payload, kind) in [
+        ("header:Nats-Rollup=all", "forbidden-header"),
+        ("header:Nats-TTL=1s", "forbidden-header"),
+        ("header:a b=v", "invalid-header"),
+        ("header:a:b=v", "invalid-header"),
+        ("header:\u{e9}=v", "invalid-header"),
+        ("header:ok=a\nb", "invalid-header"),
+        ("header:=v", "invalid-header"),
+    ] {
+        let err = handle(&plugin, &Message::new("p", payload))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), kind, "{payload:?}: {err}");
+    }
+    let granted = load_with(
+        &rt,
+        "probe",
+        "[publish]\nallow = [\"probe.out\"]\nheaders = [\"Nats-TTL\"]\n",
+    );
+    let outcome = handle(&granted, &Message::new("p", "header:Nats-TTL=1s"))
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Success(vec![out("probe.out", &[("Nats-TTL", "1s")], "header")])
+    );
+    let copied = handle(&plugin, &Message::new("p", "header:Nats-Msg-Id=x"))
+        .await
+        .unwrap();
+    assert_eq!(
+        copied,
+        Outcome::Success(vec![out("probe.out", &[], "header")])
+    );
 }

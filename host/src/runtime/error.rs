@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::manifest::ManifestError;
+use crate::policy::Denied;
 
 /// A plugin file could not be turned into a runnable plugin.
 #[derive(Debug, thiserror::Error)]
@@ -115,13 +116,23 @@ pub enum HandlerError {
         /// The trap.
         message: String,
     },
-    /// An output goes to a subject the manifest does not allow.
-    #[error("plugin {plugin:?} may not publish to {subject:?} (not in its publish.allow list)")]
-    ForbiddenSubject {
+    /// An output the plugin's grant does not allow: its subject, a header, or its bytes
+    /// ([`crate::policy`]).
+    #[error("plugin {plugin:?}: {denied}")]
+    Refused {
         /// Plugin name.
         plugin: String,
-        /// The refused subject.
-        subject: String,
+        /// What was refused, and why.
+        denied: Denied,
+    },
+    /// The host holds as many output bytes for messages in flight as `runtime.max_output_bytes`
+    /// allows: a host condition, retried like a deadline.
+    #[error("plugin {plugin:?}: the host holds its limit of {limit} bytes of pending outputs")]
+    OutputPoolFull {
+        /// Plugin name.
+        plugin: String,
+        /// The host's bound.
+        limit: u64,
     },
     /// An output is a reply but the input was not a request.
     #[error("plugin {plugin:?} answered with a reply but the message has no reply subject")]
@@ -140,19 +151,26 @@ pub enum HandlerError {
 }
 
 impl HandlerError {
-    /// The limit this error counts as, for the retry/dead-letter policy. Forbidden subjects and
+    /// The limit this error counts as, for the retry/dead-letter policy. Refused outputs and
     /// missing reply subjects are deterministic mistakes of the plugin, like traps; a failed
-    /// instantiation is a host condition and is retried like a deadline.
+    /// instantiation and a full output pool are host conditions, retried like a deadline.
     pub fn limit(&self) -> LimitKind {
         match self {
             Self::OutOfFuel { .. } => LimitKind::Fuel,
-            Self::Deadline { .. } | Self::Instantiate { .. } => LimitKind::Deadline,
+            Self::Deadline { .. } | Self::Instantiate { .. } | Self::OutputPoolFull { .. } => {
+                LimitKind::Deadline
+            }
             Self::Memory { .. } => LimitKind::Memory,
             Self::Panic { .. }
             | Self::Trap { .. }
-            | Self::ForbiddenSubject { .. }
+            | Self::Refused { .. }
             | Self::NoReplySubject { .. } => LimitKind::Trap,
         }
+    }
+
+    /// Whether an output's subject was refused (a guest's `publish` hears of it and goes on).
+    pub fn is_subject_refusal(&self) -> bool {
+        matches!(self, Self::Refused { denied, .. } if denied.is_subject())
     }
 
     /// A short lowercase name of the kind, for headers, logs and metric labels.
@@ -163,7 +181,8 @@ impl HandlerError {
             Self::Memory { .. } => "memory",
             Self::Panic { .. } => "panic",
             Self::Trap { .. } => "trap",
-            Self::ForbiddenSubject { .. } => "forbidden-subject",
+            Self::Refused { denied, .. } => denied.kind(),
+            Self::OutputPoolFull { .. } => "host-output-limit",
             Self::NoReplySubject { .. } => "no-reply-subject",
             Self::Instantiate { .. } => "instantiate",
         }

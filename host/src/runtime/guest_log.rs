@@ -1,8 +1,15 @@
 //! The guest's stdout and stderr: each complete line becomes a tracing event tagged with the
 //! plugin (stdout at INFO, stderr at WARN) inside the caller's span, so it carries the message
 //! context. The last lines of stderr are kept to tell a panic from another trap.
+//!
+//! What a guest writes to the host's log is bounded per message ([`LogBudget`]): a line is cut
+//! at [`MAX_LINE`] bytes, and past `limits.log_bytes` lines are dropped and counted, with one
+//! line at the end of the call saying how many. Unbounded, 2,000 lines of 256 KiB from one
+//! message wrote 500 MiB of host log.
 
+use std::borrow::Cow;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -10,10 +17,84 @@ use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
-/// A partial line longer than this is logged as it is.
-const MAX_LINE: usize = 16 * 1024;
+/// The longest line logged; the rest of a longer one is cut and its length noted.
+pub const MAX_LINE: usize = 4 * 1024;
+/// The most one write of the guest's may carry.
+const WRITE_CHUNK: usize = 64 * 1024;
 /// How much of stderr's end is kept for error messages.
 const TAIL: usize = 4 * 1024;
+
+/// The bytes a call may write to the host's log, shared by stdout, stderr and `log`.
+#[derive(Debug)]
+pub(crate) struct LogBudget {
+    limit: u64,
+    used: AtomicU64,
+    dropped_lines: AtomicU64,
+    dropped_bytes: AtomicU64,
+}
+
+impl LogBudget {
+    pub(crate) fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            used: AtomicU64::new(0),
+            dropped_lines: AtomicU64::new(0),
+            dropped_bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether a (cut) line may be logged; once the budget is spent it is counted instead.
+    pub(crate) fn admit(&self, line: &str) -> bool {
+        let cost = line.len() as u64;
+        let used = self
+            .used
+            .fetch_add(cost, Ordering::Relaxed)
+            .saturating_add(cost);
+        if used > self.limit {
+            self.dropped_lines.fetch_add(1, Ordering::Relaxed);
+            self.dropped_bytes.fetch_add(cost, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// A full budget, for the next call.
+    pub(crate) fn reset(&self) {
+        self.used.store(0, Ordering::Relaxed);
+        self.dropped_lines.store(0, Ordering::Relaxed);
+        self.dropped_bytes.store(0, Ordering::Relaxed);
+    }
+
+    /// Logs one line saying what was dropped in this call, if anything was.
+    pub(crate) fn report(&self, plugin: &str) {
+        let lines = self.dropped_lines.load(Ordering::Relaxed);
+        if lines > 0 {
+            let bytes = self.dropped_bytes.load(Ordering::Relaxed);
+            tracing::warn!(
+                target: "natsplug::guest",
+                plugin,
+                dropped_lines = lines,
+                dropped_bytes = bytes,
+                limit = self.limit,
+                "log lines dropped: this message passed limits.log_bytes"
+            );
+        }
+    }
+}
+
+/// `line` cut to [`MAX_LINE`] bytes on a character boundary, noting what was cut (`more` bytes
+/// of it were never buffered).
+pub(crate) fn cut(line: &str, more: usize) -> Cow<'_, str> {
+    if line.len() <= MAX_LINE && more == 0 {
+        return Cow::Borrowed(line);
+    }
+    let mut end = line.len().min(MAX_LINE);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = line.len() - end + more;
+    Cow::Owned(format!("{} [{cut} more bytes cut]", &line[..end]))
+}
 
 #[derive(Clone, Copy, Debug)]
 enum Stream {
@@ -23,7 +104,10 @@ enum Stream {
 
 #[derive(Default)]
 struct Buffer {
+    /// The line so far, at most [`MAX_LINE`] bytes of it.
     partial: Vec<u8>,
+    /// Bytes of the current line past [`MAX_LINE`], not kept.
+    overflow: usize,
     tail: String,
 }
 
@@ -33,22 +117,24 @@ pub(crate) struct GuestLog {
     plugin: Arc<str>,
     stream: Stream,
     buffer: Arc<Mutex<Buffer>>,
+    budget: Arc<LogBudget>,
 }
 
 impl GuestLog {
-    pub(crate) fn stdout(plugin: Arc<str>) -> Self {
-        Self::new(plugin, Stream::Stdout)
+    pub(crate) fn stdout(plugin: Arc<str>, budget: Arc<LogBudget>) -> Self {
+        Self::new(plugin, Stream::Stdout, budget)
     }
 
-    pub(crate) fn stderr(plugin: Arc<str>) -> Self {
-        Self::new(plugin, Stream::Stderr)
+    pub(crate) fn stderr(plugin: Arc<str>, budget: Arc<LogBudget>) -> Self {
+        Self::new(plugin, Stream::Stderr, budget)
     }
 
-    fn new(plugin: Arc<str>, stream: Stream) -> Self {
+    fn new(plugin: Arc<str>, stream: Stream, budget: Arc<LogBudget>) -> Self {
         Self {
             plugin,
             stream,
             buffer: Arc::default(),
+            budget,
         }
     }
 
@@ -57,26 +143,53 @@ impl GuestLog {
         self.buffer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn append(&self, bytes: &[u8]) {
+    /// Buffers `bytes` and logs every line they end; a line keeps at most [`MAX_LINE`] bytes
+    /// (plus a character's worth), the rest is only counted.
+    fn append(&self, mut bytes: &[u8]) {
         let mut buffer = self.lock();
-        buffer.partial.extend_from_slice(bytes);
-        while let Some(end) = buffer.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buffer.partial.drain(..=end).collect();
-            self.emit(&mut buffer, &line[..line.len() - 1]);
-        }
-        if buffer.partial.len() > MAX_LINE {
-            let line = std::mem::take(&mut buffer.partial);
-            self.emit(&mut buffer, &line);
+        while !bytes.is_empty() {
+            let (part, ended) = match bytes.iter().position(|&b| b == b'\n') {
+                Some(end) => (&bytes[..end], Some(end + 1)),
+                None => (bytes, None),
+            };
+            let room = (MAX_LINE + 4)
+                .saturating_sub(buffer.partial.len())
+                .min(part.len());
+            buffer.partial.extend_from_slice(&part[..room]);
+            buffer.overflow += part.len() - room;
+            match ended {
+                Some(next) => {
+                    self.flush_line(&mut buffer);
+                    bytes = &bytes[next..];
+                }
+                None => break,
+            }
         }
     }
 
-    fn emit(&self, buffer: &mut Buffer, line: &[u8]) {
-        let line = String::from_utf8_lossy(line);
+    /// Logs the buffered line.
+    fn flush_line(&self, buffer: &mut Buffer) {
+        let line = std::mem::take(&mut buffer.partial);
+        let overflow = std::mem::take(&mut buffer.overflow);
+        self.emit(buffer, &line, overflow);
+    }
+
+    fn emit(&self, buffer: &mut Buffer, line: &[u8], overflow: usize) {
+        let text = String::from_utf8_lossy(line);
+        let line = cut(&text, overflow);
         let plugin = &*self.plugin;
+        let admitted = self.budget.admit(&line);
         match self.stream {
-            Stream::Stdout => tracing::info!(target: "natsplug::guest", plugin, "{line}"),
+            Stream::Stdout => {
+                if admitted {
+                    tracing::info!(target: "natsplug::guest", plugin, "{line}");
+                }
+            }
             Stream::Stderr => {
-                tracing::warn!(target: "natsplug::guest", plugin, stream = "stderr", "{line}");
+                if admitted {
+                    tracing::warn!(target: "natsplug::guest", plugin, stream = "stderr", "{line}");
+                }
+                // Kept even when not logged: it tells a panic from another trap.
                 if !buffer.tail.is_empty() {
                     buffer.tail.push('\n');
                 }
@@ -96,9 +209,8 @@ impl GuestLog {
     /// last call (a reused instance starts each call with an empty tail).
     pub(crate) fn finish(&self) -> String {
         let mut buffer = self.lock();
-        if !buffer.partial.is_empty() {
-            let line = std::mem::take(&mut buffer.partial);
-            self.emit(&mut buffer, &line);
+        if !buffer.partial.is_empty() || buffer.overflow > 0 {
+            self.flush_line(&mut buffer);
         }
         std::mem::take(&mut buffer.tail)
     }
@@ -136,7 +248,7 @@ impl OutputStream for GuestLog {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        Ok(MAX_LINE)
+        Ok(WRITE_CHUNK)
     }
 }
 

@@ -1,21 +1,48 @@
 //! The state of one handler call: the data of its fresh `Store` (sandboxed WASI context, memory
-//! limiter, deadline, outputs added through `publish`) and the host functions the guest imports.
-//! It lives exactly as long as one message's call, so nothing carries over to the next message.
+//! limiter, deadline, outputs added through `publish`, the byte budgets of its outputs and log)
+//! and the host functions the guest imports. It lives exactly as long as one message's call, so
+//! nothing carries over to the next message.
+//!
+//! Every output is admitted here ([`Invocation::admit`]) before the host keeps it: its subject
+//! and headers against the plugin's grant ([`crate::policy`]), its bytes against the message's
+//! budget (`limits.output_bytes`) and the host-wide pool of pending output bytes. Without the
+//! budget, one message that `publish()`ed one 8 MiB buffer 200 times held 1.6 GiB of the host.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::natsplug::plugin::{host, types};
-use super::guest_log::GuestLog;
-use super::{PluginInner, wit_output};
-use crate::message::{Output, subject_matches};
+use super::guest_log::{GuestLog, LogBudget, cut};
+use super::{HandlerError, PluginInner, wit_output};
+use crate::message::Output;
+use crate::policy::{self, Denied};
 
 /// Most outputs one call may add through `publish`.
 const MAX_EXTRA_OUTPUTS: usize = 10_000;
+
+/// Output bytes held for one message against the host-wide pool
+/// (`runtime.max_output_bytes`), released when dropped: once its outputs are published.
+#[derive(Debug, Default)]
+pub struct OutputHold(Option<OwnedSemaphorePermit>);
+
+impl OutputHold {
+    /// The bytes held.
+    pub fn bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+
+    fn add(&mut self, more: OwnedSemaphorePermit) {
+        match &mut self.0 {
+            Some(held) => held.merge(more),
+            None => self.0 = Some(more),
+        }
+    }
+}
 
 /// Called when the guest asks for an ack-progress heartbeat now.
 pub type InProgress = Arc<dyn Fn() + Send + Sync>;
@@ -70,18 +97,29 @@ pub(crate) struct Invocation {
     pub(crate) deadline: Instant,
     pub(crate) stdout: GuestLog,
     pub(crate) stderr: GuestLog,
+    /// The log budget stdout, stderr and `log` share; reset for each call.
+    log: Arc<LogBudget>,
     /// Whether the input has a reply subject (reply outputs are allowed).
     has_reply: bool,
     hooks: Hooks,
     /// Outputs added through `publish`, in order.
     pub(crate) extra: Vec<Output>,
+    /// Output bytes admitted in this call, against `limits.output_bytes`.
+    output_bytes: u64,
+    /// Those bytes, held in the host-wide pool.
+    pub(crate) held: OutputHold,
+    /// The refusal a host call trapped with, so the call ends with it and not with the trap.
+    pub(crate) refused: Option<HandlerError>,
+    /// The kind of every refusal in this call, for `natsplug_policy_denials_total`.
+    pub(crate) denials: Vec<&'static str>,
 }
 
 impl Invocation {
     /// The state of a new instance; [`begin`](Self::begin) readies it for each call.
     pub(crate) fn new(plugin: Arc<PluginInner>) -> anyhow::Result<Self> {
-        let stdout = GuestLog::stdout(plugin.name.clone());
-        let stderr = GuestLog::stderr(plugin.name.clone());
+        let log = Arc::new(LogBudget::new(plugin.manifest.limits.log_bytes));
+        let stdout = GuestLog::stdout(plugin.name.clone(), log.clone());
+        let stderr = GuestLog::stderr(plugin.name.clone(), log.clone());
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(stdout.clone()).stderr(stderr.clone());
         let sandbox = &plugin.manifest.sandbox;
@@ -97,7 +135,11 @@ impl Invocation {
             wasi.preopened_dir(&dir.host, &dir.guest, perms)?;
         }
         if sandbox.network {
-            wasi.inherit_network().allow_ip_name_lookup(true);
+            // wasmtime-wasi denies TCP and UDP unless each is allowed, whatever the addresses.
+            wasi.inherit_network()
+                .allow_tcp(true)
+                .allow_udp(true)
+                .allow_ip_name_lookup(true);
         }
         Ok(Self {
             limiter: MemoryLimiter {
@@ -111,47 +153,108 @@ impl Invocation {
             deadline: Instant::now(),
             stdout,
             stderr,
+            log,
             has_reply: false,
             hooks: Hooks::default(),
             extra: Vec::new(),
+            output_bytes: 0,
+            held: OutputHold::default(),
+            refused: None,
+            denials: Vec::new(),
         })
     }
 
-    /// Readies the state for one call: its reply subject, hooks and deadline; no outputs yet.
+    /// Readies the state for one call: its reply subject, hooks and deadline; no outputs, no
+    /// bytes used, a full log budget.
     pub(crate) fn begin(&mut self, has_reply: bool, hooks: Hooks, deadline: Instant) {
         self.has_reply = has_reply;
         self.hooks = hooks;
         self.deadline = deadline;
         self.extra.clear();
+        self.output_bytes = 0;
+        self.held = OutputHold::default();
+        self.refused = None;
+        self.denials.clear();
+        self.log.reset();
     }
 
-    /// Checks that an output may be published: an allowed subject, or a reply to a request.
-    pub(crate) fn check(&self, output: &Output) -> Result<(), super::HandlerError> {
-        let plugin = || self.plugin.name.to_string();
-        match &output.subject {
+    /// Ends a call: logs what the log budget dropped and lets go of the caller's hooks (a warm
+    /// instance must not keep them until its next message).
+    pub(crate) fn end(&mut self) {
+        self.log.report(&self.plugin.name);
+        self.hooks = Hooks::default();
+    }
+
+    /// Admits an output the guest asked for, or refuses it: its subject (a reply to a request,
+    /// or granted and outside unnamed reserved space), its headers (sendable; server headers
+    /// only if granted; `Nats-Msg-Id` left out) and its bytes (the message's budget, then the
+    /// host's pool).
+    pub(crate) fn admit(&mut self, mut output: Output) -> Result<Output, HandlerError> {
+        let grants = &self.plugin.grants;
+        let checked = match &output.subject {
             None if self.has_reply => Ok(()),
-            None => Err(super::HandlerError::NoReplySubject { plugin: plugin() }),
-            Some(subject) => {
-                let valid = !subject.is_empty()
-                    && subject.split('.').all(|t| {
-                        !t.is_empty() && t != "*" && t != ">" && !t.contains(char::is_whitespace)
-                    });
-                let allowed = self
-                    .plugin
-                    .manifest
-                    .publish
-                    .allow
-                    .iter()
-                    .any(|pattern| subject_matches(pattern, subject));
-                if valid && allowed {
-                    Ok(())
-                } else {
-                    Err(super::HandlerError::ForbiddenSubject {
-                        plugin: plugin(),
-                        subject: subject.clone(),
-                    })
-                }
+            None => {
+                return Err(HandlerError::NoReplySubject {
+                    plugin: self.plugin.name.to_string(),
+                });
             }
+            Some(subject) => grants.refuse_subject(subject),
+        };
+        checked
+            .and_then(|()| grants.admit_headers(&mut output))
+            .map_err(|denied| self.refuse(denied))?;
+        self.charge(policy::output_size(&output))?;
+        Ok(output)
+    }
+
+    /// Counts `bytes` against the message's budget, then takes them from the host-wide pool.
+    fn charge(&mut self, bytes: u64) -> Result<(), HandlerError> {
+        let limit = self.plugin.manifest.limits.output_bytes;
+        self.output_bytes = self.output_bytes.saturating_add(bytes);
+        if self.output_bytes > limit {
+            return Err(self.refuse(Denied::OutputLimit { limit }));
+        }
+        let pool = &self.plugin.output_pool;
+        let permit = u32::try_from(bytes)
+            .ok()
+            .and_then(|n| pool.semaphore.clone().try_acquire_many_owned(n).ok());
+        match permit {
+            Some(permit) => {
+                self.held.add(permit);
+                Ok(())
+            }
+            None => Err(HandlerError::OutputPoolFull {
+                plugin: self.plugin.name.to_string(),
+                limit: pool.limit,
+            }),
+        }
+    }
+
+    /// The error of a refusal, counted.
+    fn refuse(&mut self, denied: Denied) -> HandlerError {
+        self.denials.push(denied.kind());
+        HandlerError::Refused {
+            plugin: self.plugin.name.to_string(),
+            denied,
+        }
+    }
+}
+
+/// The host-wide bound on output bytes held for messages in flight, all plugins together.
+#[derive(Debug, Clone)]
+pub(crate) struct OutputPool {
+    semaphore: Arc<Semaphore>,
+    limit: u64,
+}
+
+impl OutputPool {
+    pub(crate) fn new(limit: u64) -> Self {
+        let permits = usize::try_from(limit)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
+        Self {
+            semaphore: Arc::new(Semaphore::new(permits)),
+            limit,
         }
     }
 }
@@ -170,6 +273,10 @@ impl types::Host for Invocation {}
 impl host::Host for Invocation {
     fn log(&mut self, level: host::Level, message: String) {
         let plugin = &*self.plugin.name;
+        let message = cut(&message, 0);
+        if !self.log.admit(&message) {
+            return;
+        }
         match level {
             host::Level::Trace => tracing::trace!(target: "natsplug::guest", plugin, "{message}"),
             host::Level::Debug => tracing::debug!(target: "natsplug::guest", plugin, "{message}"),
@@ -185,14 +292,31 @@ impl host::Host for Invocation {
         }
     }
 
-    fn publish(&mut self, output: types::Output) -> Result<(), String> {
-        let output = wit_output(output);
-        self.check(&output).map_err(|e| e.to_string())?;
+    /// A refused subject is the guest's to handle (the output is not kept); a refused header
+    /// or a budget crossed traps, so the call ends with that failure whatever the guest does.
+    fn publish(&mut self, output: types::Output) -> wasmtime::Result<Result<(), String>> {
         if self.extra.len() >= MAX_EXTRA_OUTPUTS {
-            return Err(format!("more than {MAX_EXTRA_OUTPUTS} outputs in one call"));
+            return Ok(Err(format!(
+                "more than {MAX_EXTRA_OUTPUTS} outputs in one call"
+            )));
         }
-        self.extra.push(output);
-        Ok(())
+        match self.admit(wit_output(output)) {
+            Ok(output) => {
+                self.extra.push(output);
+                Ok(Ok(()))
+            }
+            Err(refused @ HandlerError::Refused { .. }) if refused.is_subject_refusal() => {
+                Ok(Err(refused.to_string()))
+            }
+            Err(HandlerError::NoReplySubject { .. }) => {
+                Ok(Err("the message has no reply subject".to_owned()))
+            }
+            Err(fatal) => {
+                let message = fatal.to_string();
+                self.refused = Some(fatal);
+                Err(wasmtime::Error::msg(message))
+            }
+        }
     }
 
     fn config(&mut self, key: String) -> Option<String> {

@@ -26,16 +26,20 @@ use wasmtime::{
 };
 
 pub use self::error::{HandlerError, LimitKind, LoadError};
-use self::invocation::Invocation;
-pub use self::invocation::{Hooks, InProgress};
+pub use self::invocation::{Hooks, InProgress, OutputHold};
+use self::invocation::{Invocation, OutputPool};
 use crate::manifest::Manifest;
 use crate::message::{Headers, Message, Output};
+use crate::policy::Grants;
 
 /// The bindings generated from `wit/natsplug.wit`.
 mod bindings {
     wasmtime::component::bindgen!({
         world: "natsplug:plugin/plugin",
         path: "../wit",
+        // `publish` traps when an output's headers or bytes are refused, so a guest cannot
+        // ignore the refusal and go on.
+        imports: { "natsplug:plugin/host.publish": trappable },
         exports: { default: async },
     });
 }
@@ -57,6 +61,10 @@ pub struct RuntimeConfig {
     pub max_instances: u32,
     /// Largest memory limit a manifest may ask for. Default: 1 GiB.
     pub max_memory: u64,
+    /// Output bytes held for all messages in flight together, all plugins: a handler whose
+    /// output would pass it fails with `host-output-limit` and is retried. With the default
+    /// per-message budget (16 MiB) it is what bounds a host at full concurrency. Default: 1 GiB.
+    pub max_output_bytes: u64,
     /// Where compiled components are cached, keyed by content and engine settings, so a restart
     /// does not recompile them. Default: none (no cache).
     pub cache_dir: Option<std::path::PathBuf>,
@@ -67,6 +75,7 @@ impl Default for RuntimeConfig {
         Self {
             max_instances: 1000,
             max_memory: 1 << 30,
+            max_output_bytes: 1 << 30,
             cache_dir: None,
         }
     }
@@ -79,6 +88,7 @@ pub struct Runtime {
     linker: Arc<Linker<Invocation>>,
     config: RuntimeConfig,
     cache: Option<wasmtime::Cache>,
+    output_pool: OutputPool,
 }
 
 impl Runtime {
@@ -141,6 +151,7 @@ impl Runtime {
         Ok(Self {
             engine,
             linker: Arc::new(linker),
+            output_pool: OutputPool::new(config.max_output_bytes),
             config,
             cache,
         })
@@ -188,6 +199,13 @@ impl Runtime {
         component: Component,
         manifest: Manifest,
     ) -> Result<Plugin, LoadError> {
+        // The name is the default durable and part of the dead-letter subject.
+        crate::policy::refuse_invalid_name("the plugin name", name).map_err(|reason| {
+            LoadError::Unsupported {
+                plugin: name.to_owned(),
+                reason,
+            }
+        })?;
         if manifest.limits.memory > self.config.max_memory {
             return Err(LoadError::Unsupported {
                 plugin: name.to_owned(),
@@ -209,7 +227,9 @@ impl Runtime {
         Ok(Plugin {
             inner: Arc::new(PluginInner {
                 name: name.into(),
+                grants: Grants::new(&manifest.publish),
                 manifest,
+                output_pool: self.output_pool.clone(),
                 pre,
                 engine: self.engine.clone(),
                 warm: std::sync::Mutex::default(),
@@ -262,9 +282,27 @@ pub enum Outcome {
     },
 }
 
+/// One handler call, as [`Plugin::handle_metered`] reports it.
+#[derive(Debug)]
+pub struct Handled {
+    /// What the handler answered, or why it did not.
+    pub result: Result<Outcome, HandlerError>,
+    /// Fuel consumed.
+    pub fuel: u64,
+    /// The kind of every policy refusal in the call (a refused `publish` the guest went on
+    /// from included), for `natsplug_policy_denials_total`.
+    pub denials: Vec<&'static str>,
+    /// The outputs' bytes in the host-wide pool: hold it until they are published.
+    pub held: OutputHold,
+}
+
 pub(crate) struct PluginInner {
     pub(crate) name: Arc<str>,
     pub(crate) manifest: Manifest,
+    /// The manifest's `[publish]` grants, compiled.
+    pub(crate) grants: Grants,
+    /// The host-wide bound on pending output bytes.
+    pub(crate) output_pool: OutputPool,
     pre: bindings::PluginPre<Invocation>,
     engine: Engine,
     /// Instances kept for reuse (`[instance] reuse` > 1), at most one per concurrent call.
@@ -326,20 +364,27 @@ impl Plugin {
         &self.inner.manifest
     }
 
-    /// Runs the handler on one message in a fresh instance, under the manifest's limits.
-    pub async fn handle(&self, message: &Message, hooks: Hooks) -> Result<Outcome, HandlerError> {
-        self.handle_metered(message, hooks).await.0
+    /// What its manifest grants, compiled.
+    pub fn grants(&self) -> &Grants {
+        &self.inner.grants
     }
 
-    /// [`handle`](Self::handle), also returning the fuel the call consumed.
-    pub async fn handle_metered(
-        &self,
-        message: &Message,
-        hooks: Hooks,
-    ) -> (Result<Outcome, HandlerError>, u64) {
-        let mut fuel_used = 0;
-        let result = self.call(message, hooks, &mut fuel_used).await;
-        (result, fuel_used)
+    /// Runs the handler on one message in a fresh instance, under the manifest's limits.
+    pub async fn handle(&self, message: &Message, hooks: Hooks) -> Result<Outcome, HandlerError> {
+        self.handle_metered(message, hooks).await.result
+    }
+
+    /// [`handle`](Self::handle), also returning what the call cost and refused, and the
+    /// output bytes it holds in the host's pool until the caller drops them.
+    pub async fn handle_metered(&self, message: &Message, hooks: Hooks) -> Handled {
+        let mut handled = Handled {
+            result: Ok(Outcome::Success(Vec::new())),
+            fuel: 0,
+            denials: Vec::new(),
+            held: OutputHold::default(),
+        };
+        handled.result = self.call(message, hooks, &mut handled).await;
+        handled
     }
 
     /// A fresh store for one instance: the sandbox, the memory limiter, the epoch callback.
@@ -365,7 +410,7 @@ impl Plugin {
         &self,
         message: &Message,
         hooks: Hooks,
-        fuel_used: &mut u64,
+        handled: &mut Handled,
     ) -> Result<Outcome, HandlerError> {
         let plugin = &self.inner;
         let limits = &plugin.manifest.limits;
@@ -409,9 +454,10 @@ impl Plugin {
         // The epoch callback stops a busy guest; the timeout also stops one that is waiting on
         // the host (a sleep, a poll), which the epoch cannot interrupt.
         let result = tokio::time::timeout(limits.deadline, run).await;
-        *fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        handled.fuel = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
         let stderr = store.data().stderr.finish();
         store.data().stdout.finish();
+        store.data_mut().end();
         let name = || plugin.name.to_string();
         // An instance that trapped or was cut off is never used again.
         let (instance, answer) = match result {
@@ -421,19 +467,32 @@ impl Plugin {
                     deadline: limits.deadline,
                 });
             }
-            Ok(Err(failed)) => return Err(self.classify(failed, &store, &stderr)),
+            Ok(Err(failed)) => {
+                let state = store.data_mut();
+                handled.denials = std::mem::take(&mut state.denials);
+                return Err(match state.refused.take() {
+                    Some(refused) => refused,
+                    None => self.classify(failed, &store, &stderr),
+                });
+            }
             Ok(Ok(done)) => done,
         };
-        let extra = std::mem::take(&mut store.data_mut().extra);
-        let outcome = match answer {
-            Ok(outputs) => {
-                let mut all = extra;
-                all.extend(outputs.into_iter().map(wit_output));
-                for output in &all {
-                    store.data().check(output)?;
-                }
-                Outcome::Success(all)
-            }
+        let state = store.data_mut();
+        let mut all = std::mem::take(&mut state.extra);
+        let admitted = match answer {
+            Ok(outputs) => outputs
+                .into_iter()
+                .try_for_each(|output| {
+                    all.push(state.admit(wit_output(output))?);
+                    Ok(())
+                })
+                .map(|()| Ok(all)),
+            Err(failure) => Ok(Err(failure)),
+        };
+        handled.denials = std::mem::take(&mut state.denials);
+        handled.held = std::mem::take(&mut state.held);
+        let outcome = match admitted? {
+            Ok(all) => Outcome::Success(all),
             Err(bindings::natsplug::plugin::types::Failure::Retry(retry)) => Outcome::Retry {
                 reason: retry.reason,
                 delay: retry.delay_ms.map(Duration::from_millis),

@@ -1,23 +1,91 @@
-//! `probe`: reports what the sandbox lets it see, for the sandbox tests. The payload picks the
-//! probe: `env` lists the environment, `read:PATH` reads a file, `reply` answers with a reply.
-use natsplug_sdk::{Message, Output, handler};
+//! `probe`: tries what the payload asks and reports what the host let it do, for the sandbox
+//! and policy tests. A misbehaving guest on purpose: each probe is one thing a hostile handler
+//! would try.
+//!
+//! - `env`, `getenv:NAME`: the environment, one variable.
+//! - `read:PATH`, `write:PATH`: a file.
+//! - `connect:HOST:PORT`: a TCP connection.
+//! - `reply`: answers the request with "pong".
+//! - `to:SUBJECT`: an output to that subject.
+//! - `header:NAME=VALUE`: an output to `probe.out` with that header.
+//! - `publish:COUNT:BYTES`: `publish()`es one buffer of BYTES bytes COUNT times.
+//! - `log:COUNT:BYTES`, `stderr:COUNT:BYTES`: COUNT log lines of BYTES bytes, through `log` or
+//!   stderr.
+use std::io::Write as _;
+
+use natsplug_sdk::{Error, Message, Output, handler, log};
 
 handler!(handle);
 
 fn handle(msg: Message) -> natsplug_sdk::Result {
     let request = String::from_utf8_lossy(&msg.payload).into_owned();
-    let answer = if request == "env" {
-        let vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
-        format!("env:[{}]", vars.join(","))
-    } else if let Some(path) = request.strip_prefix("read:") {
-        match std::fs::read_to_string(path) {
+    let (probe, arg) = request.split_once(':').unwrap_or((&request, ""));
+    let answer = match probe {
+        "env" => {
+            let vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
+            format!("env:[{}]", vars.join(","))
+        }
+        "getenv" => match std::env::var(arg) {
+            Ok(value) => format!("env:{value}"),
+            Err(e) => format!("error:{e:?}"),
+        },
+        "read" => match std::fs::read_to_string(arg) {
             Ok(text) => format!("read:{text}"),
             Err(e) => format!("error:{:?}", e.kind()),
+        },
+        "write" => match std::fs::write(arg, "written by probe") {
+            Ok(()) => "wrote".to_owned(),
+            Err(e) => format!("error:{:?}", e.kind()),
+        },
+        "connect" => match std::net::TcpStream::connect(arg) {
+            Ok(_) => "connected".to_owned(),
+            Err(e) => format!("error:{:?}", e.kind()),
+        },
+        "reply" => return Ok(vec![Output::reply().payload("pong")]),
+        "to" => return Ok(vec![Output::to(arg).payload("to")]),
+        "header" => {
+            let (name, value) = arg.split_once('=').unwrap_or((arg, ""));
+            return Ok(vec![
+                Output::to("probe.out")
+                    .header(name, value)
+                    .payload("header"),
+            ]);
         }
-    } else if request == "reply" {
-        return Ok(vec![Output::reply().payload("pong")]);
-    } else {
-        format!("unknown probe {request:?}")
+        "publish" => {
+            let (count, bytes) = counts(arg)?;
+            let buffer = vec![b'p'; bytes];
+            for i in 0..count {
+                natsplug_sdk::publish(Output::to("probe.out").payload(buffer.clone()))
+                    .map_err(|e| Error::reject(format!("publish {i} refused: {e}")))?;
+            }
+            format!("published {count}")
+        }
+        "log" | "stderr" => {
+            let (count, bytes) = counts(arg)?;
+            let line = "l".repeat(bytes);
+            let mut stderr = std::io::stderr();
+            for _ in 0..count {
+                if probe == "log" {
+                    log::warn(&line);
+                } else {
+                    // Nothing to do if the host's stderr refuses a write: the probe reports
+                    // what it tried.
+                    let _ = writeln!(stderr, "{line}");
+                }
+            }
+            format!("logged {count}")
+        }
+        _ => format!("unknown probe {request:?}"),
     };
     Ok(vec![Output::to("probe.out").payload(answer)])
+}
+
+/// `COUNT:BYTES`.
+fn counts(arg: &str) -> Result<(usize, usize), Error> {
+    let parse = |s: &str| {
+        s.parse::<usize>()
+            .map_err(|e| Error::reject(format!("{arg:?}: {e}")))
+    };
+    let (count, bytes) = arg.split_once(':').unwrap_or((arg, "0"));
+    Ok((parse(count)?, parse(bytes)?))
 }

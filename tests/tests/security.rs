@@ -1,0 +1,307 @@
+//! The boundary against hostile input, against a real nats-server: a requester that forges its
+//! reply subject, a guest that writes headers to steer the server or that the protocol cannot
+//! carry, and a guest that floods the host with outputs and log lines. Each test fails on a
+//! host without the checks of `natsplug::policy`.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use natsplug_tests::{
+    HostProcess, PluginsDir, TestHost, admin_get, consumer_info, create_stream, free_addr,
+    jetstream_setup, publish_all, sample, stream_count, stream_messages, wait_until,
+};
+
+fn header<'a>(m: &'a natsplug_tests::Stored, name: &str) -> &'a str {
+    m.headers
+        .get(name)
+        .map(|v| v.as_str())
+        .unwrap_or("<missing>")
+}
+
+/// The number a host's `/metrics` shows for `series`, 0 when it has none.
+async fn metric(admin: std::net::SocketAddr, series: &str) -> f64 {
+    match admin_get(admin, "/metrics").await {
+        Some((200, text)) => sample(&text, series).unwrap_or(0.0),
+        _ => 0.0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_reply_subject_cannot_make_the_host_act_on_reserved_space() {
+    let (server, client, js) = jetstream_setup().await;
+    create_stream(&js, "VICTIM", &["victim.>"]).await;
+    create_stream(&js, "PURGED", &["purged.>"]).await;
+    let three: Vec<String> = (0..3).map(|i| format!("kept {i}")).collect();
+    publish_all(&js, "victim.x", &three).await;
+    publish_all(&js, "purged.x", &three).await;
+    // A message another consumer holds unacked: its ack subject is what a forged reply aims at.
+    let victim = js.get_stream("VICTIM").await.unwrap();
+    let held = victim
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("held".into()),
+            ack_wait: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut batch = held.fetch().max_messages(1).messages().await.unwrap();
+    let pending = futures::StreamExt::next(&mut batch).await.unwrap().unwrap();
+    let ack_subject = pending.reply.clone().unwrap().to_string();
+    assert!(ack_subject.starts_with("$JS.ACK."), "{ack_subject}");
+
+    let plugins = PluginsDir::new();
+    plugins
+        .add(
+            "poison",
+            "poison",
+            "[subscribe]\nsubjects = [\"svc.poison\"]\n[publish]\ndead_letter = \"dead.svc\"\n",
+        )
+        .add(
+            "probe",
+            "probe",
+            "[subscribe]\nsubjects = [\"svc.probe\"]\n",
+        );
+    let admin = free_addr();
+    let mut config = TestHost::config(&server.url(), plugins.path());
+    config.admin.listen = Some(admin);
+    let host_id = config.host.id.clone().unwrap();
+    let host = TestHost::start(config);
+    wait_until(Duration::from_secs(10), "the probe's reply", || async {
+        client
+            .request("svc.probe", "reply".into())
+            .await
+            .is_ok_and(|r| &r.payload[..] == b"pong")
+    })
+    .await;
+
+    // The host's error answer (empty payload, as a delete, purge or ack needs) and a handler's
+    // reply output, each aimed at reserved space.
+    let denied = |plugin: &str| {
+        format!("natsplug_policy_denials_total{{plugin=\"{plugin}\",kind=\"reply-subject\"}}")
+    };
+    let forged = [
+        ("svc.poison", "$JS.API.STREAM.DELETE.VICTIM", "bad"),
+        ("svc.poison", "$JS.API.STREAM.PURGE.PURGED", "bad"),
+        ("svc.poison", ack_subject.as_str(), "bad"),
+        ("svc.poison", "$KV.config.key", "bad"),
+        ("svc.poison", "$SYS.REQ.SERVER.PING", "bad"),
+        (
+            "svc.poison",
+            &format!("natsplug.control.{host_id}.reload"),
+            "bad",
+        ),
+        ("svc.poison", "_INBOX.natsplug.forged.1", "bad"),
+        ("svc.probe", "$JS.API.STREAM.DELETE.VICTIM", "reply"),
+    ];
+    for (subject, reply, payload) in forged {
+        client
+            .publish_with_reply(subject, reply.to_owned(), payload.into())
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    // nats-server drops a client's message whose reply is a `$JS.ACK.` subject before any
+    // subscriber sees it, so the host refuses seven replies, not eight.
+    wait_until(Duration::from_secs(20), "seven replies refused", || async {
+        metric(admin, &denied("poison")).await == 6.0
+            && metric(admin, &denied("probe")).await == 1.0
+    })
+    .await;
+
+    // A requester with an ordinary inbox still gets both answers.
+    let answer = client.request("svc.poison", "bad".into()).await.unwrap();
+    assert_eq!(
+        answer
+            .headers
+            .unwrap()
+            .get("Natsplug-Error-Kind")
+            .unwrap()
+            .as_str(),
+        "reject"
+    );
+    let pong = client.request("svc.probe", "reply".into()).await.unwrap();
+    assert_eq!(&pong.payload[..], b"pong");
+    host.stop().await;
+
+    assert_eq!(
+        stream_count(&js, "VICTIM").await,
+        3,
+        "the stream survives, whole"
+    );
+    assert_eq!(stream_count(&js, "PURGED").await, 3, "nothing purged");
+    let info = consumer_info(&js, "VICTIM", "held").await;
+    assert_eq!(
+        (
+            info.num_ack_pending,
+            info.num_pending,
+            info.delivered.consumer_sequence
+        ),
+        (1, 2, 1),
+        "the other consumer's message is still unacked"
+    );
+    // Six forged requests and one real one were rejected by poison: seven dead letters.
+    assert_eq!(stream_count(&js, "DEAD").await, 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_that_steer_the_server_or_break_the_protocol_are_refused_typed() {
+    let (server, _client, js) = jetstream_setup().await;
+    js.create_stream(jetstream::stream::Config {
+        name: "PROBE".into(),
+        subjects: vec!["probe.out".into()],
+        allow_rollup: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let earlier: Vec<String> = (0..3).map(|i| format!("earlier {i}")).collect();
+    publish_all(&js, "probe.out", &earlier).await;
+    let plugins = PluginsDir::new();
+    let manifest = |subject: &str, grant: &str| {
+        format!(
+            "[subscribe]\nstream = \"IN\"\nsubjects = [\"{subject}\"]\n[publish]\n\
+             allow = [\"probe.out\"]\ndead_letter = \"dead.probe\"\nheaders = [{grant}]\n"
+        )
+    };
+    plugins
+        .add("probe", "probe", &manifest("in.probe", ""))
+        .add("roller", "probe", &manifest("in.roller", "\"Nats-Rollup\""));
+    let host = TestHost::start(TestHost::config(&server.url(), plugins.path()));
+
+    let hostile = [
+        ("header:Nats-Rollup=sub", "forbidden-header", "Nats-Rollup"),
+        (
+            "header:nats-expected-stream=OTHER",
+            "forbidden-header",
+            "nats-expected-stream",
+        ),
+        ("header:Bad Name=v", "invalid-header", "Bad Name"),
+        ("header:Bad:Name=v", "invalid-header", "Bad:Name"),
+        ("header:caf\u{e9}=v", "invalid-header", "caf\u{e9}"),
+        ("header:X-Ok=one\r\ntwo", "invalid-header", "X-Ok"),
+    ];
+    let mut inputs: Vec<String> = hostile.iter().map(|(p, _, _)| p.to_string()).collect();
+    // The dedup id the host sets replaces a copied one: two outputs, not one deduplicated.
+    inputs.extend([
+        "header:Nats-Msg-Id=copied".into(),
+        "header:Nats-Msg-Id=copied".into(),
+    ]);
+    publish_all(&js, "in.probe", &inputs).await;
+    wait_until(
+        Duration::from_secs(30),
+        "6 dead letters and 2 outputs",
+        || async { stream_count(&js, "DEAD").await == 6 && stream_count(&js, "PROBE").await == 5 },
+    )
+    .await;
+    let info = consumer_info(&js, "IN", "probe").await;
+    assert_eq!(
+        (
+            info.num_ack_pending,
+            info.num_pending,
+            info.delivered.consumer_sequence
+        ),
+        (0, 0, 8),
+        "each input delivered once and settled"
+    );
+    let dead = stream_messages(&js, "DEAD").await;
+    for (input, kind, name) in hostile {
+        let m = dead
+            .iter()
+            .find(|m| m.payload == input)
+            .unwrap_or_else(|| panic!("no dead letter for {input:?}"));
+        assert_eq!(header(m, "Natsplug-Error-Kind"), kind, "{input:?}");
+        let reason = header(m, "Natsplug-Reason");
+        assert!(reason.contains(&format!("{name:?}")), "{input:?}: {reason}");
+        assert_eq!(header(m, "Natsplug-Delivered"), "1");
+    }
+    let kept = stream_messages(&js, "PROBE").await;
+    assert_eq!(
+        kept.iter().map(|m| m.payload.as_str()).collect::<Vec<_>>(),
+        ["earlier 0", "earlier 1", "earlier 2", "header", "header"],
+        "no rollup purged the earlier messages"
+    );
+    let ids: Vec<&str> = kept[3..].iter().map(|m| header(m, "Nats-Msg-Id")).collect();
+    assert!(
+        ids.iter().all(|id| id.starts_with("probe:IN:")) && ids[0] != ids[1],
+        "the host's own dedup ids: {ids:?}"
+    );
+
+    // Granted by name, the same header does act: the grant is what decides.
+    publish_all(&js, "in.roller", &["header:Nats-Rollup=sub".into()]).await;
+    wait_until(Duration::from_secs(20), "the granted rollup", || async {
+        stream_count(&js, "PROBE").await == 1
+    })
+    .await;
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_flood_and_a_log_flood_stay_within_the_hosts_bounds() {
+    let (server, _client, js) = jetstream_setup().await;
+    create_stream(&js, "PROBE", &["probe.out"]).await;
+    let plugins = PluginsDir::new();
+    plugins.add(
+        "probe",
+        "probe",
+        "[subscribe]\nstream = \"IN\"\nsubjects = [\"in.probe\"]\nconcurrency = 1\n[publish]\n\
+         allow = [\"probe.out\"]\ndead_letter = \"dead.probe\"\n",
+    );
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("host.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut host = HostProcess::spawn_logging(&server.url(), plugins.path(), &[], log);
+    // 200 x 8 MiB from one buffer, then 2,000 lines of 256 KiB through `log` and through stderr.
+    let floods = [
+        "publish:200:8388608".to_owned(),
+        "log:2000:262144".to_owned(),
+        "stderr:2000:262144".to_owned(),
+    ];
+    publish_all(&js, "in.probe", &floods).await;
+    wait_until(
+        Duration::from_secs(120),
+        "a dead letter and 2 outputs",
+        || async { stream_count(&js, "DEAD").await == 1 && stream_count(&js, "PROBE").await == 2 },
+    )
+    .await;
+    let peak = host.peak_rss();
+    host.terminate();
+    host.wait(Duration::from_secs(20)).await;
+
+    let dead = stream_messages(&js, "DEAD").await;
+    assert_eq!(header(&dead[0], "Natsplug-Error-Kind"), "output-limit");
+    assert_eq!(
+        header(&dead[0], "Natsplug-Reason"),
+        "plugin \"probe\": the outputs of one message passed its limits.output_bytes of \
+         16777216 bytes"
+    );
+    let outputs = stream_messages(&js, "PROBE").await;
+    let mut got: Vec<&str> = outputs.iter().map(|m| m.payload.as_str()).collect();
+    got.sort();
+    assert_eq!(got, ["logged 2000", "logged 2000"]);
+    let info = consumer_info(&js, "IN", "probe").await;
+    assert_eq!(
+        (
+            info.num_ack_pending,
+            info.num_pending,
+            info.delivered.consumer_sequence
+        ),
+        (0, 0, 3)
+    );
+
+    // Each flood wrote 500 MiB before; now 64 KiB of lines a message and a line saying so.
+    let log_bytes = std::fs::metadata(&log_path).unwrap().len();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log_bytes < 512 << 10, "the host logged {log_bytes} bytes");
+    assert_eq!(
+        text.matches("log lines dropped").count(),
+        2,
+        "one summary per flooding message"
+    );
+    // The guest's buffer is 8 MiB; the host held 1.6 GiB of copies before.
+    assert!(peak < 400 << 20, "host peak RSS {} MiB", peak >> 20);
+    println!(
+        "flood: host peak RSS {} MiB, host log {} KiB",
+        peak >> 20,
+        log_bytes >> 10
+    );
+}
