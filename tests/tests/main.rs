@@ -11,9 +11,11 @@
 //! - [`reload`]: hot reload under load and the control plane.
 //! - [`deploy`]: the deployment files (Kubernetes manifest, Grafana dashboard).
 //! - [`languages`]: the same handler in Rust, Python and JavaScript.
+//! - [`auth`]: TLS, user/password, nkey and creds file end to end; the documented permissions.
 //! - [`security`]: hostile requesters and guests: forged reply subjects, server-steering and
 //!   unsendable headers, output and log floods.
 
+mod auth;
 mod deploy;
 mod engine;
 mod languages;
