@@ -305,3 +305,95 @@ async fn a_publish_flood_and_a_log_flood_stay_within_the_hosts_bounds() {
         log_bytes >> 10
     );
 }
+
+/// Publishes `payload` to `subject` with one raw header line, over a connection of its own
+/// that speaks the protocol directly: async-nats would refuse to build such a message.
+async fn publish_raw_header(port: u16, subject: &str, header_line: &str, payload: &str) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut stream = tokio::io::BufReader::new(stream);
+    let mut info = String::new();
+    stream.read_line(&mut info).await.unwrap();
+    assert!(info.starts_with("INFO "), "{info}");
+    let headers = format!("NATS/1.0\r\n{header_line}\r\n\r\n");
+    let frame = format!(
+        "CONNECT {{\"headers\":true,\"verbose\":false}}\r\nHPUB {subject} {} {}\r\n{headers}{payload}\r\nPING\r\n",
+        headers.len(),
+        headers.len() + payload.len()
+    );
+    stream.get_mut().write_all(frame.as_bytes()).await.unwrap();
+    let mut pong = String::new();
+    stream.read_line(&mut pong).await.unwrap();
+    assert_eq!(pong, "PONG\r\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_whose_header_the_client_cannot_parse_does_not_take_the_connection_down() {
+    let (server, _client, js) = jetstream_setup().await;
+    let plugins = PluginsDir::new();
+    plugins.add(
+        "uppercase",
+        "uppercase",
+        "[subscribe]\nstream = \"IN\"\nsubjects = [\"in.upper\"]\nack_wait = \"2s\"\n\
+         [publish]\nallow = [\"out.upper\"]\n[config]\noutput = \"out.upper\"\n",
+    );
+    // The server stores these as they came; upstream async-nats drops the connection on
+    // each (and panics on the lone CR).
+    let hostile = [
+        ("caf\u{e9}: x", "non-ascii name"),
+        ("Bad Name: x", "a space in the name"),
+        ("no colon at all", "no colon"),
+        ("X-Cr: a\rb", "a lone CR in the value"),
+    ];
+    for (line, payload) in hostile {
+        publish_raw_header(server.port(), "in.upper", line, payload).await;
+    }
+    let normal: Vec<String> = (0..10).map(|i| format!("n{i}")).collect();
+    publish_all(&js, "in.upper", &normal).await;
+    let admin = free_addr();
+    let mut config = TestHost::config(&server.url(), plugins.path());
+    config.admin.listen = Some(admin);
+    let host = TestHost::start(config);
+    wait_until(Duration::from_secs(30), "14 outputs", || async {
+        stream_count(&js, "OUT").await >= 14
+    })
+    .await;
+    // Past three ack_waits: a message that had dropped the connection would be back by now.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let text = admin_get(admin, "/metrics").await.unwrap().1;
+    let reconnects: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("natsplug_connection_reconnects_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    host.stop().await;
+    assert_eq!(reconnects, 0.0, "connections dropped by hostile inputs");
+    let outputs = stream_messages(&js, "OUT").await;
+    let mut got: Vec<&str> = outputs.iter().map(|m| m.payload.as_str()).collect();
+    got.sort();
+    let mut want: Vec<String> = hostile.iter().map(|(_, p)| p.to_uppercase()).collect();
+    want.extend(normal.iter().map(|n| n.to_uppercase()));
+    want.sort();
+    assert_eq!(
+        got, want,
+        "each input handled once, the unparsable header left out"
+    );
+    let info = consumer_info(&js, "IN", "uppercase").await;
+    assert_eq!(
+        (
+            info.num_ack_pending,
+            info.num_pending,
+            info.delivered.consumer_sequence
+        ),
+        (0, 0, 14)
+    );
+    // What could not be parsed of the hostile inputs' headers is left out.
+    for m in &outputs {
+        assert!(m.headers.iter().all(|(name, _)| {
+            let name: &str = name.as_ref();
+            name != "Bad Name" && !name.contains('\u{e9}')
+        }));
+    }
+}
