@@ -431,22 +431,22 @@ impl Worker {
         if let Err(e) = &handled.result {
             self.metrics.limit_hit(e.kind());
         }
-        for kind in handled.denials {
-            self.metrics.denied(kind);
+        for (kind, count) in handled.denials {
+            self.metrics.denied(kind, count);
         }
         (handled.result, input, handled.held)
     }
 
     /// The reply subject of `input` if the host may answer there. A refused one (reserved
-    /// space, `publish.reply_deny`, not a subject) is counted, logged at most once per plugin per
+    /// space, outside `publish.reply_allow`, not a subject) is counted, logged at most once per plugin per
     /// interval, and the answer dropped: a requester must not make the host publish with its
     /// own credentials where the requester chose.
     fn reply_to<'a>(&self, plugin: &Plugin, input: &'a Message) -> Option<&'a str> {
         let reply = input.reply.as_deref()?;
-        match policy::refuse_reply(reply, &plugin.grants().reply_deny) {
+        match policy::refuse_reply(reply, &plugin.grants().reply_allow) {
             Ok(()) => Some(reply),
             Err(denied) => {
-                if self.metrics.denied(denied.kind()) {
+                if self.metrics.denied(denied.kind(), 1) {
                     tracing::warn!(plugin = plugin.name(), error = %denied, "a reply dropped (logged once per plugin per minute)");
                 }
                 None

@@ -46,6 +46,8 @@ struct Beat {
     acker: Arc<Acker>,
     /// The tick at which this message is due a heartbeat.
     due: u64,
+    /// The tick of its last heartbeat.
+    last: u64,
 }
 
 impl Heartbeats {
@@ -66,8 +68,12 @@ impl Heartbeats {
     /// Beats for `acker` until the returned guard is dropped.
     pub fn start(&self, acker: Arc<Acker>) -> Heartbeat {
         let mut beating = self.shared.lock();
-        let due = beating.now + TICKS_PER_INTERVAL;
-        let key = beating.messages.insert(Beat { acker, due });
+        let (now, due) = (beating.now, beating.now + TICKS_PER_INTERVAL);
+        let key = beating.messages.insert(Beat {
+            acker,
+            due,
+            last: now,
+        });
         Heartbeat {
             shared: self.shared.clone(),
             key,
@@ -88,15 +94,24 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
-    /// The hook the guest's `in-progress` calls: a heartbeat right now.
+    /// The hook the guest's `in-progress` calls: a heartbeat right now, or at the next tick if
+    /// one went out in this tick (a guest calling it in a loop sends at most one a tick).
     pub fn in_progress(&self) -> InProgress {
         let shared = self.shared.clone();
         let key = self.key;
         Arc::new(move || {
-            if let Some(beat) = shared.lock().messages.get_mut(key) {
+            let mut beating = shared.lock();
+            let now = beating.now;
+            let Some(beat) = beating.messages.get_mut(key) else {
+                return;
+            };
+            if beat.last < now {
                 beat.due = 0;
+                drop(beating);
+                shared.nudge.notify_one();
+            } else {
+                beat.due = beat.due.min(now + 1);
             }
-            shared.nudge.notify_one();
         })
     }
 }
@@ -131,6 +146,7 @@ async fn tick(shared: Arc<Shared>, every: Duration) {
             for (_, beat) in beating.messages.iter_mut() {
                 if beat.due <= now {
                     beat.due = now + TICKS_PER_INTERVAL;
+                    beat.last = now;
                     due.push(beat.acker.clone());
                 }
             }

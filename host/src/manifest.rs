@@ -212,11 +212,12 @@ impl RetryPolicy {
 }
 
 /// Where the plugin may publish.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublishPolicy {
-    /// Subjects (NATS wildcards allowed) the plugin's outputs may go to. Replies to requests
-    /// are always allowed. Default: none.
+    /// Subjects (NATS wildcards allowed) the plugin's outputs may go to; a grant reaches
+    /// reserved space only if it names its prefix (`$KV.orders.>`). Replies go by
+    /// `reply_allow`. Default: none.
     #[serde(default, deserialize_with = "subjects")]
     pub allow: Vec<String>,
     /// Allowed subjects published as core NATS, without storage or publish ack (events nobody
@@ -233,11 +234,27 @@ pub struct PublishPolicy {
     /// Default: none.
     #[serde(default, deserialize_with = "header_names")]
     pub headers: Vec<String>,
-    /// Reply subjects (NATS wildcards allowed) the host never answers, besides the reserved
-    /// space it never answers anyway ($-subjects, `natsplug.control.`, the host's inboxes): a
-    /// reply to one is dropped and counted. Default: none.
-    #[serde(default, deserialize_with = "subjects")]
-    pub reply_deny: Vec<String>,
+    /// Reply subjects (NATS wildcards allowed) the host answers requests on; a reply anywhere
+    /// else is dropped and counted. Reserved space ($-subjects, `natsplug.control.`, the host's
+    /// inboxes) is never answered, listed or not. Default: `["_INBOX.>"]`.
+    #[serde(default = "default_reply_allow", deserialize_with = "subjects")]
+    pub reply_allow: Vec<String>,
+}
+
+impl Default for PublishPolicy {
+    fn default() -> Self {
+        Self {
+            allow: Vec::new(),
+            core: Vec::new(),
+            dead_letter: None,
+            headers: Vec::new(),
+            reply_allow: default_reply_allow(),
+        }
+    }
+}
+
+fn default_reply_allow() -> Vec<String> {
+    vec!["_INBOX.>".to_owned()]
 }
 
 impl PublishPolicy {
@@ -312,7 +329,37 @@ impl Manifest {
         let manifest: Self = toml::from_str(text)
             .map_err(|e| invalid(e.to_string().trim_end().replace('\n', " | ")))?;
         manifest.refuse_reserved().map_err(invalid)?;
+        manifest.refuse_out_of_range().map_err(invalid)?;
         Ok(manifest)
+    }
+
+    /// Bounds that keep the host's arithmetic and allocations sane whatever a manifest says
+    /// (`deadline = "500000000000y"` overflowed the deadline instant on every message).
+    fn refuse_out_of_range(&self) -> Result<(), String> {
+        let mut durations = vec![("limits.deadline", self.limits.deadline)];
+        durations.extend(self.retry.backoff.iter().map(|d| ("retry.backoff", *d)));
+        if let Some(s) = &self.subscribe {
+            durations.push(("subscribe.ack_wait", s.ack_wait));
+            durations.extend(s.heartbeat.map(|h| ("subscribe.heartbeat", h)));
+            if s.concurrency.get() > MAX_CONCURRENCY {
+                return Err(format!(
+                    "subscribe.concurrency = {} is more than {MAX_CONCURRENCY}",
+                    s.concurrency
+                ));
+            }
+        }
+        if let Some((field, value)) = durations.into_iter().find(|(_, d)| *d > MAX_DURATION) {
+            return Err(format!("{field} = {value:?} is longer than 1 day"));
+        }
+        for (field, bytes) in [
+            ("limits.output_bytes", self.limits.output_bytes),
+            ("limits.log_bytes", self.limits.log_bytes),
+        ] {
+            if bytes > MAX_BYTES {
+                return Err(format!("{field} = {bytes} is more than 1GiB"));
+            }
+        }
+        Ok(())
     }
 
     /// The checks that need more than one field: names that go into API subjects, core
@@ -370,6 +417,13 @@ impl Manifest {
         }
     }
 }
+
+/// The longest duration a manifest may set (deadline, ack_wait, heartbeat, backoff).
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+/// The most handlers one plugin may run at once on one host.
+const MAX_CONCURRENCY: usize = 65_536;
+/// The largest byte budget a manifest may set (output_bytes, log_bytes).
+const MAX_BYTES: u64 = 1 << 30;
 
 const fn default_ack_wait() -> Duration {
     Duration::from_secs(30)
@@ -595,9 +649,22 @@ mod tests {
                 "not a valid NATS subject",
             ),
             (
-                "[publish]\nreply_deny = [\"a..b\"]\n",
+                "[publish]\nreply_allow = [\"a..b\"]\n",
                 "not a valid NATS subject",
             ),
+            (
+                "[limits]\ndeadline = \"500000000000y\"\n",
+                "longer than 1 day",
+            ),
+            (
+                "[retry]\nbackoff = [\"1s\", \"2days\"]\n",
+                "longer than 1 day",
+            ),
+            (
+                "[subscribe]\nsubjects = [\"a\"]\nconcurrency = 9223372036854775807\n",
+                "more than 65536",
+            ),
+            ("[limits]\noutput_bytes = \"2GiB\"\n", "more than 1GiB"),
         ] {
             let err = Manifest::parse(text, Path::new("r.toml"))
                 .unwrap_err()
@@ -633,7 +700,7 @@ mod tests {
                 Just("[retry]".to_owned()),
                 Just("[sandbox]".to_owned()),
                 "(stream|durable|queue_group|dead_letter) = \"[a-z.*>$ ]{0,6}\"",
-                "(subjects|allow|core|reply_deny|headers|backoff) = \\[(\"[a-z.*>$:-]{0,6}\", ?){0,3}\\]",
+                "(subjects|allow|core|reply_allow|headers|backoff) = \\[(\"[a-z.*>$:-]{0,6}\", ?){0,3}\\]",
                 "(memory|output_bytes|log_bytes|fuel|max_deliver|concurrency) = (-?[0-9]{1,12}|\"[0-9]{0,4}[KMG]?i?B?\")",
                 "(ack_wait|deadline|heartbeat) = \"[0-9]{0,3}(ms|s|m|h|x)?\"",
                 "\\PC{0,20}",

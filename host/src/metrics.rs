@@ -321,16 +321,16 @@ impl PluginMetrics {
             .inc();
     }
 
-    /// Counts a policy refusal of this plugin; true when it should be logged too (the first
+    /// Counts `count` policy refusals of this plugin; true when it should be logged too (the first
     /// one of each [`DENIAL_LOG_INTERVAL`]), so a flood of refusals does not flood the log.
-    pub fn denied(&self, kind: &str) -> bool {
+    pub fn denied(&self, kind: &str, count: u64) -> bool {
         self.all
             .policy_denials
             .get_or_create(&KindLabels {
                 plugin: self.plugin.clone(),
                 kind: kind.to_owned(),
             })
-            .inc();
+            .inc_by(count);
         let now = since();
         let last = self.denial_logged.load(Ordering::Relaxed);
         let due = last == 0 || now.saturating_sub(last) >= DENIAL_LOG_INTERVAL.as_millis() as u64;

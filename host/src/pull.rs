@@ -29,6 +29,8 @@ pub const PULL_EXPIRES: Duration = Duration::from_secs(1);
 /// Silence, past a request's expiry, after which its messages are taken as lost (the connection
 /// dropped the request) and its slots are freed.
 const LOST_AFTER: Duration = Duration::from_secs(2);
+/// How often a forged delivery on the inbox is logged.
+const FORGED_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What the inbox brought.
 pub enum Pulled {
@@ -68,6 +70,11 @@ pub struct Puller {
     /// The consumer's own caps on a request.
     max_batch: usize,
     expires: Duration,
+    /// The consumer's stream and name: a delivery's ack subject must name both.
+    stream: String,
+    consumer: String,
+    /// When a forged delivery was last logged.
+    forged_logged: Option<Instant>,
 }
 
 impl Puller {
@@ -108,7 +115,35 @@ impl Puller {
             threshold: Self::threshold(concurrency),
             max_batch,
             expires,
+            stream: info.stream_name.clone(),
+            consumer: info.name.clone(),
+            forged_logged: None,
         })
+    }
+
+    /// Whether `message` is a delivery of this consumer: its reply is an ack subject naming
+    /// the consumer's stream and name. Anyone who may publish to the inbox could send one with
+    /// any reply; the host would run the handler on it and send its ack (or its `+TERM`) to
+    /// the forged reply, acking another consumer's message or writing to a KV key.
+    fn is_ours(&mut self, message: &jetstream::Message) -> bool {
+        let ours = message
+            .info()
+            .is_ok_and(|info| info.stream == self.stream && info.consumer == self.consumer);
+        if !ours
+            && self
+                .forged_logged
+                .is_none_or(|at| at.elapsed() > FORGED_LOG_INTERVAL)
+        {
+            self.forged_logged = Some(Instant::now());
+            tracing::warn!(
+                stream = %self.stream,
+                consumer = %self.consumer,
+                reply = ?message.reply,
+                "a message on the pull inbox that is not a delivery of this consumer: dropped, \
+                 not acked (logged once a minute)"
+            );
+        }
+        ours
     }
 
     /// The fewest free slots worth a request while others are outstanding: one for small
@@ -228,6 +263,13 @@ impl Puller {
             self.last_heard = Instant::now();
             match message.status.unwrap_or(StatusCode::OK) {
                 StatusCode::OK => {
+                    let message = jetstream::Message {
+                        message,
+                        context: self.context.clone(),
+                    };
+                    if !self.is_ours(&message) {
+                        continue;
+                    }
                     let slot = self.outstanding.as_mut().and_then(|held| {
                         if held.num_permits() == 1 {
                             None
@@ -238,10 +280,6 @@ impl Puller {
                     let slot = match slot {
                         Some(slot) => Some(slot),
                         None => self.outstanding.take(),
-                    };
-                    let message = jetstream::Message {
-                        message,
-                        context: self.context.clone(),
                     };
                     return match slot {
                         Some(slot) => Pulled::Message(message, slot),

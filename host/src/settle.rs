@@ -10,6 +10,9 @@ use crate::manifest::{LimitAction, Manifest};
 use crate::message::{Headers, Message, Output};
 use crate::runtime::{HandlerError, LimitKind, Outcome};
 
+/// The prefix of the host's own headers.
+const NATSPLUG_PREFIX: &str = "Natsplug-";
+
 /// Header names on dead-lettered messages.
 pub mod header {
     /// The plugin that gave up on the message.
@@ -173,7 +176,8 @@ pub fn header_value(text: &str) -> String {
 /// The headers of `input`'s dead letter: `keep` (its own headers, or none) plus the
 /// `Natsplug-*` headers saying why. The input's `Nats-*` headers are left out: the dead-letter
 /// stream would act on them (`Nats-Expected-Stream: IN` would make the store fail every time,
-/// `Nats-Rollup` would purge earlier dead letters).
+/// `Nats-Rollup` would purge earlier dead letters). So are its `Natsplug-*` headers, in any
+/// case: a sender must not forge why its message was dead-lettered.
 pub fn dead_letter_headers(
     plugin: &str,
     keep: &Headers,
@@ -182,8 +186,12 @@ pub fn dead_letter_headers(
     reason: &str,
 ) -> async_nats::HeaderMap {
     let mut kept = keep.clone();
-    kept.0
-        .retain(|(name, _)| !crate::policy::headers::steers_the_server(name));
+    kept.0.retain(|(name, _)| {
+        let ours = name
+            .get(..NATSPLUG_PREFIX.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(NATSPLUG_PREFIX));
+        !ours && !crate::policy::headers::steers_the_server(name)
+    });
     let mut headers = kept.to_nats();
     headers.insert(header::PLUGIN, plugin);
     headers.insert(header::KIND, kind);

@@ -160,9 +160,10 @@ impl MessageSpan {
     pub fn stamp(&self, input: &Message, outputs: &mut [Output]) {
         let (traceparent, replace) = match &self.span {
             Some((_, own)) => (own.as_str(), true),
+            // Only a well-formed one (55 bytes) is copied: an input's header is anyone's.
             None => match input.headers.get(TRACEPARENT) {
-                Some(input) => (input, false),
-                None => return,
+                Some(input) if parse_traceparent(input).is_some() => (input, false),
+                _ => return,
             },
         };
         for headers in outputs.iter_mut().map(|o| &mut o.headers) {

@@ -98,7 +98,7 @@ fn exported() -> BTreeSet<String> {
     let plugin = metrics.plugin("p");
     plugin.limit_hit("fuel");
     plugin.dead_letter("reject");
-    plugin.denied("reply-subject");
+    plugin.denied("reply-subject", 1);
     metrics
         .reloads
         .get_or_create(&ResultLabels {

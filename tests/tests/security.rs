@@ -92,6 +92,8 @@ async fn a_forged_reply_subject_cannot_make_the_host_act_on_reserved_space() {
         ),
         ("svc.poison", "_INBOX.natsplug.forged.1", "bad"),
         ("svc.probe", "$JS.API.STREAM.DELETE.VICTIM", "reply"),
+        // Outside reserved space but not an inbox: a stream captures it.
+        ("svc.probe", "victim.forged", "reply"),
     ];
     for (subject, reply, payload) in forged {
         client
@@ -101,10 +103,10 @@ async fn a_forged_reply_subject_cannot_make_the_host_act_on_reserved_space() {
     }
     client.flush().await.unwrap();
     // nats-server drops a client's message whose reply is a `$JS.ACK.` subject before any
-    // subscriber sees it, so the host refuses seven replies, not eight.
-    wait_until(Duration::from_secs(20), "seven replies refused", || async {
+    // subscriber sees it, so the host refuses eight replies, not nine.
+    wait_until(Duration::from_secs(20), "eight replies refused", || async {
         metric(admin, &denied("poison")).await == 6.0
-            && metric(admin, &denied("probe")).await == 1.0
+            && metric(admin, &denied("probe")).await == 2.0
     })
     .await;
 
@@ -396,4 +398,67 @@ async fn an_input_whose_header_the_client_cannot_parse_does_not_take_the_connect
             name != "Bad Name" && !name.contains('\u{e9}')
         }));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_delivery_on_the_pull_inbox_is_dropped_not_handled_or_acked() {
+    let (server, client, js) = jetstream_setup().await;
+    create_stream(&js, "VICTIM", &["victim.>"]).await;
+    // The attacker watches the pull requests to learn the host's inbox, and the subject it
+    // steers the host's answer to.
+    let mut requests = client
+        .subscribe("$JS.API.CONSUMER.MSG.NEXT.IN.uppercase")
+        .await
+        .unwrap();
+    let mut kv = client.subscribe("$KV.config.>").await.unwrap();
+    let plugins = PluginsDir::new();
+    plugins.add(
+        "uppercase",
+        "uppercase",
+        "[subscribe]\nstream = \"IN\"\nsubjects = [\"in.upper\"]\n[publish]\n\
+         allow = [\"out.upper\"]\n[config]\noutput = \"out.upper\"\n",
+    );
+    let host = TestHost::start(TestHost::config(&server.url(), plugins.path()));
+    let request = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures::StreamExt::next(&mut requests),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let inbox = request.reply.unwrap().to_string();
+    assert!(inbox.starts_with("_INBOX.natsplug."), "{inbox}");
+    // Replies that are no ack subject: the host terminated such a "delivery" by sending +TERM
+    // there, into a KV key or a stream. (A `$JS.ACK.` reply the server itself drops.)
+    for reply in ["$KV.config.admin", "victim.forged"] {
+        client
+            .publish_with_reply(inbox.clone(), reply.to_owned(), "forged".into())
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    publish_all(&js, "in.upper", &["real".into()]).await;
+    wait_until(Duration::from_secs(20), "the real output", || async {
+        stream_count(&js, "OUT").await >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    host.stop().await;
+    let outputs = stream_messages(&js, "OUT").await;
+    let got: Vec<&str> = outputs.iter().map(|m| m.payload.as_str()).collect();
+    assert_eq!(got, ["REAL"]);
+    assert_eq!(
+        stream_count(&js, "VICTIM").await,
+        0,
+        "no +TERM stored in a stream"
+    );
+    let steered = tokio::time::timeout(
+        Duration::from_millis(200),
+        futures::StreamExt::next(&mut kv),
+    )
+    .await;
+    assert!(
+        steered.is_err(),
+        "the host published to $KV.config.admin: {steered:?}"
+    );
 }

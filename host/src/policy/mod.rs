@@ -31,8 +31,9 @@ use crate::message::Output;
 /// The inbox prefix of every connection the host opens: its inboxes are reserved space, so a
 /// requester cannot steer a reply into the host's own pull requests or API calls.
 pub const HOST_INBOX_PREFIX: &str = "_INBOX.natsplug";
-/// The host's own subjects, besides the server's `$` space.
-const HOST_PREFIXES: &[&str] = &["natsplug.control.", "_INBOX.natsplug."];
+/// The host's own subjects and the server's routing prefixes (`_GR_.` and `_R_.` carry
+/// replies across gateways, where the prefix is stripped), besides the server's `$` space.
+const HOST_PREFIXES: &[&str] = &["natsplug.control.", "_INBOX.natsplug.", "_GR_.", "_R_."];
 /// The longest subject the host publishes to. The server's control line (`HPUB subject reply
 /// sizes`) is 4 KiB by default and a longer one closes the connection, failing every publish on
 /// it.
@@ -76,7 +77,7 @@ pub enum Denied {
         /// The subject (cut).
         subject: String,
     },
-    /// A reply subject in reserved space or in `publish.reply_deny`.
+    /// A reply subject in reserved space or outside `publish.reply_allow`.
     #[error("reply subject {subject:?} is refused: {why}")]
     Reply {
         /// The reply subject (cut).
@@ -188,8 +189,10 @@ pub fn refuse_wildcard(subject: &str) -> Result<(), Denied> {
 }
 
 /// Refuses a requester's reply subject that the host must not publish to: an invalid one, one
-/// with a wildcard, one in reserved space, or one the manifest's `publish.reply_deny` matches.
-pub fn refuse_reply(reply: &str, deny: &[Pattern]) -> Result<(), Denied> {
+/// with a wildcard, one in reserved space, or one that the manifest's `publish.reply_allow`
+/// (default `_INBOX.>`, where clients receive their replies) does not match: a requester
+/// must not make the host store what it likes on `orders.new` with the host's credentials.
+pub fn refuse_reply(reply: &str, allow: &[Pattern]) -> Result<(), Denied> {
     let refused = |why: String| Denied::Reply {
         subject: shown(reply),
         why,
@@ -199,8 +202,8 @@ pub fn refuse_reply(reply: &str, deny: &[Pattern]) -> Result<(), Denied> {
     if let Some(prefix) = reserved_prefix(reply) {
         return Err(refused(format!("{prefix} is reserved space")));
     }
-    if let Some(pattern) = deny.iter().find(|p| p.matches(reply)) {
-        return Err(refused(format!("publish.reply_deny has {pattern}")));
+    if !allow.iter().any(|p| p.matches(reply)) {
+        return Err(refused("not in publish.reply_allow".to_owned()));
     }
     Ok(())
 }
@@ -259,8 +262,8 @@ pub struct Grants {
     pub allow: Vec<Pattern>,
     /// `publish.core`: allowed subjects published without storage.
     pub core: Vec<Pattern>,
-    /// `publish.reply_deny`.
-    pub reply_deny: Vec<Pattern>,
+    /// `publish.reply_allow`.
+    pub reply_allow: Vec<Pattern>,
     /// `publish.headers`: server headers the guest may set.
     pub headers: Vec<String>,
 }
@@ -272,7 +275,7 @@ impl Grants {
         Self {
             allow: compile(&publish.allow),
             core: compile(&publish.core),
-            reply_deny: compile(&publish.reply_deny),
+            reply_allow: compile(&publish.reply_allow),
             headers: publish.headers.clone(),
         }
     }
@@ -372,6 +375,8 @@ mod tests {
             ("$JS", "$JS."),
             ("natsplug.control.h1.reload", "natsplug.control."),
             ("_INBOX.natsplug.abc.1", "_INBOX.natsplug."),
+            ("_GR_.c1.s1.$JS.API.STREAM.DELETE.IN", "_GR_."),
+            ("_R_.abc.x", "_R_."),
         ] {
             assert_eq!(
                 reserved_prefix(subject).as_deref(),
@@ -441,8 +446,13 @@ mod tests {
 
     #[test]
     fn reply_subjects_outside_reserved_space_only() {
-        let deny = [Pattern::parse("internal.>")];
-        assert_eq!(refuse_reply("_INBOX.abc.1", &deny), Ok(()));
+        let allow = [Pattern::parse("_INBOX.>"), Pattern::parse("replies.*")];
+        assert_eq!(refuse_reply("_INBOX.abc.1", &allow), Ok(()));
+        assert_eq!(refuse_reply("replies.r1", &allow), Ok(()));
+        // Even an allow-list that covers everything never reaches reserved space.
+        let all = [Pattern::parse(">")];
+        assert_eq!(refuse_reply("orders.new", &all), Ok(()));
+        assert!(refuse_reply("$JS.API.STREAM.DELETE.IN", &all).is_err());
         for bad in [
             "$JS.API.STREAM.DELETE.IN",
             "$JS.API.STREAM.PURGE.IN",
@@ -451,13 +461,14 @@ mod tests {
             "$SYS.REQ.ACCOUNT.PING.CONNZ",
             "natsplug.control.h.reload",
             "_INBOX.natsplug.pull.1",
-            "internal.x",
+            "orders.new",
+            "replies.r1.x",
             "a.*",
             "a b",
             "",
         ] {
             assert_eq!(
-                refuse_reply(bad, &deny).unwrap_err().kind(),
+                refuse_reply(bad, &allow).unwrap_err().kind(),
                 "reply-subject",
                 "{bad:?}"
             );
@@ -559,7 +570,7 @@ mod tests {
 
         #[test]
         fn a_reply_that_passes_is_outside_reserved_space(reply in subject()) {
-            if refuse_reply(&reply, &[]).is_ok() {
+            if refuse_reply(&reply, &[Pattern::parse(">")]).is_ok() {
                 prop_assert!(reserved_prefix(&reply).is_none());
                 prop_assert!(refuse_invalid_subject(&reply).is_ok());
             }

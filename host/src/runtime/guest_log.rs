@@ -19,6 +19,8 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
 /// The longest line logged; the rest of a longer one is cut and its length noted.
 pub const MAX_LINE: usize = 4 * 1024;
+/// What a log line costs against the budget besides its bytes (its event, its fields).
+const LINE_COST: u64 = 64;
 /// The most one write of the guest's may carry.
 const WRITE_CHUNK: usize = 64 * 1024;
 /// How much of stderr's end is kept for error messages.
@@ -43,9 +45,10 @@ impl LogBudget {
         }
     }
 
-    /// Whether a (cut) line may be logged; once the budget is spent it is counted instead.
+    /// Whether a (cut) line may be logged; once the budget is spent it is counted instead. A
+    /// line costs its bytes and [`LINE_COST`], so empty lines are not free.
     pub(crate) fn admit(&self, line: &str) -> bool {
-        let cost = line.len() as u64;
+        let cost = line.len() as u64 + LINE_COST;
         let used = self
             .used
             .fetch_add(cost, Ordering::Relaxed)

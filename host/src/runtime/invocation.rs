@@ -22,7 +22,7 @@ use super::{HandlerError, PluginInner, wit_output};
 use crate::message::Output;
 use crate::policy::{self, Denied};
 
-/// Most outputs one call may add through `publish`.
+/// Most `publish` calls in one handler call.
 const MAX_EXTRA_OUTPUTS: usize = 10_000;
 
 /// Output bytes held for one message against the host-wide pool
@@ -110,8 +110,10 @@ pub(crate) struct Invocation {
     pub(crate) held: OutputHold,
     /// The refusal a host call trapped with, so the call ends with it and not with the trap.
     pub(crate) refused: Option<HandlerError>,
-    /// The kind of every refusal in this call, for `natsplug_policy_denials_total`.
-    pub(crate) denials: Vec<&'static str>,
+    /// Refusals in this call by kind, for `natsplug_policy_denials_total`.
+    pub(crate) denials: Vec<(&'static str, u64)>,
+    /// `publish` calls in this call, refused ones included.
+    publish_calls: usize,
 }
 
 impl Invocation {
@@ -161,6 +163,7 @@ impl Invocation {
             held: OutputHold::default(),
             refused: None,
             denials: Vec::new(),
+            publish_calls: 0,
         })
     }
 
@@ -175,6 +178,7 @@ impl Invocation {
         self.held = OutputHold::default();
         self.refused = None;
         self.denials.clear();
+        self.publish_calls = 0;
         self.log.reset();
     }
 
@@ -232,7 +236,11 @@ impl Invocation {
 
     /// The error of a refusal, counted.
     fn refuse(&mut self, denied: Denied) -> HandlerError {
-        self.denials.push(denied.kind());
+        let kind = denied.kind();
+        match self.denials.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, count)) => *count += 1,
+            None => self.denials.push((kind, 1)),
+        }
         HandlerError::Refused {
             plugin: self.plugin.name.to_string(),
             denied,
@@ -295,9 +303,11 @@ impl host::Host for Invocation {
     /// A refused subject is the guest's to handle (the output is not kept); a refused header
     /// or a budget crossed traps, so the call ends with that failure whatever the guest does.
     fn publish(&mut self, output: types::Output) -> wasmtime::Result<Result<(), String>> {
-        if self.extra.len() >= MAX_EXTRA_OUTPUTS {
+        // Refused calls count too: a guest looping on a refused subject stops here.
+        self.publish_calls += 1;
+        if self.publish_calls > MAX_EXTRA_OUTPUTS {
             return Ok(Err(format!(
-                "more than {MAX_EXTRA_OUTPUTS} outputs in one call"
+                "more than {MAX_EXTRA_OUTPUTS} publish calls in one call"
             )));
         }
         match self.admit(wit_output(output)) {

@@ -26,6 +26,7 @@ use wasmtime::{
 };
 
 pub use self::error::{HandlerError, LimitKind, LoadError};
+use self::guest_log::cut;
 pub use self::invocation::{Hooks, InProgress, OutputHold};
 use self::invocation::{Invocation, OutputPool};
 use crate::manifest::Manifest;
@@ -43,6 +44,9 @@ mod bindings {
         exports: { default: async },
     });
 }
+
+/// The longest redelivery delay a guest's `retry` may ask for.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// How often the epoch advances: the granularity of deadlines and of guest yields.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -289,9 +293,9 @@ pub struct Handled {
     pub result: Result<Outcome, HandlerError>,
     /// Fuel consumed.
     pub fuel: u64,
-    /// The kind of every policy refusal in the call (a refused `publish` the guest went on
-    /// from included), for `natsplug_policy_denials_total`.
-    pub denials: Vec<&'static str>,
+    /// Policy refusals in the call by kind, with their count (a refused `publish` the guest
+    /// went on from included), for `natsplug_policy_denials_total`.
+    pub denials: Vec<(&'static str, u64)>,
     /// The outputs' bytes in the host-wide pool: hold it until they are published.
     pub held: OutputHold,
 }
@@ -493,13 +497,16 @@ impl Plugin {
         handled.held = std::mem::take(&mut state.held);
         let outcome = match admitted? {
             Ok(all) => Outcome::Success(all),
+            // A reason goes into logs and headers: cut like a log line. A delay is capped.
             Err(bindings::natsplug::plugin::types::Failure::Retry(retry)) => Outcome::Retry {
-                reason: retry.reason,
-                delay: retry.delay_ms.map(Duration::from_millis),
+                reason: cut(&retry.reason, 0).into_owned(),
+                delay: retry
+                    .delay_ms
+                    .map(|ms| Duration::from_millis(ms).min(MAX_RETRY_DELAY)),
             },
-            Err(bindings::natsplug::plugin::types::Failure::Reject(reason)) => {
-                Outcome::Reject { reason }
-            }
+            Err(bindings::natsplug::plugin::types::Failure::Reject(reason)) => Outcome::Reject {
+                reason: cut(&reason, 0).into_owned(),
+            },
         };
         if uses + 1 < reuse {
             plugin.put_warm(Warm {
@@ -543,7 +550,7 @@ impl Plugin {
                     plugin,
                     message: match error.downcast_ref::<Trap>() {
                         Some(trap) => trap.to_string(),
-                        None => format!("{error:#}"),
+                        None => cut(&format!("{error:#}"), 0).into_owned(),
                     },
                 },
             },
