@@ -670,6 +670,13 @@ async fn output_bytes_are_bounded_per_message_and_for_the_host() {
         }
     );
 
+    // One output far past the budget is refused while wasmtime copies it out of the guest
+    // (its hostcall fuel is tied to the budget), before the host holds it.
+    let err = handle(&plugin, &Message::new("p", "publish:1:4000000"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "output-limit", "{err}");
+
     // The host's pool, shared by every message in flight: held until the caller lets go.
     let small = Runtime::new(RuntimeConfig {
         max_output_bytes: 1_000_000,

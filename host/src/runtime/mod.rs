@@ -45,6 +45,10 @@ mod bindings {
     });
 }
 
+/// How wasmtime's error begins when a lift passes the store's hostcall fuel.
+const HOSTCALL_FUEL_EXHAUSTED: &str =
+    "too much data is being copied between the host and the guest";
+
 /// The longest redelivery delay a guest's `retry` may ask for.
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -437,6 +441,14 @@ impl Plugin {
         };
         // Fuel is enabled on the engine, so setting it cannot fail.
         store.set_fuel(fuel).expect("fuel is enabled on the engine");
+        // What wasmtime copies out of the guest in one host call or one result (lists and
+        // strings, each one separately even when a guest points many at one buffer) is capped
+        // by "hostcall fuel", 128 MiB by default: tie it to the plugin's output budget.
+        let lift = limits
+            .output_bytes
+            .saturating_mul(2)
+            .saturating_add(1 << 20);
+        store.set_hostcall_fuel(usize::try_from(lift).unwrap_or(usize::MAX));
         store.set_epoch_deadline(1);
 
         let input = wit_message(message);
@@ -531,6 +543,16 @@ impl Plugin {
             Failed::Instantiate(e) => (e, true),
             Failed::Call(e) => (e, false),
         };
+        // wasmtime refused to copy more out of the guest than the hostcall fuel set from
+        // `limits.output_bytes` (its error type is private: its message is what there is).
+        if format!("{error:#}").contains(HOSTCALL_FUEL_EXHAUSTED) {
+            return HandlerError::Refused {
+                plugin,
+                denied: crate::policy::Denied::OutputLimit {
+                    limit: limits.output_bytes,
+                },
+            };
+        }
         match error.downcast_ref::<Trap>() {
             Some(Trap::OutOfFuel) => HandlerError::OutOfFuel {
                 plugin,
