@@ -238,6 +238,16 @@ pub struct Stored {
     pub stored_at: time::OffsetDateTime,
 }
 
+impl Stored {
+    /// The first value of header `name`, or `<missing>`.
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.as_str())
+            .unwrap_or("<missing>")
+    }
+}
+
 /// Every message of a stream (empty if the stream does not exist).
 pub async fn stream_messages(js: &async_nats::jetstream::Context, stream: &str) -> Vec<Stored> {
     use futures::StreamExt as _;

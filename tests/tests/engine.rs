@@ -13,13 +13,6 @@ use natsplug_tests::{
     stream_messages, wait_until,
 };
 
-fn header<'a>(m: &'a natsplug_tests::Stored, name: &str) -> &'a str {
-    m.headers
-        .get(name)
-        .map(|v| v.as_str())
-        .unwrap_or("<missing>")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uppercase_ten_thousand_messages_exactly_once() {
     let (server, _client, js) = jetstream_setup().await;
@@ -486,13 +479,13 @@ async fn a_message_pulled_while_the_host_stops_on_its_last_delivery_is_dead_lett
         (dead[0].subject.as_str(), dead[0].payload.as_str()),
         ("dead.last", "one chance")
     );
-    assert_eq!(header(&dead[0], "Natsplug-Error-Kind"), "given-back");
+    assert_eq!(dead[0].header("Natsplug-Error-Kind"), "given-back");
     assert_eq!(
-        header(&dead[0], "Natsplug-Reason"),
+        dead[0].header("Natsplug-Reason"),
         "pulled while this host stopped, on its last allowed delivery"
     );
-    assert_eq!(header(&dead[0], "Natsplug-Delivered"), "1");
-    assert_eq!(header(&dead[0], "Natsplug-Sequence"), "1");
+    assert_eq!(dead[0].header("Natsplug-Delivered"), "1");
+    assert_eq!(dead[0].header("Natsplug-Sequence"), "1");
     assert_eq!(stream_count(&js, "OUT").await, 0);
     let info = consumer_info(&js, "IN", "last").await;
     assert_eq!(info.delivered.consumer_sequence, 1);
@@ -566,7 +559,7 @@ async fn poison_and_every_limit_hit_go_to_dead_letter_while_others_keep_working(
     let dead = stream_messages(&js, "DEAD").await;
     let by_plugin = |p: &str| {
         dead.iter()
-            .find(|m| header(m, "Natsplug-Plugin") == p)
+            .find(|m| m.header("Natsplug-Plugin") == p)
             .unwrap()
     };
     for (plugin, kind, reason) in [
@@ -594,12 +587,12 @@ async fn poison_and_every_limit_hit_go_to_dead_letter_while_others_keep_working(
         let m = by_plugin(plugin);
         assert_eq!(m.subject, format!("dead.{plugin}"));
         assert_eq!(m.payload, format!("payload for {plugin}"));
-        assert_eq!(header(m, "Natsplug-Error-Kind"), kind);
-        assert_eq!(header(m, "Natsplug-Reason"), reason);
-        assert_eq!(header(m, "Natsplug-Delivered"), "1");
-        assert_eq!(header(m, "Natsplug-Stream"), "IN");
-        assert_eq!(header(m, "Natsplug-Subject"), format!("in.{plugin}"));
-        let sequence: u64 = header(m, "Natsplug-Sequence").parse().unwrap();
+        assert_eq!(m.header("Natsplug-Error-Kind"), kind);
+        assert_eq!(m.header("Natsplug-Reason"), reason);
+        assert_eq!(m.header("Natsplug-Delivered"), "1");
+        assert_eq!(m.header("Natsplug-Stream"), "IN");
+        assert_eq!(m.header("Natsplug-Subject"), format!("in.{plugin}"));
+        let sequence: u64 = m.header("Natsplug-Sequence").parse().unwrap();
         assert!((1..=4).contains(&sequence));
         let info = consumer_info(&js, "IN", plugin).await;
         assert_eq!(
@@ -711,9 +704,9 @@ async fn an_oversize_output_is_dead_lettered_not_retried_forever() {
     .await;
     host.stop().await;
     let dead = stream_messages(&js, "DEAD").await;
-    assert_eq!(header(&dead[0], "Natsplug-Error-Kind"), "publish");
+    assert_eq!(dead[0].header("Natsplug-Error-Kind"), "publish");
     assert!(
-        header(&dead[0], "Natsplug-Reason").contains("max_payload"),
+        dead[0].header("Natsplug-Reason").contains("max_payload"),
         "{:?}",
         dead[0].headers
     );
@@ -721,7 +714,7 @@ async fn an_oversize_output_is_dead_lettered_not_retried_forever() {
     assert_eq!(out[0].payload, "small");
     // The trace context went on to the output.
     assert_eq!(
-        header(&out[0], "traceparent"),
+        out[0].header("traceparent"),
         "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     );
     let info = consumer_info(&js, "IN", "fanout").await;

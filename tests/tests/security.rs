@@ -11,13 +11,6 @@ use natsplug_tests::{
     jetstream_setup, publish_all, sample, stream_count, stream_messages, wait_until,
 };
 
-fn header<'a>(m: &'a natsplug_tests::Stored, name: &str) -> &'a str {
-    m.headers
-        .get(name)
-        .map(|v| v.as_str())
-        .unwrap_or("<missing>")
-}
-
 /// The number a host's `/metrics` shows for `series`, 0 when it has none.
 async fn metric(admin: std::net::SocketAddr, series: &str) -> f64 {
     match admin_get(admin, "/metrics").await {
@@ -211,10 +204,10 @@ async fn headers_that_steer_the_server_or_break_the_protocol_are_refused_typed()
             .iter()
             .find(|m| m.payload == input)
             .unwrap_or_else(|| panic!("no dead letter for {input:?}"));
-        assert_eq!(header(m, "Natsplug-Error-Kind"), kind, "{input:?}");
-        let reason = header(m, "Natsplug-Reason");
+        assert_eq!(m.header("Natsplug-Error-Kind"), kind, "{input:?}");
+        let reason = m.header("Natsplug-Reason");
         assert!(reason.contains(&format!("{name:?}")), "{input:?}: {reason}");
-        assert_eq!(header(m, "Natsplug-Delivered"), "1");
+        assert_eq!(m.header("Natsplug-Delivered"), "1");
     }
     let kept = stream_messages(&js, "PROBE").await;
     assert_eq!(
@@ -222,7 +215,7 @@ async fn headers_that_steer_the_server_or_break_the_protocol_are_refused_typed()
         ["earlier 0", "earlier 1", "earlier 2", "header", "header"],
         "no rollup purged the earlier messages"
     );
-    let ids: Vec<&str> = kept[3..].iter().map(|m| header(m, "Nats-Msg-Id")).collect();
+    let ids: Vec<&str> = kept[3..].iter().map(|m| m.header("Nats-Msg-Id")).collect();
     assert!(
         ids.iter().all(|id| id.starts_with("probe:IN:")) && ids[0] != ids[1],
         "the host's own dedup ids: {ids:?}"
@@ -270,9 +263,9 @@ async fn a_publish_flood_and_a_log_flood_stay_within_the_hosts_bounds() {
     host.wait(Duration::from_secs(20)).await;
 
     let dead = stream_messages(&js, "DEAD").await;
-    assert_eq!(header(&dead[0], "Natsplug-Error-Kind"), "output-limit");
+    assert_eq!(dead[0].header("Natsplug-Error-Kind"), "output-limit");
     assert_eq!(
-        header(&dead[0], "Natsplug-Reason"),
+        dead[0].header("Natsplug-Reason"),
         "plugin \"probe\": the outputs of one message passed its limits.output_bytes of \
          16777216 bytes"
     );

@@ -7,14 +7,12 @@
 //! and `Nats-Schedule*` change when it goes, `Nats-Batch-*` and `Nats-Incr` change what it is.
 //! A guest may set one only when its manifest grants it by name (`publish.headers`).
 
-use super::Denied;
+use super::{Denied, shown};
 
 /// The prefix of every header the server interprets.
 const SERVER_PREFIX: &str = "Nats-";
 /// The dedup id the host sets on every stored output itself.
 pub const MSG_ID: &str = "Nats-Msg-Id";
-/// The longest header name a denial repeats (a reason must stay a header value itself).
-const MAX_SHOWN: usize = 64;
 
 /// What to do with a header a guest wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,19 +79,6 @@ pub fn admit(name: &str, value: &str, granted: &[String]) -> Result<Admit, Denie
     }
 }
 
-/// `name` cut to what a denial repeats, on a character boundary.
-fn shown(name: &str) -> String {
-    let mut end = name.len().min(MAX_SHOWN);
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    if end < name.len() {
-        format!("{}...", &name[..end])
-    } else {
-        name.to_owned()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -150,7 +135,7 @@ mod tests {
         let Err(Denied::InvalidHeader { name: shown, .. }) = admit(&name, "v", &[]) else {
             panic!("refused");
         };
-        assert!(shown.len() < 80, "{shown}");
+        assert!(shown.len() <= 131, "{shown}");
     }
 
     proptest! {

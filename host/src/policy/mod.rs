@@ -335,8 +335,8 @@ pub fn output_size(output: &Output) -> u64 {
     (subject + headers + output.payload.len()) as u64 + OUTPUT_OVERHEAD
 }
 
-/// `subject` cut to what a denial repeats, on a character boundary (the denial's message
-/// quotes and escapes it).
+/// A subject or header name cut to what a denial repeats (a reason must stay a header value
+/// itself), on a character boundary; the denial's message quotes and escapes it.
 fn shown(subject: &str) -> String {
     let mut end = subject.len().min(MAX_SHOWN);
     while !subject.is_char_boundary(end) {
