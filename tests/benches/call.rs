@@ -11,6 +11,7 @@ use std::path::Path;
 use criterion::{Criterion, criterion_group, criterion_main};
 use natsplug::manifest::Manifest;
 use natsplug::message::{Headers, Message, Output};
+use natsplug::policy;
 use natsplug::runtime::{Hooks, Outcome, Plugin, Runtime, RuntimeConfig};
 use natsplug_tests::plugin_path;
 
@@ -58,6 +59,23 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("uppercase");
     group.bench_function("native", |b| {
         b.iter(|| black_box(native_uppercase(black_box(&msg))))
+    });
+    // What the host's policy adds to each output (subject, headers, size), against the calls
+    // below.
+    let grants = load(&runtime, "uppercase", 1).grants().clone();
+    let Outcome::Success(outputs) = native_uppercase(&msg) else {
+        unreachable!("native_uppercase succeeds")
+    };
+    group.bench_function("policy checks of one output", |b| {
+        b.iter(|| {
+            let output = black_box(&outputs[0]);
+            let subject = output.subject.as_deref().unwrap_or_default();
+            black_box(grants.refuse_subject(subject)).unwrap();
+            for (name, value) in &output.headers.0 {
+                black_box(policy::headers::admit(name, value, &grants.headers)).unwrap();
+            }
+            black_box(policy::output_size(output))
+        })
     });
     for (language, name) in [
         ("rust", "uppercase"),

@@ -35,7 +35,7 @@ pub fn steers_the_server(name: &str) -> bool {
 pub fn refuse_unsendable_name(name: &str) -> Result<(), Denied> {
     let why = if name.is_empty() {
         Some("an empty name")
-    } else if name.chars().any(|c| !c.is_ascii_graphic()) {
+    } else if name.bytes().any(|b| !b.is_ascii_graphic()) {
         Some("a name with a space, a control or a non-ASCII character")
     } else if name.contains(':') {
         Some("a name with ':'")
@@ -53,7 +53,7 @@ pub fn refuse_unsendable_name(name: &str) -> Result<(), Denied> {
 
 /// Refuses a header value the protocol cannot carry: one with CR or LF.
 pub fn refuse_unsendable_value(name: &str, value: &str) -> Result<(), Denied> {
-    if value.contains(['\r', '\n']) {
+    if value.bytes().any(|b| b == b'\r' || b == b'\n') {
         return Err(Denied::InvalidHeader {
             name: shown(name),
             why: "a value with CR or LF".into(),

@@ -165,12 +165,17 @@ pub fn refuse_invalid_subject(subject: &str) -> Result<(), Denied> {
         "empty"
     } else if subject.len() > MAX_SUBJECT {
         "longer than 1024 bytes"
-    } else if subject.split('.').any(str::is_empty) {
-        "an empty token"
-    } else if !subject.split('.').all(pattern::is_token) {
-        "whitespace or a control character"
     } else {
-        return Ok(());
+        // One pass over the tokens: this runs for every output.
+        let bad = subject.split('.').find_map(|token| match token {
+            "" => Some("an empty token"),
+            token if !pattern::is_token(token) => Some("whitespace or a control character"),
+            _ => None,
+        });
+        match bad {
+            Some(why) => why,
+            None => return Ok(()),
+        }
     };
     Err(Denied::InvalidSubject {
         subject: shown(subject),

@@ -158,7 +158,11 @@ impl std::fmt::Display for Pattern {
 /// Whether `token` can stand in a subject: no whitespace and no control characters (the
 /// protocol separates fields with spaces and lines with CR LF).
 pub(crate) fn is_token(token: &str) -> bool {
-    !token.is_empty() && !token.chars().any(|c| c.is_whitespace() || c.is_control())
+    if token.is_ascii() {
+        // The common case, a byte at a time: space and below, and DEL.
+        return !token.is_empty() && token.bytes().all(|b| b > b' ' && b != 0x7f);
+    }
+    !token.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 #[cfg(test)]
