@@ -438,9 +438,9 @@ impl Worker {
     }
 
     /// The reply subject of `input` if the host may answer there. A refused one (reserved
-    /// space, outside `publish.reply_allow`, not a subject) is counted, logged at most once per plugin per
-    /// interval, and the answer dropped: a requester must not make the host publish with its
-    /// own credentials where the requester chose.
+    /// space, outside `publish.reply_allow`, not a subject) is counted, logged at most once per
+    /// plugin per interval, and the answer dropped: a requester must not make the host publish
+    /// with its own credentials where the requester chose.
     fn reply_to<'a>(&self, plugin: &Plugin, input: &'a Message) -> Option<&'a str> {
         let reply = input.reply.as_deref()?;
         match policy::refuse_reply(reply, &plugin.grants().reply_allow) {

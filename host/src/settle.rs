@@ -10,9 +10,6 @@ use crate::manifest::{LimitAction, Manifest};
 use crate::message::{Headers, Message, Output};
 use crate::runtime::{HandlerError, LimitKind, Outcome};
 
-/// The prefix of the host's own headers.
-const NATSPLUG_PREFIX: &str = "Natsplug-";
-
 /// Header names on dead-lettered messages.
 pub mod header {
     /// The plugin that gave up on the message.
@@ -185,14 +182,12 @@ pub fn dead_letter_headers(
     kind: &str,
     reason: &str,
 ) -> async_nats::HeaderMap {
-    let mut kept = keep.clone();
-    kept.0.retain(|(name, _)| {
-        let ours = name
-            .get(..NATSPLUG_PREFIX.len())
-            .is_some_and(|head| head.eq_ignore_ascii_case(NATSPLUG_PREFIX));
-        !ours && !crate::policy::headers::steers_the_server(name)
-    });
-    let mut headers = kept.to_nats();
+    use crate::policy::headers::{is_the_hosts, steers_the_server};
+    let kept = keep
+        .0
+        .iter()
+        .filter(|(name, _)| !is_the_hosts(name) && !steers_the_server(name));
+    let mut headers = Headers(kept.cloned().collect()).to_nats();
     headers.insert(header::PLUGIN, plugin);
     headers.insert(header::KIND, kind);
     headers.insert(header::REASON, header_value(reason).as_str());
@@ -282,6 +277,35 @@ mod tests {
             decide(panic, 1, &m),
             nak(1.0, "plugin \"p\" panicked: boom")
         );
+    }
+
+    #[test]
+    fn a_dead_letter_keeps_none_of_the_inputs_server_or_host_headers() {
+        let mut input = Message::new("in.x", "p");
+        for (name, value) in [
+            ("keep", "yes"),
+            ("Nats-Expected-Stream", "OTHER"),
+            ("nats-rollup", "all"),
+            ("natsplug-reason", "forged"),
+            ("Natsplug-Payload-Omitted", "0"),
+        ] {
+            input.headers.append(name, value);
+        }
+        let headers = dead_letter_headers("p", &input.headers, &input, "reject", "real");
+        let mut names: Vec<String> = headers.iter().map(|(n, _)| n.to_string()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "Natsplug-Delivered",
+                "Natsplug-Error-Kind",
+                "Natsplug-Plugin",
+                "Natsplug-Reason",
+                "Natsplug-Subject",
+                "keep"
+            ]
+        );
+        assert_eq!(headers.get(header::REASON).unwrap().as_str(), "real");
     }
 
     #[test]

@@ -11,6 +11,8 @@ use super::{Denied, shown};
 
 /// The prefix of every header the server interprets.
 const SERVER_PREFIX: &str = "Nats-";
+/// The prefix of the host's own headers.
+const HOST_PREFIX: &str = "Natsplug-";
 /// The dedup id the host sets on every stored output itself.
 pub const MSG_ID: &str = "Nats-Msg-Id";
 
@@ -26,8 +28,18 @@ pub enum Admit {
 
 /// Whether `name` is a header the server acts on (`Nats-*`, any case).
 pub fn steers_the_server(name: &str) -> bool {
-    name.get(..SERVER_PREFIX.len())
-        .is_some_and(|head| head.eq_ignore_ascii_case(SERVER_PREFIX))
+    starts_with_ignore_case(name, SERVER_PREFIX)
+}
+
+/// Whether `name` is one of the host's own headers (`Natsplug-*`, any case), which only the
+/// host may write on a dead letter or an error answer.
+pub fn is_the_hosts(name: &str) -> bool {
+    starts_with_ignore_case(name, HOST_PREFIX)
+}
+
+fn starts_with_ignore_case(name: &str, prefix: &str) -> bool {
+    name.get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
 }
 
 /// Refuses a header name the protocol cannot carry: empty, non-ASCII, a control character, a

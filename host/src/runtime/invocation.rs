@@ -104,9 +104,8 @@ pub(crate) struct Invocation {
     hooks: Hooks,
     /// Outputs added through `publish`, in order.
     pub(crate) extra: Vec<Output>,
-    /// Output bytes admitted in this call, against `limits.output_bytes`.
-    output_bytes: u64,
-    /// Those bytes, held in the host-wide pool.
+    /// The bytes of the outputs admitted in this call, held in the host-wide pool; they count
+    /// against `limits.output_bytes` too.
     pub(crate) held: OutputHold,
     /// The refusal a host call trapped with, so the call ends with it and not with the trap.
     pub(crate) refused: Option<HandlerError>,
@@ -159,7 +158,6 @@ impl Invocation {
             has_reply: false,
             hooks: Hooks::default(),
             extra: Vec::new(),
-            output_bytes: 0,
             held: OutputHold::default(),
             refused: None,
             denials: Vec::new(),
@@ -174,7 +172,6 @@ impl Invocation {
         self.hooks = hooks;
         self.deadline = deadline;
         self.extra.clear();
-        self.output_bytes = 0;
         self.held = OutputHold::default();
         self.refused = None;
         self.denials.clear();
@@ -214,8 +211,7 @@ impl Invocation {
     /// Counts `bytes` against the message's budget, then takes them from the host-wide pool.
     fn charge(&mut self, bytes: u64) -> Result<(), HandlerError> {
         let limit = self.plugin.manifest.limits.output_bytes;
-        self.output_bytes = self.output_bytes.saturating_add(bytes);
-        if self.output_bytes > limit {
+        if (self.held.bytes() as u64).saturating_add(bytes) > limit {
             return Err(self.refuse(Denied::OutputLimit { limit }));
         }
         let pool = &self.plugin.output_pool;
