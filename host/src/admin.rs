@@ -24,7 +24,7 @@ pub struct Admin {
     /// The consumer connection, once created.
     pub client: OnceLock<async_nats::Client>,
     /// The core threads' connections, once connected.
-    pub cores: OnceLock<Arc<crate::cores::Cores>>,
+    pub cores: OnceLock<Arc<crate::delivery::cores::Cores>>,
     /// The plugins, once created.
     pub registry: OnceLock<Arc<Registry>>,
     /// Set once the first sync of the plugins folder is done.

@@ -228,7 +228,7 @@ pub async fn run(
             }
             Some(m) = dead.next() => {
                 seen_dead += 1;
-                let reason = m.headers.as_ref().and_then(|h| h.get(crate::settle::header::REASON)).map(|v| v.to_string()).unwrap_or_default();
+                let reason = m.headers.as_ref().and_then(|h| h.get(crate::delivery::settle::header::REASON)).map(|v| v.to_string()).unwrap_or_default();
                 println!("  dead {:<22} {:?} ({reason})", m.subject.as_str(), String::from_utf8_lossy(&m.payload));
             }
             _ = &mut sleep_until => break,

@@ -12,10 +12,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin};
 use crate::config::HostConfig;
-use crate::cores::Cores;
+use crate::delivery::cores::Cores;
 use crate::metrics::Metrics;
 use crate::plugins::{Change, Registry, SETTLE_TIME};
-use crate::publisher::Publisher;
+use crate::delivery::publisher::Publisher;
 use crate::runtime::Runtime;
 use crate::shutdown::Shutdown;
 use crate::traces::Traces;

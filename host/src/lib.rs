@@ -19,13 +19,9 @@
 //! - [`admin`]: the admin HTTP listener: `/metrics`, `/healthz`, `/readyz`.
 //! - [`metrics`]: Prometheus metrics; per-plugin handles the control plane reads too.
 //! - [`scaffold`]: `natsplug new`, a plugin project with a test through the real runtime.
-//! - [`consumer`]: per-plugin pull consumer (one pull loop per runtime thread) or core subscription.
-//! - [`pull`]: pull requests sized by free handler slots, over one inbox per consumer.
-//! - [`cores`]: a thread per worker of the host's runtime, each with its own single-threaded
-//!   runtime and connections, where JetStream shards run.
-//! - [`heartbeat`]: ack-progress while a message is in the host's hands, one ticker per pull loop.
-//! - [`settle`]: what becomes of an input (publish then ack, nak, dead-letter then term).
-//! - [`publisher`]: the publisher pool, dedup ids and bounded retries.
+//! - [`delivery`]: the message path, pull to settle: consumers, pull requests, heartbeats,
+//!   settlement (every input acked with its outputs stored, dead-lettered, or back on the
+//!   server), the publisher pool, the core threads.
 //! - [`backoff`]: the exponential backoff of reconnects, publish retries and set-up pauses.
 //! - [`traces`]: W3C trace context through a message, spans exported over OTLP/HTTP.
 //! - [`shutdown`]: the two-stage shutdown signal.
@@ -36,11 +32,9 @@ pub mod admin;
 pub mod backoff;
 pub mod config;
 pub mod connection;
-pub mod consumer;
 pub mod control;
-pub mod cores;
+pub mod delivery;
 pub mod dev;
-pub mod heartbeat;
 pub mod host;
 pub mod manifest;
 pub mod message;
@@ -48,11 +42,8 @@ pub mod metrics;
 pub mod offline;
 pub mod plugins;
 pub mod policy;
-pub mod publisher;
-pub mod pull;
 pub mod reload;
 pub mod runtime;
 pub mod scaffold;
-pub mod settle;
 pub mod shutdown;
 pub mod traces;

@@ -92,6 +92,24 @@ pub struct Subscribe {
     /// How an input is acked once its outputs are stored. Default: `plain`.
     #[serde(default)]
     pub ack: AckMode,
+    /// Where a consumer the host creates starts in the stream: `all` its messages, only `new`
+    /// ones, or the `last` one. It matters when the consumer is created: the first time, and
+    /// again if an operator deletes it. Default: `all`.
+    #[serde(default)]
+    pub deliver: Deliver,
+}
+
+/// Where a created consumer starts in its stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Deliver {
+    /// Every message the stream holds.
+    #[default]
+    All,
+    /// Only messages stored after the consumer is created.
+    New,
+    /// The last message the stream holds, then new ones.
+    Last,
 }
 
 /// How an input is acked once its outputs are stored.

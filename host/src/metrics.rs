@@ -80,6 +80,9 @@ pub struct Metrics {
     pub limit_hits: Family<KindLabels, Counter>,
     /// Dead letters by plugin and kind.
     pub dead_letters: Family<KindLabels, Counter>,
+    /// Inputs the host could not run (no instance, a full output pool), nak'ed for later, by
+    /// plugin and kind.
+    pub host_faults: Family<KindLabels, Counter>,
     /// Refusals of what a guest or a requester asked for ([`crate::policy`]), by plugin and
     /// kind.
     pub policy_denials: Family<KindLabels, Counter>,
@@ -127,6 +130,7 @@ impl Metrics {
             messages: Family::default(),
             limit_hits: Family::default(),
             dead_letters: Family::default(),
+            host_faults: Family::default(),
             policy_denials: Family::default(),
             handler_duration: Family::new_with_constructor(duration_histogram),
             fuel: Family::default(),
@@ -158,6 +162,11 @@ impl Metrics {
             "dead_letters",
             "Inputs dead-lettered, by kind",
             m.dead_letters.clone(),
+        );
+        registry.register(
+            "host_faults",
+            "Inputs the host could not run, nak'ed for later, by kind",
+            m.host_faults.clone(),
         );
         registry.register(
             "policy_denials",
@@ -345,6 +354,18 @@ impl PluginMetrics {
         self.dead_lettered.inc();
         self.all
             .dead_letters
+            .get_or_create(&KindLabels {
+                plugin: self.plugin.clone(),
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts an input this plugin's handler could not be run for (nak'ed for later).
+    pub fn host_fault(&self, kind: &str) {
+        self.retried.inc();
+        self.all
+            .host_faults
             .get_or_create(&KindLabels {
                 plugin: self.plugin.clone(),
                 kind: kind.to_owned(),

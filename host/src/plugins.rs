@@ -19,11 +19,11 @@ use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::consumer::Worker;
-use crate::cores::Cores;
+use crate::delivery::consumer::Worker;
+use crate::delivery::cores::Cores;
 use crate::manifest::{Manifest, Subscribe};
 use crate::metrics::{Metrics, PluginMetrics, ResultLabels, StatsSnapshot, VersionLabels};
-use crate::publisher::Publisher;
+use crate::delivery::publisher::Publisher;
 use crate::runtime::{Plugin, Runtime};
 use crate::shutdown::Shutdown;
 use crate::traces::Traces;

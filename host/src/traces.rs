@@ -32,7 +32,7 @@ use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
 use crate::config::TracingConfig;
 use crate::message::{Message, Output};
-use crate::settle::Settled;
+use crate::delivery::settle::Settled;
 
 /// The W3C trace context header.
 pub const TRACEPARENT: &str = "traceparent";

@@ -168,6 +168,13 @@ impl HandlerError {
         }
     }
 
+    /// Whether the host, not the guest, kept the handler from running to an answer: no
+    /// instance to be had, or no room for its outputs in the host's pool. Such an input is
+    /// tried again later and never dead-lettered.
+    pub fn is_host_fault(&self) -> bool {
+        matches!(self, Self::Instantiate { .. } | Self::OutputPoolFull { .. })
+    }
+
     /// Whether an output's subject was refused (a guest's `publish` hears of it and goes on).
     pub fn is_subject_refusal(&self) -> bool {
         matches!(self, Self::Refused { denied, .. } if denied.is_subject())

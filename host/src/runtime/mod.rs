@@ -562,7 +562,9 @@ impl Plugin {
                 plugin,
                 deadline: limits.deadline,
             },
-            _ if instantiating => HandlerError::Instantiate {
+            // Not a trap of the guest's own start-up code: the host could not make the instance
+            // (its pool exhausted...).
+            None if instantiating => HandlerError::Instantiate {
                 plugin,
                 message: format!("{error:#}"),
             },

@@ -1,16 +1,17 @@
 //! The consumer side of one plugin: a durable pull consumer (created, updated or bound) or core
-//! NATS subscriptions. Each message runs the handler with a heartbeat beside it and settles the
-//! input (publish outputs then ack, nak, or dead-letter then term).
+//! NATS subscriptions. It pulls, runs each message's handler with a heartbeat beside it, and
+//! hands the answer to [`crate::delivery::settle`], which decides and carries out what becomes
+//! of the input.
 //!
-//! A JetStream worker is one pull loop (a shard) per core thread ([`crate::cores`]), each with its share
-//! of the plugin's concurrency, running its messages in its own task. A shard pulls only as many
-//! messages as it has free handler slots, so a message never waits in a local buffer while its
-//! ack_wait runs out. Core messages get a task each.
+//! A JetStream worker is one pull loop (a shard) per core thread ([`crate::delivery::cores`]),
+//! each with its share of the plugin's concurrency, running its messages in its own task. A
+//! shard pulls only as many messages as it has free handler slots, so a message never waits in
+//! a local buffer while its ack_wait runs out. Core messages get a task each.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::{self, AckKind};
 use futures::FutureExt as _;
@@ -22,32 +23,28 @@ use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::Instrument as _;
 
 use crate::backoff::Backoff;
-use crate::cores::Cores;
-use crate::heartbeat::Heartbeats;
-use crate::manifest::{AckMode, Subscribe};
+use crate::delivery::cores::Cores;
+use crate::delivery::faults;
+use crate::delivery::heartbeat::Heartbeats;
+use crate::delivery::publisher::Publisher;
+use crate::delivery::pull::{Pulled, Puller};
+use crate::delivery::settle::{self, Decision, DeliveryLimit, Settled, Settler};
+use crate::manifest::{Deliver, Subscribe};
 use crate::message::{Delivery, Headers, Message};
 use crate::metrics::PluginMetrics;
-use crate::policy;
-use crate::publisher::{PublishError, Publisher};
-use crate::pull::{Pulled, Puller};
 use crate::runtime::{Hooks, OutputHold, Plugin};
-use crate::settle::{self, Decision, Settled};
 use crate::shutdown::Shutdown;
 use crate::traces::Traces;
 
-/// The nak delay of a message pulled while stopping: longer than [`crate::pull::PULL_EXPIRES`], so its
-/// redelivery goes to another pull request, not back into the one being drained.
-const GIVE_BACK_DELAY: Duration = Duration::from_secs(2);
 /// The fewest handler slots a shard gets: fewer shards than runtime threads rather than shards
 /// that pull a message or two at a time.
 const MIN_SHARE: usize = 16;
-/// The dead-letter kind of a message this host gave back on its last allowed delivery.
-const GIVEN_BACK: &str = "given-back";
-/// The dead-letter reason of one pulled while the host stopped.
-const PULLED_WHILE_STOPPING: &str = "pulled while this host stopped, on its last allowed delivery";
+/// Why a message pulled while the host stops is given back.
+const PULLED_WHILE_STOPPING: &str = "pulled while this host stopped";
+/// Why a message that came for a pull request given up on, with no slot free, is given back.
+const BEYOND_FREE_SLOTS: &str = "came for a pull request given up on, with no handler slot free";
 /// The dead-letter reason of one still in flight at the end of the graceful period.
-const CUT_SHORT: &str =
-    "still in flight at the end of the graceful period, on its last allowed delivery";
+const CUT_SHORT: &str = "still in flight at the end of the graceful period";
 /// Longest wait between attempts to set up a consumer or pull after an error.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
@@ -84,6 +81,16 @@ impl Worker {
         self.plugin.borrow().clone()
     }
 
+    /// What carries out the decisions for `plugin`'s inputs under `limit`.
+    fn settler<'a>(&'a self, plugin: &'a Plugin, limit: DeliveryLimit) -> Settler<'a> {
+        Settler {
+            plugin,
+            publisher: &self.publisher,
+            metrics: &self.metrics,
+            limit,
+        }
+    }
+
     /// Runs the plugin's subscription until shutdown.
     pub async fn run(self, client: async_nats::Client) {
         let plugin = self.current();
@@ -98,7 +105,7 @@ impl Worker {
     }
 
     /// Splits the plugin's concurrency over pull loops (shards), one per core thread
-    /// ([`crate::cores`]; without cores, one per runtime worker thread) but none with fewer
+    /// ([`crate::delivery::cores`]; without cores, one per runtime worker thread) but none with fewer
     /// than [`MIN_SHARE`] slots, and waits for all of them. A shard that panics (a host bug) is
     /// logged and started again.
     ///
@@ -147,8 +154,8 @@ impl Worker {
     }
 
     /// Shard number `shard`: pulls at most `concurrency` messages at a time from the plugin's
-    /// consumer and handles them. A message whose handling panics (a host bug) is logged and left
-    /// to its ack_wait; the shard goes on.
+    /// consumer and handles them. A message whose handling panics (a host bug) is logged and
+    /// nak'ed; the shard goes on.
     async fn run_jetstream(
         self,
         client: async_nats::Client,
@@ -164,22 +171,30 @@ impl Worker {
             subscribe.heartbeat_interval(),
             self.metrics.heartbeats.clone(),
         );
+        // The consumer's delivery limit, as the last set-up found it.
+        let mut limit = DeliveryLimit::of(self.current().manifest());
+        // Whether the consumer was in place once: if it goes, an operator deleted it.
+        let mut was_set_up = false;
         // Declared after what its messages borrow, so it is dropped first.
         let mut in_flight = FuturesUnordered::new();
         let mut failures = 0u32;
         while !self.shutdown.is_stopping() && !self.retire.is_cancelled() {
             let Some(pull) = &mut puller else {
                 let set_up = async {
-                    let consumer = ensure_consumer(&js, &name, &subscribe).await?;
-                    Puller::new(client.clone(), js.clone(), &consumer, concurrency).await
+                    let consumer = ensure_consumer(&js, &name, &subscribe, was_set_up).await?;
+                    let pull = Puller::new(client.clone(), js.clone(), &consumer.pull, concurrency).await?;
+                    anyhow::Ok((consumer, pull))
                 };
                 let ready = driving(&mut in_flight, &name, set_up).await;
                 match ready {
-                    Ok(p) => {
-                        tracing::info!(plugin = %name, stream = ?subscribe.stream, shard, "consumer ready");
+                    Ok((consumer, p)) => {
+                        tracing::info!(plugin = %name, stream = ?subscribe.stream, shard, max_deliver = consumer.limit.max_deliver, heartbeat = ?consumer.heartbeat, "consumer ready");
                         self.bound.store(true, std::sync::atomic::Ordering::Relaxed);
+                        heartbeats.set_interval(consumer.heartbeat);
+                        limit = consumer.limit;
                         puller = Some(p);
                         failures = 0;
+                        was_set_up = !subscribe.bind;
                     }
                     Err(e) => {
                         failures += 1;
@@ -203,15 +218,15 @@ impl Worker {
                 pulled = pull.next() => match pulled {
                     Pulled::Message(message, slot) => {
                         failures = 0;
-                        in_flight.push(self.message(message, slot, &heartbeats));
+                        in_flight.push(self.message(message, slot, &heartbeats, limit));
                     }
                     // Still asked for by a request given up on: handled if a slot is free,
                     // else given back.
                     Pulled::Unrequested(message) => match slots.clone().try_acquire_owned() {
-                        Ok(slot) => in_flight.push(self.message(message, slot, &heartbeats)),
+                        Ok(slot) => in_flight.push(self.message(message, slot, &heartbeats, limit)),
                         Err(_) => {
                             tracing::warn!(plugin = %name, "a message beyond the free slots; nak'ed");
-                            self.give_back(message);
+                            self.give_back(message, limit, BEYOND_FREE_SLOTS);
                         }
                     },
                     Pulled::Released => {}
@@ -245,7 +260,7 @@ impl Worker {
         let drain = async {
             if let Some(pull) = puller {
                 // Pulled during shutdown or after retirement: give it back.
-                pull.drain(|message| self.give_back(message)).await;
+                pull.drain(|message| self.give_back(message, limit, PULLED_WHILE_STOPPING)).await;
             }
         };
         let finish = async {
@@ -258,44 +273,38 @@ impl Worker {
     }
 
     /// [`process_jetstream`](Self::process_jetstream), with a panic caught so that it ends this
-    /// message only.
+    /// message only: the message is nak'ed, and comes back (past its limit it is dead-lettered
+    /// on arrival, before anything runs).
     fn message<'a>(
         &'a self,
         message: jetstream::Message,
         slot: OwnedSemaphorePermit,
         heartbeats: &'a Heartbeats,
+        limit: DeliveryLimit,
     ) -> impl Future<Output = std::thread::Result<()>> + 'a {
-        std::panic::AssertUnwindSafe(self.process_jetstream(message, slot, heartbeats))
+        let (input, acker) = jetstream_input(message);
+        let acker = Arc::new(acker);
+        let process = self.process_jetstream(input, acker.clone(), slot, heartbeats, limit);
+        std::panic::AssertUnwindSafe(process)
             .catch_unwind()
+            .then(move |done| async move {
+                if done.is_err() {
+                    settle::nak(&acker, settle::GIVE_BACK_DELAY).await;
+                }
+                done
+            })
     }
 
-    /// Naks a message this worker will not handle. The delay outlasts any open pull request,
-    /// or the server would redeliver it straight into one being drained, burning a delivery
-    /// per round until max_deliver.
-    ///
-    /// A message on its last allowed delivery would not come back after a nak: it is
-    /// dead-lettered (kind `given-back`) instead.
-    fn give_back(&self, message: jetstream::Message) {
+    /// Gives back a message this worker will not handle ([`Settler::give_back`]).
+    fn give_back(&self, message: jetstream::Message, limit: DeliveryLimit, why: &'static str) {
         let worker = self.clone();
         self.tracker.spawn(async move {
             let plugin = worker.current();
-            let (input, acker) = match jetstream_input(message) {
-                (Ok(input), acker) => (input, acker),
-                (Err(_), acker) => return nak(&acker, GIVE_BACK_DELAY).await,
-            };
-            let delivered = input.delivered();
-            if settle::is_last_delivery(delivered, plugin.manifest()) {
-                worker
-                    .dead_letter_and_term(
-                        &plugin,
-                        &input,
-                        &acker,
-                        GIVEN_BACK,
-                        PULLED_WHILE_STOPPING,
-                    )
-                    .await;
-            } else {
-                nak(&acker, GIVE_BACK_DELAY).await;
+            match jetstream_input(message) {
+                (Ok(input), acker) => {
+                    worker.settler(&plugin, limit).give_back(&input, &acker, why).await;
+                }
+                (Err(_), acker) => settle::nak(&acker, settle::GIVE_BACK_DELAY).await,
             }
         });
     }
@@ -314,24 +323,26 @@ impl Worker {
         }
     }
 
-    /// Handles `message`, holding `slot` until it is settled.
+    /// Handles `input`, holding `slot` until it is settled.
     async fn process_jetstream(
         &self,
-        message: jetstream::Message,
+        input: Result<Message, String>,
+        acker: Arc<Acker>,
         _slot: OwnedSemaphorePermit,
         heartbeats: &Heartbeats,
+        limit: DeliveryLimit,
     ) {
         let plugin = self.current();
         let _in_flight = self.metrics.in_flight();
-        let (input, acker) = match jetstream_input(message) {
-            (Ok(input), acker) => (input, acker),
-            (Err(e), acker) => {
+        let input = match input {
+            Ok(input) => input,
+            Err(e) => {
                 tracing::error!(plugin = plugin.name(), error = %e, "a JetStream message without delivery info; terminated");
-                settle_ack(&acker, AckKind::Term).await;
+                settle::send(&acker, AckKind::Term).await;
                 return;
             }
         };
-        let acker = Arc::new(acker);
+        let settler = self.settler(&plugin, limit);
         let sequence = input.delivery.as_ref().map_or(0, |d| d.stream_sequence);
         let delivered = input.delivered();
         let span = tracing::info_span!(
@@ -345,7 +356,7 @@ impl Worker {
         );
         // On its last allowed delivery a message cut short by the end of the graceful period is
         // not redelivered after a nak: it is dead-lettered instead, which needs it whole.
-        let last = settle::is_last_delivery(delivered, plugin.manifest()).then(|| input.clone());
+        let last = (limit.server_enforced && limit.is_last(delivered)).then(|| input.clone());
         let trace = self.traces.message(plugin.name(), &input);
         let heartbeat = heartbeats.start(acker.clone());
         let hooks = Hooks {
@@ -356,14 +367,42 @@ impl Worker {
                 self.metrics.redeliveries.inc();
                 tracing::debug!("redelivery");
             }
-            let (result, input, held) = self.handle(&plugin, input, hooks).await;
-            let mut decision = settle::decide(result, delivered, plugin.manifest());
-            if let Decision::Publish(outputs) = &mut decision {
-                trace.stamp(&input, outputs);
+            // The last allowed delivery ended unsettled (its host died, its handling panicked,
+            // its dead letter was not stored): the handler does not run again.
+            if limit.is_past(delivered) {
+                let reason = format!(
+                    "delivered {delivered} times, past max_deliver {}: an earlier delivery ended unsettled",
+                    limit.max_deliver
+                );
+                return settler
+                    .dead_letter_and_term(&input, &acker, settle::DELIVERY_LIMIT, &reason)
+                    .await;
             }
-            let settled = self
-                .settle_jetstream(&plugin, &input, &acker, decision)
-                .await;
+            let mut input = input;
+            let mut tries = 0u32;
+            let (decision, input, held) = loop {
+                let (result, back, held) = self.handle(&plugin, input, hooks.clone()).await;
+                input = back;
+                faults::check(&input);
+                match settle::decide(result, delivered, limit, plugin.manifest()) {
+                    // On its last delivery an input the host could not run is not nak'ed (that
+                    // would spend the delivery): it waits here, its heartbeat going, and tries
+                    // again.
+                    Decision::HostFault { delay, kind, reason } if limit.is_last(delivered) => {
+                        tries += 1;
+                        self.metrics.host_fault(&kind);
+                        tracing::warn!(%reason, ?delay, tries, "the host could not run the handler on the last delivery; trying again");
+                        tokio::time::sleep(delay).await;
+                    }
+                    mut decision => {
+                        if let Decision::Publish(outputs) = &mut decision {
+                            trace.stamp(&input, outputs);
+                        }
+                        break (decision, input, held);
+                    }
+                }
+            };
+            let settled = settler.jetstream(&input, &acker, decision).await;
             drop(held);
             settled
         };
@@ -372,12 +411,10 @@ impl Worker {
             _ = self.shutdown.aborting() => match &last {
                 None => {
                     tracing::warn!(plugin = plugin.name(), sequence, "still in flight at the end of the graceful period: nak'ed for another host");
-                    nak(&acker, Duration::ZERO).await;
+                    settle::nak(&acker, Duration::ZERO).await;
                     Settled::GivenBack
                 }
-                Some(input) => {
-                    self.dead_letter_and_term(&plugin, input, &acker, GIVEN_BACK, CUT_SHORT).await
-                }
+                Some(input) => settler.give_back(input, &acker, CUT_SHORT).await,
             }
         };
         drop(heartbeat);
@@ -437,232 +474,6 @@ impl Worker {
         (handled.result, input, handled.held)
     }
 
-    /// The reply subject of `input` if the host may answer there. A refused one (reserved
-    /// space, outside `publish.reply_allow`, not a subject) is counted, logged at most once per
-    /// plugin per interval, and the answer dropped: a requester must not make the host publish
-    /// with its own credentials where the requester chose.
-    fn reply_to<'a>(&self, plugin: &Plugin, input: &'a Message) -> Option<&'a str> {
-        let reply = input.reply.as_deref()?;
-        match policy::refuse_reply(reply, &plugin.grants().reply_allow) {
-            Ok(()) => Some(reply),
-            Err(denied) => {
-                if self.metrics.denied(denied.kind(), 1) {
-                    tracing::warn!(plugin = plugin.name(), error = %denied, "a reply dropped (logged once per plugin per minute)");
-                }
-                None
-            }
-        }
-    }
-
-    async fn settle_jetstream(
-        &self,
-        plugin: &Plugin,
-        input: &Message,
-        acker: &Acker,
-        decision: Decision,
-    ) -> Settled {
-        let delivered = input.delivered();
-        let manifest = plugin.manifest();
-        match decision {
-            Decision::Publish(outputs) => match self.publish_outputs(plugin, input, &outputs).await
-            {
-                Ok(()) => {
-                    self.metrics.acked.inc();
-                    match manifest
-                        .subscribe
-                        .as_ref()
-                        .map(|s| s.ack)
-                        .unwrap_or_default()
-                    {
-                        AckMode::Plain => settle_ack(acker, AckKind::Ack).await,
-                        AckMode::Confirmed => {
-                            if let Err(e) = acker.double_ack().await {
-                                tracing::warn!(error = %e, "ack not confirmed; a redelivery will find its outputs deduplicated");
-                            }
-                        }
-                    }
-                    Settled::Acked
-                }
-                Err(e) if e.is_permanent() || settle::is_last_delivery(delivered, manifest) => {
-                    self.dead_letter_and_term(plugin, input, acker, "publish", &e.to_string())
-                        .await
-                }
-                Err(e) => {
-                    let delay = manifest.retry.delay_for(delivered);
-                    tracing::warn!(error = %e, ?delay, "outputs not stored; the input is nak'ed, not acked");
-                    self.metrics.retried.inc();
-                    nak(acker, delay).await;
-                    Settled::Retried {
-                        kind: "publish".into(),
-                        reason: e.to_string(),
-                    }
-                }
-            },
-            Decision::Nak { delay, reason } => {
-                tracing::info!(%reason, ?delay, "retry");
-                self.metrics.retried.inc();
-                nak(acker, delay).await;
-                Settled::Retried {
-                    kind: "retry".into(),
-                    reason,
-                }
-            }
-            Decision::DeadLetter { kind, reason } => {
-                self.dead_letter_and_term(plugin, input, acker, &kind, &reason)
-                    .await
-            }
-        }
-    }
-
-    async fn dead_letter_and_term(
-        &self,
-        plugin: &Plugin,
-        input: &Message,
-        acker: &Acker,
-        kind: &str,
-        reason: &str,
-    ) -> Settled {
-        match self.dead_letter(plugin, input, kind, reason).await {
-            Ok(()) => {
-                tracing::warn!(kind, reason, "dead-lettered");
-                self.metrics.dead_letter(kind);
-                settle_ack(acker, AckKind::Term).await;
-                Settled::DeadLettered {
-                    kind: kind.to_owned(),
-                    reason: reason.to_owned(),
-                }
-            }
-            Err(e) => {
-                let delivered = input.delivered();
-                tracing::error!(error = %e, kind, reason, "cannot publish the dead letter; nak'ed to try again");
-                nak(acker, plugin.manifest().retry.delay_for(delivered)).await;
-                Settled::Retried {
-                    kind: "dead-letter".into(),
-                    reason: format!("{kind}: {reason}; the dead letter was not stored: {e}"),
-                }
-            }
-        }
-    }
-
-    async fn dead_letter(
-        &self,
-        plugin: &Plugin,
-        input: &Message,
-        kind: &str,
-        reason: &str,
-    ) -> Result<(), PublishError> {
-        let subject = plugin.manifest().publish.dead_letter_subject(plugin.name());
-        let id = input.delivery.as_ref().map(|d| {
-            format!(
-                "natsplug-dead:{}:{}:{}",
-                plugin.name(),
-                d.stream,
-                d.stream_sequence
-            )
-        });
-        let mut headers =
-            settle::dead_letter_headers(plugin.name(), &input.headers, input, kind, reason);
-        let mut payload = input.payload.clone();
-        let mut result = self
-            .publisher
-            .store(&subject, headers.clone(), payload.clone(), id.as_deref())
-            .await;
-        if let Err(PublishError::TooLarge { .. }) = result {
-            // The input plus our headers is over max_payload. The original stays in its stream
-            // at the sequence the headers name; the dead letter goes without its payload and
-            // its own headers.
-            headers = settle::dead_letter_headers(
-                plugin.name(),
-                &Headers::default(),
-                input,
-                kind,
-                reason,
-            );
-            headers.insert(
-                settle::header::PAYLOAD_OMITTED,
-                payload.len().to_string().as_str(),
-            );
-            payload = bytes::Bytes::new();
-            result = self
-                .publisher
-                .store(&subject, headers.clone(), payload.clone(), id.as_deref())
-                .await;
-        }
-        match result {
-            Ok(_) => Ok(()),
-            Err(PublishError::NoStream { .. }) => {
-                tracing::warn!(
-                    subject,
-                    "no stream captures the dead-letter subject: published without storage"
-                );
-                self.publisher.core(&subject, headers, payload).await
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Publishes every output of `input` at once and waits for all of them. Stored outputs get
-    /// the `Nats-Msg-Id` `PLUGIN:STREAM:SEQUENCE:INDEX`, so a redelivered input whose outputs were
-    /// stored publishes no duplicates. The outputs' `traceparent` is already set
-    /// ([`crate::traces::MessageSpan::stamp`]).
-    async fn publish_outputs(
-        &self,
-        plugin: &Plugin,
-        input: &Message,
-        outputs: &[crate::message::Output],
-    ) -> Result<(), PublishError> {
-        match outputs {
-            [] => Ok(()),
-            // The common case, without the allocation and the moves of a join.
-            [output] => self.publish_output(plugin, input, 0, output).await,
-            outputs => {
-                let publishes = outputs
-                    .iter()
-                    .enumerate()
-                    .map(|(index, output)| self.publish_output(plugin, input, index, output));
-                futures::future::try_join_all(publishes).await.map(drop)
-            }
-        }
-    }
-
-    /// Publishes output number `index` of `input`: its reply, a core subject, or stored with
-    /// its dedup id.
-    async fn publish_output(
-        &self,
-        plugin: &Plugin,
-        input: &Message,
-        index: usize,
-        output: &crate::message::Output,
-    ) -> Result<(), PublishError> {
-        let headers = output.headers.to_nats();
-        let payload = output.payload.clone();
-        match output.subject.as_deref() {
-            // The runtime only lets a reply through when the input has a reply subject; it goes
-            // out only where the host may answer.
-            None => match self.reply_to(plugin, input) {
-                Some(reply) => self.publisher.core(reply, headers, payload).await,
-                None => Ok(()),
-            },
-            Some(subject) if plugin.grants().is_core(subject) => {
-                self.publisher.core(subject, headers, payload).await
-            }
-            Some(subject) => {
-                let id = input.delivery.as_ref().map(|d| {
-                    format!(
-                        "{}:{}:{}:{index}",
-                        plugin.name(),
-                        d.stream,
-                        d.stream_sequence
-                    )
-                });
-                self.publisher
-                    .store(subject, headers, payload, id.as_deref())
-                    .await
-                    .map(drop)
-            }
-        }
-    }
-
     async fn run_core(self, client: async_nats::Client, subscribe: Subscribe) {
         let name = self.current().name().to_owned();
         let mut subscriptions = Vec::new();
@@ -719,57 +530,12 @@ impl Worker {
         let trace = self.traces.message(plugin.name(), &input);
         let settled = async {
             let (result, input, _held) = self.handle(&plugin, input, Hooks::default()).await;
-            let settled = match settle::decide(result, 1, plugin.manifest()) {
-                Decision::Publish(mut outputs) => {
-                    trace.stamp(&input, &mut outputs);
-                    match self.publish_outputs(&plugin, &input, &outputs).await {
-                        Ok(()) => {
-                            self.metrics.acked.inc();
-                            Settled::Published
-                        }
-                        Err(e) => Settled::Failed {
-                            kind: "publish".into(),
-                            reason: e.to_string(),
-                        },
-                    }
-                }
-                Decision::Nak { reason, .. } => Settled::Failed {
-                    kind: "retry".into(),
-                    reason: format!("{reason} (core NATS messages are not redelivered)"),
-                },
-                Decision::DeadLetter { kind, reason } => {
-                    match self.dead_letter(&plugin, &input, &kind, &reason).await {
-                        Ok(()) => {
-                            self.metrics.dead_letter(&kind);
-                            Settled::DeadLettered { kind, reason }
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot publish the dead letter");
-                            Settled::Failed { kind, reason }
-                        }
-                    }
-                }
-            };
-            if let Some((kind, reason)) = settled.failure() {
-                tracing::warn!(kind, reason, "core message failed");
-                // A requester gets the failure at once instead of waiting for its timeout.
-                if let Some(reply) = self.reply_to(&plugin, &input) {
-                    let mut headers = async_nats::HeaderMap::new();
-                    headers.insert(settle::header::KIND, kind);
-                    headers.insert(
-                        settle::header::REASON,
-                        settle::header_value(reason).as_str(),
-                    );
-                    if let Err(e) = self
-                        .publisher
-                        .core(reply, headers, bytes::Bytes::new())
-                        .await
-                    {
-                        tracing::warn!(error = %e, "cannot send the error reply");
-                    }
-                }
+            let limit = DeliveryLimit::of(plugin.manifest());
+            let mut decision = settle::decide(result, 1, limit, plugin.manifest());
+            if let Decision::Publish(outputs) = &mut decision {
+                trace.stamp(&input, outputs);
             }
-            settled
+            self.settler(&plugin, limit).core(&input, decision).await
         }
         .instrument(span)
         .await;
@@ -777,12 +543,27 @@ impl Worker {
     }
 }
 
+/// The consumer a shard pulls from, and what the host settles its messages by.
+struct Consumer {
+    pull: PullConsumer,
+    /// Its delivery limit: the host's on a consumer it created, the consumer's own on a bound one.
+    limit: DeliveryLimit,
+    /// The heartbeat interval: well inside the shortest ack wait the server applies to it.
+    heartbeat: Duration,
+}
+
 /// Creates or updates the plugin's durable consumer, or binds to an existing one.
+///
+/// A created consumer has no server-side delivery limit: the host counts deliveries against
+/// `max_deliver` ([`DeliveryLimit`]). A bound one keeps its own `ack_wait`, `max_deliver` and
+/// `backoff`, read from its info: heartbeats and the last-delivery decision follow them.
+/// `recreating` says the consumer was in place before: an operator deleted it.
 async fn ensure_consumer(
     js: &jetstream::Context,
     plugin: &str,
     subscribe: &Subscribe,
-) -> anyhow::Result<PullConsumer> {
+    recreating: bool,
+) -> anyhow::Result<Consumer> {
     let stream_name = subscribe.stream.as_deref().unwrap_or_default();
     let stream = js
         .get_stream(stream_name)
@@ -793,40 +574,73 @@ async fn ensure_consumer(
         .clone()
         .unwrap_or_else(|| plugin.to_owned());
     if subscribe.bind {
-        return stream.get_consumer(&durable).await.map_err(|e| {
+        let mut pull: PullConsumer = stream.get_consumer(&durable).await.map_err(|e| {
             anyhow::anyhow!("binding to consumer {durable:?} on {stream_name:?}: {e}")
+        })?;
+        let config = &pull.info().await?.config;
+        // With a backoff, the server's ack wait for a delivery is its entry in the list.
+        let shortest = config
+            .backoff
+            .iter()
+            .copied()
+            .filter(|d| !d.is_zero())
+            .fold(config.ack_wait, Duration::min);
+        let heartbeat = match subscribe.heartbeat {
+            Some(set) => set.min(shortest / 3),
+            None => shortest / 3,
+        };
+        return Ok(Consumer {
+            limit: DeliveryLimit {
+                max_deliver: config.max_deliver,
+                server_enforced: true,
+            },
+            heartbeat: heartbeat.max(Duration::from_millis(10)),
+            pull,
         });
     }
     let (filter_subject, filter_subjects) = match subscribe.subjects.as_slice() {
         [one] => (one.clone(), Vec::new()),
         many => (String::new(), many.to_vec()),
     };
+    let deliver_policy = match subscribe.deliver {
+        Deliver::All => DeliverPolicy::All,
+        Deliver::New => DeliverPolicy::New,
+        Deliver::Last => DeliverPolicy::Last,
+    };
+    if recreating {
+        tracing::error!(
+            plugin,
+            durable,
+            stream = stream_name,
+            deliver = ?subscribe.deliver,
+            "the consumer was deleted while this host served it; created again with the \
+             manifest's deliver policy (with `all`, the stream's whole history is delivered again)"
+        );
+    }
     let config = pull::Config {
         durable_name: Some(durable.clone()),
         description: Some(format!("natsplug plugin {plugin}")),
         ack_policy: AckPolicy::Explicit,
         ack_wait: subscribe.ack_wait,
-        max_deliver: subscribe.max_deliver,
+        // The host counts deliveries; see `DeliveryLimit`.
+        max_deliver: -1,
+        deliver_policy,
         filter_subject,
         filter_subjects,
         ..Default::default()
     };
-    stream
+    let pull = stream
         .create_consumer(config)
         .await
-        .map_err(|e| anyhow::anyhow!("creating consumer {durable:?} on {stream_name:?}: {e}"))
-}
-
-async fn nak(acker: &Acker, delay: Duration) {
-    let delay = (!delay.is_zero()).then_some(delay);
-    settle_ack(acker, AckKind::Nak(delay)).await;
-}
-
-/// Sends an ack of any kind; a failure is logged, not fatal (the server will redeliver).
-async fn settle_ack(acker: &Acker, kind: AckKind) {
-    if let Err(e) = acker.ack_with(kind).await {
-        tracing::warn!(error = %e, ?kind, "cannot send ack");
-    }
+        .map_err(|e| anyhow::anyhow!("creating consumer {durable:?} on {stream_name:?}: {e}"))?;
+    Ok(Consumer {
+        pull,
+        limit: DeliveryLimit {
+            max_deliver: subscribe.max_deliver,
+            server_enforced: false,
+        },
+        heartbeat: subscribe.heartbeat_interval(),
+    })
 }
 
 /// Awaits `wait` (a pause, a set-up, a pull request) while driving a shard's in-flight messages,
@@ -849,7 +663,7 @@ where
     }
 }
 
-/// Logs a message whose handling panicked (a host bug): it is left to its ack_wait.
+/// Logs a message whose handling panicked (a host bug): it was nak'ed.
 fn settled(plugin: &str, done: std::thread::Result<()>) {
     if let Err(panic) = done {
         let panic = panic
@@ -860,7 +674,7 @@ fn settled(plugin: &str, done: std::thread::Result<()>) {
         tracing::error!(
             plugin,
             panic,
-            "a message's handling panicked; it is left to its ack_wait"
+            "a message's handling panicked; nak'ed"
         );
     }
 }

@@ -1,34 +1,46 @@
-//! What becomes of an input once its handler has answered: [`decide`] maps the answer (or the
-//! limit it hit) and the delivery count to a [`Decision`] under the plugin's policy. It is a
-//! pure function; the consumer carries the decision out (publish then ack, nak with a delay, or
-//! dead-letter then term) and says what it did as a [`Settled`] (a span's `outcome`). Dead
-//! letters carry headers saying why ([`dead_letter_headers`]).
+//! The decision: [`decide`] maps a handler's answer (or the limit it hit) and the delivery
+//! count to a [`Decision`] under the plugin's policy and its [`DeliveryLimit`]. A pure function;
+//! [`super`] carries it out and says what it did as a [`Settled`].
 
 use std::time::Duration;
 
 use crate::manifest::{LimitAction, Manifest};
-use crate::message::{Headers, Message, Output};
+use crate::message::Output;
 use crate::runtime::{HandlerError, LimitKind, Outcome};
 
-/// Header names on dead-lettered messages.
-pub mod header {
-    /// The plugin that gave up on the message.
-    pub const PLUGIN: &str = "Natsplug-Plugin";
-    /// Why, in words.
-    pub const REASON: &str = "Natsplug-Reason";
-    /// The kind: reject, fuel, deadline, memory, panic, trap, retries-exhausted, publish...
-    pub const KIND: &str = "Natsplug-Error-Kind";
-    /// Deliveries so far.
-    pub const DELIVERED: &str = "Natsplug-Delivered";
-    /// The input's stream.
-    pub const STREAM: &str = "Natsplug-Stream";
-    /// The input's stream sequence.
-    pub const SEQUENCE: &str = "Natsplug-Sequence";
-    /// The input's subject.
-    pub const SUBJECT: &str = "Natsplug-Subject";
-    /// Set when the input was too large to dead-letter whole: its payload size. The original
-    /// is still in its stream at `Natsplug-Stream` / `Natsplug-Sequence`.
-    pub const PAYLOAD_OMITTED: &str = "Natsplug-Payload-Omitted";
+/// How many deliveries an input gets, and who counts them.
+///
+/// A consumer the host creates has no server-side limit (`max_deliver = -1`): the host counts,
+/// so an input whose last delivery could not be settled (its dead letter not stored, its host
+/// killed, a panic in the host) comes back and is dead-lettered on arrival. A bound consumer's
+/// limit is its own (read from its info) and the server enforces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryLimit {
+    /// Deliveries allowed; 0 or less is no limit.
+    pub max_deliver: i64,
+    /// Whether the server gives up after `max_deliver` (a bound consumer), or the host does.
+    pub server_enforced: bool,
+}
+
+impl DeliveryLimit {
+    /// The host-owned limit of a consumer the host creates from `manifest`.
+    pub fn of(manifest: &Manifest) -> Self {
+        Self {
+            max_deliver: manifest.subscribe.as_ref().map_or(5, |s| s.max_deliver),
+            server_enforced: false,
+        }
+    }
+
+    /// Whether a nak after delivery `delivered` (1-based) gets no handler run again: it is the
+    /// last one allowed.
+    pub fn is_last(&self, delivered: u64) -> bool {
+        self.max_deliver > 0 && delivered >= self.max_deliver.unsigned_abs()
+    }
+
+    /// Whether delivery `delivered` is past the limit: the last allowed one ended unsettled.
+    pub fn is_past(&self, delivered: u64) -> bool {
+        self.max_deliver > 0 && delivered > self.max_deliver.unsigned_abs()
+    }
 }
 
 /// What the host does with an input.
@@ -43,6 +55,17 @@ pub enum Decision {
         /// Why.
         reason: String,
     },
+    /// The host could not run the handler (no instance to be had, a full output pool): not the
+    /// guest's failure, so never a dead letter. Nak'ed for later; on the last allowed delivery
+    /// the handler is tried again here after the delay instead.
+    HostFault {
+        /// How long to wait before the next try.
+        delay: Duration,
+        /// The kind (`instantiate`, `host-output-limit`).
+        kind: String,
+        /// Why.
+        reason: String,
+    },
     /// Publish the input to the dead-letter subject, then terminate it.
     DeadLetter {
         /// The kind, for the `Natsplug-Error-Kind` header.
@@ -52,7 +75,7 @@ pub enum Decision {
     },
 }
 
-/// What the consumer did with an input in the end; a failure keeps its kind and reason.
+/// What the host did with an input in the end; a failure keeps its kind and reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settled {
     /// Outputs stored, input acked.
@@ -60,15 +83,14 @@ pub enum Settled {
     /// A core NATS message's outputs published (there is nothing to ack).
     Published,
     /// Nak'ed: the server delivers it again (the handler asked, or its outputs, or its dead
-    /// letter, were not stored).
+    /// letter, were not stored, or the host could not run it).
     Retried {
-        /// `retry`, `publish`, `dead-letter`, or the limit hit (`deadline`...).
+        /// `retry`, `publish`, `dead-letter`, `instantiate`, or the limit hit (`deadline`...).
         kind: String,
         /// Why.
         reason: String,
     },
-    /// Published to the dead-letter subject (or, for a core message, at least tried), then
-    /// terminated.
+    /// Its dead letter stored, then terminated.
     DeadLettered {
         /// As in the `Natsplug-Error-Kind` header.
         kind: String,
@@ -82,7 +104,8 @@ pub enum Settled {
         /// Why.
         reason: String,
     },
-    /// Still in a handler at the end of the graceful period: nak'ed for another host.
+    /// Nak'ed for another host: pulled while this one stopped, or still in a handler at the end
+    /// of the graceful period.
     GivenBack,
 }
 
@@ -106,10 +129,7 @@ impl Settled {
             Self::Retried { kind, reason }
             | Self::DeadLettered { kind, reason }
             | Self::Failed { kind, reason } => Some((kind, reason)),
-            Self::GivenBack => Some((
-                "shutdown",
-                "still in a handler at the end of the graceful period",
-            )),
+            Self::GivenBack => Some(("shutdown", "given back to the server for another host")),
         }
     }
 }
@@ -118,10 +138,11 @@ impl Settled {
 pub fn decide(
     result: Result<Outcome, HandlerError>,
     delivered: u64,
+    limit: DeliveryLimit,
     manifest: &Manifest,
 ) -> Decision {
     let retry = |reason: String, delay: Option<Duration>| {
-        if is_last_delivery(delivered, manifest) {
+        if limit.is_last(delivered) {
             Decision::DeadLetter {
                 kind: "retries-exhausted".into(),
                 reason: format!("gave up after {delivered} deliveries: {reason}"),
@@ -139,6 +160,11 @@ pub fn decide(
         Ok(Outcome::Reject { reason }) => Decision::DeadLetter {
             kind: "reject".into(),
             reason,
+        },
+        Err(error) if error.is_host_fault() => Decision::HostFault {
+            delay: manifest.retry.delay_for(delivered).max(HOST_FAULT_DELAY),
+            kind: error.kind().into(),
+            reason: error.to_string(),
         },
         Err(error) => {
             let policy = &manifest.retry;
@@ -159,47 +185,8 @@ pub fn decide(
     }
 }
 
-/// Whether the server will not deliver the message again after this delivery.
-pub fn is_last_delivery(delivered: u64, manifest: &Manifest) -> bool {
-    let max = manifest.subscribe.as_ref().map_or(5, |s| s.max_deliver);
-    max > 0 && delivered >= max as u64
-}
-
-/// `text` as a header value: one line.
-pub fn header_value(text: &str) -> String {
-    text.replace(['\r', '\n'], " ")
-}
-
-/// The headers of `input`'s dead letter: `keep` (its own headers, or none) plus the
-/// `Natsplug-*` headers saying why. The input's `Nats-*` headers are left out: the dead-letter
-/// stream would act on them (`Nats-Expected-Stream: IN` would make the store fail every time,
-/// `Nats-Rollup` would purge earlier dead letters). So are its `Natsplug-*` headers, in any
-/// case: a sender must not forge why its message was dead-lettered.
-pub fn dead_letter_headers(
-    plugin: &str,
-    keep: &Headers,
-    input: &Message,
-    kind: &str,
-    reason: &str,
-) -> async_nats::HeaderMap {
-    use crate::policy::headers::{is_the_hosts, steers_the_server};
-    let kept = keep
-        .0
-        .iter()
-        .filter(|(name, _)| !is_the_hosts(name) && !steers_the_server(name));
-    let mut headers = Headers(kept.cloned().collect()).to_nats();
-    headers.insert(header::PLUGIN, plugin);
-    headers.insert(header::KIND, kind);
-    headers.insert(header::REASON, header_value(reason).as_str());
-    headers.insert(header::SUBJECT, input.subject.as_str());
-    let delivered = input.delivered();
-    headers.insert(header::DELIVERED, delivered.to_string().as_str());
-    if let Some(d) = &input.delivery {
-        headers.insert(header::STREAM, d.stream.as_str());
-        headers.insert(header::SEQUENCE, d.stream_sequence.to_string().as_str());
-    }
-    headers
-}
+/// The least wait before an input the host could not run is tried again.
+const HOST_FAULT_DELAY: Duration = Duration::from_millis(100);
 
 #[cfg(test)]
 mod tests {
@@ -213,6 +200,10 @@ mod tests {
             Path::new("m.toml"),
         )
         .unwrap()
+    }
+
+    fn limit(m: &Manifest) -> DeliveryLimit {
+        DeliveryLimit::of(m)
     }
 
     fn nak(secs: f64, reason: &str) -> Decision {
@@ -231,10 +222,10 @@ mod tests {
                 delay: None,
             })
         };
-        assert_eq!(decide(retry(), 1, &m), nak(1.0, "busy"));
-        assert_eq!(decide(retry(), 2, &m), nak(7.0, "busy"));
+        assert_eq!(decide(retry(), 1, limit(&m), &m), nak(1.0, "busy"));
+        assert_eq!(decide(retry(), 2, limit(&m), &m), nak(7.0, "busy"));
         assert_eq!(
-            decide(retry(), 3, &m),
+            decide(retry(), 3, limit(&m), &m),
             Decision::DeadLetter {
                 kind: "retries-exhausted".into(),
                 reason: "gave up after 3 deliveries: busy".into()
@@ -244,7 +235,7 @@ mod tests {
             reason: "x".into(),
             delay: Some(Duration::from_millis(42)),
         });
-        assert_eq!(decide(own, 1, &m), nak(0.042, "x"));
+        assert_eq!(decide(own, 1, limit(&m), &m), nak(0.042, "x"));
     }
 
     #[test]
@@ -254,7 +245,7 @@ mod tests {
             plugin: "p".into(),
             fuel: 9,
         });
-        assert!(matches!(decide(fuel, 1, &m), Decision::DeadLetter { kind, .. } if kind == "fuel"));
+        assert!(matches!(decide(fuel, 1, limit(&m), &m), Decision::DeadLetter { kind, .. } if kind == "fuel"));
         let deadline = || {
             Err(HandlerError::Deadline {
                 plugin: "p".into(),
@@ -262,11 +253,11 @@ mod tests {
             })
         };
         assert_eq!(
-            decide(deadline(), 1, &m),
+            decide(deadline(), 1, limit(&m), &m),
             nak(1.0, "plugin \"p\" passed its deadline of 1s")
         );
         assert!(
-            matches!(decide(deadline(), 3, &m), Decision::DeadLetter { kind, .. } if kind == "retries-exhausted")
+            matches!(decide(deadline(), 3, limit(&m), &m), Decision::DeadLetter { kind, .. } if kind == "retries-exhausted")
         );
         let m = manifest("[retry]\non_trap = \"retry\"\n");
         let panic = Err(HandlerError::Panic {
@@ -274,38 +265,34 @@ mod tests {
             message: "boom".into(),
         });
         assert_eq!(
-            decide(panic, 1, &m),
+            decide(panic, 1, limit(&m), &m),
             nak(1.0, "plugin \"p\" panicked: boom")
         );
     }
 
     #[test]
-    fn a_dead_letter_keeps_none_of_the_inputs_server_or_host_headers() {
-        let mut input = Message::new("in.x", "p");
-        for (name, value) in [
-            ("keep", "yes"),
-            ("Nats-Expected-Stream", "OTHER"),
-            ("nats-rollup", "all"),
-            ("natsplug-reason", "forged"),
-            ("Natsplug-Payload-Omitted", "0"),
-        ] {
-            input.headers.append(name, value);
+    fn host_faults_are_never_dead_lettered() {
+        let m = manifest("");
+        for delivered in [1, 3, 9] {
+            let full = Err(HandlerError::Instantiate {
+                plugin: "p".into(),
+                message: "pool".into(),
+            });
+            assert!(
+                matches!(decide(full, delivered, limit(&m), &m), Decision::HostFault { kind, .. } if kind == "instantiate")
+            );
         }
-        let headers = dead_letter_headers("p", &input.headers, &input, "reject", "real");
-        let mut names: Vec<String> = headers.iter().map(|(n, _)| n.to_string()).collect();
-        names.sort();
-        assert_eq!(
-            names,
-            [
-                "Natsplug-Delivered",
-                "Natsplug-Error-Kind",
-                "Natsplug-Plugin",
-                "Natsplug-Reason",
-                "Natsplug-Subject",
-                "keep"
-            ]
-        );
-        assert_eq!(headers.get(header::REASON).unwrap().as_str(), "real");
+    }
+
+    #[test]
+    fn the_limit_counts_from_one() {
+        let host = DeliveryLimit::of(&manifest(""));
+        assert!(!host.is_last(2) && host.is_last(3) && !host.is_past(3) && host.is_past(4));
+        let none = DeliveryLimit {
+            max_deliver: -1,
+            server_enforced: false,
+        };
+        assert!(!none.is_last(u64::MAX) && !none.is_past(u64::MAX));
     }
 
     #[test]
@@ -317,6 +304,7 @@ mod tests {
                     reason: "bad".into()
                 }),
                 1,
+                limit(&m),
                 &m
             ),
             Decision::DeadLetter {

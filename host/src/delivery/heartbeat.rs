@@ -8,6 +8,7 @@
 //! [`TICKS_PER_INTERVAL`] times an interval, so a message's first beat comes between 7/8 of an
 //! interval and a whole one after it started (later only if the ticker's thread is held up).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -33,6 +34,8 @@ struct Shared {
     /// Wakes the ticker for a message whose guest asked for a heartbeat now.
     nudge: Notify,
     sent: Counter,
+    /// The time between ticks, in microseconds.
+    tick_us: AtomicU64,
 }
 
 #[derive(Default)]
@@ -58,11 +61,23 @@ impl Heartbeats {
             beating: Mutex::new(Beating::default()),
             nudge: Notify::new(),
             sent,
+            tick_us: AtomicU64::new(0),
         });
+        let heartbeats = Self {
+            ticker: tokio::spawn(tick(shared.clone())),
+            shared,
+        };
+        heartbeats.set_interval(interval);
+        heartbeats
+    }
+
+    /// Beats every `interval` from the next tick on (a bound consumer's ack wait is known only
+    /// once its info is read).
+    pub fn set_interval(&self, interval: Duration) {
         let ticks = u32::try_from(TICKS_PER_INTERVAL).unwrap_or(1);
         let every = (interval / ticks).max(Duration::from_millis(1));
-        let ticker = tokio::spawn(tick(shared.clone(), every));
-        Self { shared, ticker }
+        let us = u64::try_from(every.as_micros()).unwrap_or(u64::MAX);
+        self.shared.tick_us.store(us, Ordering::Relaxed);
     }
 
     /// Beats for `acker` until the returned guard is dropped.
@@ -131,13 +146,17 @@ impl Shared {
 }
 
 /// The ticker: each tick (or nudge), ack-progress for every message that is due.
-async fn tick(shared: Arc<Shared>, every: Duration) {
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+async fn tick(shared: Arc<Shared>) {
+    let every = || Duration::from_micros(shared.tick_us.load(Ordering::Relaxed));
+    let mut next = tokio::time::Instant::now() + every();
     let mut due = Vec::new();
     loop {
         tokio::select! {
-            _ = ticks.tick() => shared.lock().now += 1,
+            _ = tokio::time::sleep_until(next) => {
+                shared.lock().now += 1;
+                // Missed ticks are not made up: the next one is a whole tick from now.
+                next = tokio::time::Instant::now() + every();
+            }
             _ = shared.nudge.notified() => {}
         }
         {

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use crate::config::{NatsConfig, PublisherConfig};
 use crate::connection;
 use crate::metrics::Metrics;
-use crate::publisher::Publisher;
+use crate::delivery::publisher::Publisher;
 
 /// How long closing a core waits for its connections to flush.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);

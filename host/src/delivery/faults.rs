@@ -1,0 +1,26 @@
+//! Fault injection for the host's own tests: makes the handling path panic for messages on
+//! chosen subjects, as a host bug would, to show that such a message still ends stored. Only
+//! Rust code linked with the host can arm it; nothing on the wire can.
+
+use std::sync::Mutex;
+
+use crate::message::Message;
+
+static PANIC_ON: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// From now on, handling a message on `subject` panics after its handler has run.
+pub fn panic_on(subject: &str) {
+    PANIC_ON
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(subject.to_owned());
+}
+
+/// Panics if `input`'s subject was armed with [`panic_on`].
+pub fn check(input: &Message) {
+    let armed = PANIC_ON.lock().unwrap_or_else(|e| e.into_inner());
+    if !armed.is_empty() && armed.contains(&input.subject) {
+        drop(armed);
+        panic!("injected fault on {}", input.subject);
+    }
+}
