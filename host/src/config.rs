@@ -129,6 +129,10 @@ pub struct HostSection {
     pub graceful_timeout: Duration,
     /// This host's id in logs and on the control plane. Default: "<hostname>-<pid>".
     pub id: Option<String>,
+    /// A stream the host creates (or extends) to store the dead letters of plugins whose
+    /// dead-letter subject no stream captures. Default: none, and such a plugin is not served
+    /// until a stream captures it (`natsplug list` says why). `natsplug dev` sets it.
+    pub dead_letter_stream: Option<String>,
 }
 
 /// Publishing outputs and dead letters.
@@ -206,6 +210,7 @@ impl Default for HostSection {
             plugins: default_plugins(),
             graceful_timeout: default_graceful_timeout(),
             id: None,
+            dead_letter_stream: None,
         }
     }
 }

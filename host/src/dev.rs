@@ -180,6 +180,11 @@ pub async fn run(
     let client = crate::connection::connect(&config.nats, "dev").await?;
     let js = jetstream::new(client.clone());
     create_demo_streams(&js).await?;
+    // A plugin with a dead-letter subject of its own gets it stored here too.
+    config
+        .host
+        .dead_letter_stream
+        .get_or_insert_with(|| "DEAD_LETTERS".to_owned());
     let mut outputs = client
         .subscribe("demo.out.>")
         .await

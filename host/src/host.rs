@@ -13,9 +13,9 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, Admin};
 use crate::config::HostConfig;
 use crate::delivery::cores::Cores;
+use crate::delivery::publisher::Publisher;
 use crate::metrics::Metrics;
 use crate::plugins::{Change, Registry, SETTLE_TIME};
-use crate::delivery::publisher::Publisher;
 use crate::runtime::Runtime;
 use crate::shutdown::Shutdown;
 use crate::traces::Traces;
@@ -77,7 +77,8 @@ async fn serve(config: HostConfig, shutdown: Shutdown, traces: Traces) -> anyhow
             metrics.clone(),
         )
         .with_traces(traces)
-        .with_cores(cores.clone()),
+        .with_cores(cores.clone())
+        .with_dead_letter_stream(config.host.dead_letter_stream.clone()),
     );
     let _ = admin.registry.set(registry.clone());
     // Files still being written are looked at again until they settle.

@@ -136,8 +136,10 @@ impl Subscribe {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    /// CPU budget in wasmtime fuel units (a tight loop burns ~13.5M per ms). 0 disables it.
-    /// Default: 10,000,000,000.
+    /// CPU budget in wasmtime fuel units (a tight loop burns ~13.5M per ms on the reference
+    /// machine, so 10,000,000,000 is about 0.7 s of computing). 0, the default, sets none: the
+    /// wall-clock `deadline` is the guard, so a handler that computes for 3 s runs to the end
+    /// under the defaults. Set it to bound CPU more tightly than wall time. Default: 0.
     #[serde(default = "default_fuel")]
     pub fuel: u64,
     /// Wall-clock time a handler may take, sleeping included. Default: 60s.
@@ -366,8 +368,39 @@ impl Manifest {
                 ));
             }
         }
-        if let Some((field, value)) = durations.into_iter().find(|(_, d)| *d > MAX_DURATION) {
+        if let Some((field, value)) = durations.iter().find(|(_, d)| *d > MAX_DURATION) {
             return Err(format!("{field} = {value:?} is longer than 1 day"));
+        }
+        // A zero backoff entry is an immediate retry; the others must be some time.
+        if let Some((field, _)) = durations
+            .iter()
+            .find(|(field, d)| d.is_zero() && *field != "retry.backoff")
+        {
+            return Err(format!("{field} must be more than 0"));
+        }
+        if let Some(s) = &self.subscribe
+            && s.stream.is_some()
+            && s.heartbeat_interval() >= s.ack_wait
+        {
+            return Err(format!(
+                "subscribe.heartbeat = {:?} is not less than subscribe.ack_wait = {:?}: the \
+                 server would redeliver a message between two heartbeats",
+                s.heartbeat_interval(),
+                s.ack_wait
+            ));
+        }
+        for dir in &self.sandbox.dirs {
+            if !dir.host.is_absolute() {
+                return Err(format!(
+                    "sandbox.dirs: {:?} is not an absolute path",
+                    dir.host
+                ));
+            }
+            if dir.writable && dir.host.parent().is_none() {
+                return Err(
+                    "sandbox.dirs: the root directory `/` cannot be granted writable".into(),
+                );
+            }
         }
         for (field, bytes) in [
             ("limits.output_bytes", self.limits.output_bytes),
@@ -453,7 +486,7 @@ const fn default_concurrency() -> NonZeroUsize {
     NonZeroUsize::new(4).expect("4 is not zero")
 }
 const fn default_fuel() -> u64 {
-    10_000_000_000
+    0
 }
 const fn default_deadline() -> Duration {
     Duration::from_secs(60)

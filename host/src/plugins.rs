@@ -21,9 +21,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::delivery::consumer::Worker;
 use crate::delivery::cores::Cores;
+use crate::delivery::publisher::Publisher;
 use crate::manifest::{Manifest, Subscribe};
 use crate::metrics::{Metrics, PluginMetrics, ResultLabels, StatsSnapshot, VersionLabels};
-use crate::delivery::publisher::Publisher;
 use crate::runtime::{Plugin, Runtime};
 use crate::shutdown::Shutdown;
 use crate::traces::Traces;
@@ -113,6 +113,8 @@ struct Entry {
     metrics: Option<PluginMetrics>,
     /// Set by the worker while its subscription is in place.
     bound: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by the worker while it cannot serve the plugin, and why.
+    unserved: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// The plugins a host serves, and their workers.
@@ -128,6 +130,9 @@ pub struct Registry {
     traces: Traces,
     /// Where JetStream shards run; none unless [`with_cores`](Self::with_cores).
     cores: Option<Arc<Cores>>,
+    /// Where dead letters no stream captures go; none unless
+    /// [`with_dead_letter_stream`](Self::with_dead_letter_stream).
+    dead_letter_stream: Option<String>,
     /// Serializes syncs; held while compiling.
     syncing: Mutex<()>,
     /// The plugins; held only briefly, so `list` never waits for a compile.
@@ -155,6 +160,7 @@ impl Registry {
             metrics,
             traces: Traces::default(),
             cores: None,
+            dead_letter_stream: None,
             syncing: Mutex::default(),
             entries: std::sync::Mutex::default(),
         }
@@ -163,6 +169,13 @@ impl Registry {
     /// Makes every worker started from now on run its JetStream shards on `cores`.
     pub fn with_cores(mut self, cores: Arc<Cores>) -> Self {
         self.cores = Some(cores);
+        self
+    }
+
+    /// Makes every worker started from now on store dead letters that no stream captures in
+    /// `stream`, created if need be (`host.dead_letter_stream`).
+    pub fn with_dead_letter_stream(mut self, stream: Option<String>) -> Self {
+        self.dead_letter_stream = stream;
         self
     }
 
@@ -347,6 +360,11 @@ impl Registry {
                     entry.bound = Arc::default();
                     entry.bound.clone()
                 },
+                unserved: {
+                    entry.unserved = Arc::default();
+                    entry.unserved.clone()
+                },
+                dead_letter_stream: self.dead_letter_stream.clone(),
                 traces: self.traces.clone(),
                 cores: self.cores.clone(),
                 long_handlers: None,
@@ -402,7 +420,13 @@ impl Registry {
                     .as_ref()
                     .map(PluginMetrics::snapshot)
                     .unwrap_or_default(),
-                error: entry.error.clone(),
+                error: entry.error.clone().or_else(|| {
+                    entry
+                        .unserved
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone()
+                }),
             })
             .collect()
     }

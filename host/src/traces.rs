@@ -31,8 +31,8 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
 use crate::config::TracingConfig;
-use crate::message::{Message, Output};
 use crate::delivery::settle::Settled;
+use crate::message::{Message, Output};
 
 /// The W3C trace context header.
 pub const TRACEPARENT: &str = "traceparent";

@@ -90,6 +90,8 @@ impl TestHost {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         config.host.id = Some(format!("test-host-{}-{n}", std::process::id()));
         config.runtime.cache = false;
+        // As `natsplug dev` does; the tests of an unstored dead-letter subject unset it.
+        config.host.dead_letter_stream = Some("NATSPLUG_DEAD".into());
         config
     }
 
@@ -393,6 +395,7 @@ impl HostProcess {
             .args(["run", "--log", "warn", "--server", url, "--plugins"])
             .arg(plugins)
             .args(extra)
+            .env("NATSPLUG_HOST_DEAD_LETTER_STREAM", "NATSPLUG_DEAD")
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()

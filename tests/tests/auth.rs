@@ -254,7 +254,7 @@ async fn a_creds_file_end_to_end() {
 const HOST_PERMISSIONS: &str = r#"
       publish: {
         allow: [
-          "$JS.API.STREAM.INFO.IN", "$JS.API.CONSUMER.CREATE.IN.>",
+          "$JS.API.STREAM.INFO.IN", "$JS.API.STREAM.NAMES", "$JS.API.CONSUMER.CREATE.IN.>",
           "$JS.API.CONSUMER.MSG.NEXT.IN.uppercase", "$JS.API.CONSUMER.MSG.NEXT.IN.leaky",
           "$JS.ACK.IN.uppercase.>", "$JS.ACK.IN.leaky.>",
           "out.upper", "natsplug.dead.>", "_INBOX.>"

@@ -14,6 +14,8 @@
 //! - [`auth`]: TLS, user/password, nkey and creds file end to end; the documented permissions.
 //! - [`security`]: hostile requesters and guests: forged reply subjects, server-steering and
 //!   unsendable headers, output and log floods.
+//! - [`stranded`]: every input ends acked, dead-lettered or back on the server: host panics,
+//!   oversize and unstorable dead letters, bound consumers' own limits, host faults, dedup ids.
 
 mod auth;
 mod deploy;
@@ -24,3 +26,4 @@ mod process;
 mod reload;
 mod runtime;
 mod security;
+mod stranded;

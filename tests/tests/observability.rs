@@ -434,6 +434,7 @@ async fn json_logs_parse_line_by_line_and_carry_the_message_context() {
             "--plugins",
         ])
         .arg(plugins.path())
+        .env("NATSPLUG_HOST_DEAD_LETTER_STREAM", "NATSPLUG_DEAD")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -749,3 +749,24 @@ async fn headers_are_checked_before_anything_is_kept() {
         Outcome::Success(vec![out("probe.out", &[], "header")])
     );
 }
+
+#[tokio::test]
+async fn a_three_second_computing_handler_runs_to_completion_under_the_default_limits() {
+    let rt = runtime();
+    let plugin = load_with(&rt, "probe", "[publish]\nallow = [\"probe.out\"]\n");
+    let started = Instant::now();
+    let handled = plugin
+        .handle_metered(&Message::new("p", "compute:3000"), Hooks::default())
+        .await;
+    let took = started.elapsed();
+    match handled.result {
+        Ok(Outcome::Success(outputs)) => {
+            let answer = String::from_utf8_lossy(&outputs[0].payload).into_owned();
+            assert!(answer.starts_with("computed "), "{answer}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(took >= Duration::from_secs(3), "{took:?}");
+    // The old default budget, 10,000,000,000 units, would have stopped it part-way.
+    assert!(handled.fuel > 10_000_000_000, "{} units", handled.fuel);
+}

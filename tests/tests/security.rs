@@ -217,7 +217,7 @@ async fn headers_that_steer_the_server_or_break_the_protocol_are_refused_typed()
     );
     let ids: Vec<&str> = kept[3..].iter().map(|m| m.header("Nats-Msg-Id")).collect();
     assert!(
-        ids.iter().all(|id| id.starts_with("probe:IN:")) && ids[0] != ids[1],
+        ids.iter().all(|id| id.starts_with("IN:probe:")) && ids[0] != ids[1],
         "the host's own dedup ids: {ids:?}"
     );
 

@@ -66,6 +66,10 @@ pub struct Worker {
     pub metrics: PluginMetrics,
     /// Set while the consumer (or the core subscription) is in place.
     pub bound: Arc<std::sync::atomic::AtomicBool>,
+    /// Why the plugin is not served, while its set-up fails (for `natsplug list`).
+    pub unserved: Arc<std::sync::Mutex<Option<String>>>,
+    /// Where the host stores dead letters no stream captures (`host.dead_letter_stream`).
+    pub dead_letter_stream: Option<String>,
     /// The host's trace exporter, or none: a span per message, its outputs' `traceparent`.
     pub traces: Traces,
     /// The host's core threads, where the shards run (with their connections); without them,
@@ -88,6 +92,7 @@ impl Worker {
             publisher: &self.publisher,
             metrics: &self.metrics,
             limit,
+            shutdown: &self.shutdown,
         }
     }
 
@@ -97,10 +102,55 @@ impl Worker {
         let Some(subscribe) = plugin.manifest().subscribe.clone() else {
             return;
         };
+        if !self.dead_letters_stored(&client).await {
+            return;
+        }
         if subscribe.stream.is_some() {
             self.run_shards(client, subscribe).await;
         } else {
             self.run_core(client, subscribe).await;
+        }
+    }
+
+    /// Waits until a stream stores the plugin's dead letters ([`settle::ensure_stored`]),
+    /// trying again with backoff and saying why meanwhile; false if the host stops or the
+    /// worker is retired first. Nothing is pulled or subscribed before: an input this plugin
+    /// could not dead-letter stays on the server.
+    async fn dead_letters_stored(&self, client: &async_nats::Client) -> bool {
+        let plugin = self.current();
+        let subject = plugin.manifest().publish.dead_letter_subject(plugin.name());
+        let js = jetstream::new(client.clone());
+        let mut failures = 0;
+        loop {
+            let stored =
+                settle::ensure_stored(&js, &subject, self.dead_letter_stream.as_deref()).await;
+            let why = match stored {
+                Ok(stream) => {
+                    tracing::debug!(
+                        plugin = plugin.name(),
+                        subject,
+                        stream,
+                        "dead letters stored"
+                    );
+                    None
+                }
+                Err(e) => {
+                    if failures == 0 {
+                        tracing::error!(plugin = plugin.name(), error = %e, "plugin not served");
+                    }
+                    Some(format!("not served: {e}"))
+                }
+            };
+            let served = why.is_none();
+            *self.unserved.lock().unwrap_or_else(|e| e.into_inner()) = why;
+            if served {
+                return true;
+            }
+            failures += 1;
+            self.pause(failures).await;
+            if self.shutdown.is_stopping() || self.retire.is_cancelled() {
+                return false;
+            }
         }
     }
 
@@ -182,7 +232,8 @@ impl Worker {
             let Some(pull) = &mut puller else {
                 let set_up = async {
                     let consumer = ensure_consumer(&js, &name, &subscribe, was_set_up).await?;
-                    let pull = Puller::new(client.clone(), js.clone(), &consumer.pull, concurrency).await?;
+                    let pull = Puller::new(client.clone(), js.clone(), &consumer.pull, concurrency)
+                        .await?;
                     anyhow::Ok((consumer, pull))
                 };
                 let ready = driving(&mut in_flight, &name, set_up).await;
@@ -260,7 +311,8 @@ impl Worker {
         let drain = async {
             if let Some(pull) = puller {
                 // Pulled during shutdown or after retirement: give it back.
-                pull.drain(|message| self.give_back(message, limit, PULLED_WHILE_STOPPING)).await;
+                pull.drain(|message| self.give_back(message, limit, PULLED_WHILE_STOPPING))
+                    .await;
             }
         };
         let finish = async {
@@ -302,7 +354,10 @@ impl Worker {
             let plugin = worker.current();
             match jetstream_input(message) {
                 (Ok(input), acker) => {
-                    worker.settler(&plugin, limit).give_back(&input, &acker, why).await;
+                    worker
+                        .settler(&plugin, limit)
+                        .give_back(&input, &acker, why)
+                        .await;
                 }
                 (Err(_), acker) => settle::nak(&acker, settle::GIVE_BACK_DELAY).await,
             }
@@ -356,7 +411,7 @@ impl Worker {
         );
         // On its last allowed delivery a message cut short by the end of the graceful period is
         // not redelivered after a nak: it is dead-lettered instead, which needs it whole.
-        let last = (limit.server_enforced && limit.is_last(delivered)).then(|| input.clone());
+        let last = limit.is_last(delivered).then(|| input.clone());
         let trace = self.traces.message(plugin.name(), &input);
         let heartbeat = heartbeats.start(acker.clone());
         let hooks = Hooks {
@@ -388,7 +443,11 @@ impl Worker {
                     // On its last delivery an input the host could not run is not nak'ed (that
                     // would spend the delivery): it waits here, its heartbeat going, and tries
                     // again.
-                    Decision::HostFault { delay, kind, reason } if limit.is_last(delivered) => {
+                    Decision::HostFault {
+                        delay,
+                        kind,
+                        reason,
+                    } if limit.is_last(delivered) => {
                         tries += 1;
                         self.metrics.host_fault(&kind);
                         tracing::warn!(%reason, ?delay, tries, "the host could not run the handler on the last delivery; trying again");
@@ -671,11 +730,7 @@ fn settled(plugin: &str, done: std::thread::Result<()>) {
             .copied()
             .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
             .unwrap_or("(not a string)");
-        tracing::error!(
-            plugin,
-            panic,
-            "a message's handling panicked; nak'ed"
-        );
+        tracing::error!(plugin, panic, "a message's handling panicked; nak'ed");
     }
 }
 

@@ -14,8 +14,8 @@ use tokio::sync::oneshot;
 
 use crate::config::{NatsConfig, PublisherConfig};
 use crate::connection;
-use crate::metrics::Metrics;
 use crate::delivery::publisher::Publisher;
+use crate::metrics::Metrics;
 
 /// How long closing a core waits for its connections to flush.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -78,6 +78,8 @@ impl Heartbeats {
         let every = (interval / ticks).max(Duration::from_millis(1));
         let us = u64::try_from(every.as_micros()).unwrap_or(u64::MAX);
         self.shared.tick_us.store(us, Ordering::Relaxed);
+        // The ticker may be asleep until a tick of the old interval.
+        self.shared.nudge.notify_one();
     }
 
     /// Beats for `acker` until the returned guard is dropped.
@@ -148,14 +150,14 @@ impl Shared {
 /// The ticker: each tick (or nudge), ack-progress for every message that is due.
 async fn tick(shared: Arc<Shared>) {
     let every = || Duration::from_micros(shared.tick_us.load(Ordering::Relaxed));
-    let mut next = tokio::time::Instant::now() + every();
+    let mut last = tokio::time::Instant::now();
     let mut due = Vec::new();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep_until(next) => {
+            // Missed ticks are not made up: the next one is a whole tick after this one.
+            _ = tokio::time::sleep_until(last + every()) => {
                 shared.lock().now += 1;
-                // Missed ticks are not made up: the next one is a whole tick from now.
-                next = tokio::time::Instant::now() + every();
+                last = tokio::time::Instant::now();
             }
             _ = shared.nudge.notified() => {}
         }

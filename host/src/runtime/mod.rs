@@ -214,6 +214,16 @@ impl Runtime {
                 reason,
             }
         })?;
+        // A granted directory that is not there would fail every instance at once.
+        if let Some(dir) = manifest.sandbox.dirs.iter().find(|d| !d.host.is_dir()) {
+            return Err(LoadError::Unsupported {
+                plugin: name.to_owned(),
+                reason: format!(
+                    "sandbox.dirs: {} is not a directory on this host",
+                    dir.host.display()
+                ),
+            });
+        }
         if manifest.limits.memory > self.config.max_memory {
             return Err(LoadError::Unsupported {
                 plugin: name.to_owned(),

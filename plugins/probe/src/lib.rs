@@ -11,6 +11,7 @@
 //! - `publish:COUNT:BYTES`: `publish()`es one buffer of BYTES bytes COUNT times.
 //! - `log:COUNT:BYTES`, `stderr:COUNT:BYTES`: COUNT log lines of BYTES bytes, through `log` or
 //!   stderr.
+//! - `compute:MS`: computes (no sleeping) for MS milliseconds of wall time.
 use std::io::Write as _;
 
 use natsplug_sdk::{Error, Message, Output, handler, log};
@@ -74,6 +75,21 @@ fn handle(msg: Message) -> natsplug_sdk::Result {
                 }
             }
             format!("logged {count}")
+        }
+        "compute" => {
+            let ms: u64 = arg
+                .parse()
+                .map_err(|e| Error::reject(format!("{arg:?}: {e}")))?;
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+            let mut x = 1u64;
+            let mut rounds = 0u64;
+            while std::time::Instant::now() < until {
+                for _ in 0..10_000 {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+                rounds += 1;
+            }
+            format!("computed {rounds} rounds")
         }
         _ => format!("unknown probe {request:?}"),
     };

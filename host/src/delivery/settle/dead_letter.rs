@@ -1,5 +1,6 @@
 //! Dead letters: the input's payload with headers saying why ([`header`]), stored in the stream
-//! that captures the plugin's dead-letter subject, never sent without storage. One that the
+//! that captures the plugin's dead-letter subject, never sent without storage: a plugin is not
+//! served until a stream captures it ([`ensure_stored`]). One that the
 //! server finds too large is cut to fit ([`DeadLetter::cut`]): first without the payload and
 //! the input's headers, then with its reason and subject cut short, so it can always be stored.
 
@@ -68,10 +69,12 @@ impl<'a> DeadLetter<'a> {
     /// Its `Nats-Msg-Id`: one per input, so a dead letter stored twice (a retry after a lost
     /// publish ack, two hosts seeing the same input) is kept once.
     pub fn msg_id(&self) -> Option<String> {
-        self.input
-            .delivery
-            .as_ref()
-            .map(|d| format!("natsplug-dead:{}:{}:{}", d.stream, d.consumer, d.stream_sequence))
+        self.input.delivery.as_ref().map(|d| {
+            format!(
+                "natsplug-dead:{}:{}:{}",
+                d.stream, d.consumer, d.stream_sequence
+            )
+        })
     }
 
     /// Its payload: the input's, or nothing once cut.
@@ -122,6 +125,50 @@ impl<'a> DeadLetter<'a> {
         }
         headers
     }
+}
+
+/// Makes sure a stream stores what is published to the dead-letter `subject`, and names it. With
+/// no stream capturing it, the host creates (or extends) `create_in` when the operator named
+/// one (`host.dead_letter_stream`); else the error says what to do, and the plugin is not
+/// served until it is done.
+pub async fn ensure_stored(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    create_in: Option<&str>,
+) -> anyhow::Result<String> {
+    use async_nats::jetstream::stream::Config;
+    if let Ok(stream) = js.stream_by_subject(subject).await {
+        return Ok(stream);
+    }
+    let Some(name) = create_in else {
+        anyhow::bail!(
+            "no stream captures the dead-letter subject {subject:?}, so a dead letter could not \
+             be stored: create one (e.g. `nats stream add DEAD --subjects {subject:?}`), set \
+             publish.dead_letter to a stored subject, or set host.dead_letter_stream"
+        );
+    };
+    let mut stream = js
+        .get_or_create_stream(Config {
+            name: name.to_owned(),
+            subjects: vec![subject.to_owned()],
+            description: Some("natsplug dead letters".into()),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the dead-letter stream {name:?}: {e}"))?;
+    let mut config = stream.info().await?.config.clone();
+    if !config.subjects.iter().any(|s| s == subject) {
+        config.subjects.push(subject.to_owned());
+        js.update_stream(config).await.map_err(|e| {
+            anyhow::anyhow!("adding {subject:?} to the dead-letter stream {name:?}: {e}")
+        })?;
+    }
+    tracing::info!(
+        stream = name,
+        subject,
+        "dead letters stored in the host's dead-letter stream"
+    );
+    Ok(name.to_owned())
 }
 
 /// `text` as a header value: one line.
@@ -186,17 +233,27 @@ mod tests {
             l.payload().len()
                 + l.headers()
                     .iter()
-                    .map(|(n, v)| n.to_string().len() + v.iter().map(|v| v.as_str().len()).sum::<usize>())
+                    .map(|(n, v)| {
+                        n.to_string().len() + v.iter().map(|v| v.as_str().len()).sum::<usize>()
+                    })
                     .sum::<usize>()
         };
         let mut sizes = vec![size(&letter)];
         while letter.cut() {
             let headers = letter.headers();
-            assert_eq!(headers.get(header::PAYLOAD_OMITTED).unwrap().as_str(), "5000");
+            assert_eq!(
+                headers.get(header::PAYLOAD_OMITTED).unwrap().as_str(),
+                "5000"
+            );
             assert!(headers.get("keep").is_none());
             assert_eq!(headers.get(header::KIND).unwrap().as_str(), "reject");
             let reason = headers.get(header::REASON).unwrap().as_str();
-            assert_eq!(reason.ends_with(CUT_MARKER), sizes.len() > 1, "{}", reason.len());
+            assert_eq!(
+                reason.ends_with(CUT_MARKER),
+                sizes.len() > 1,
+                "{}",
+                reason.len()
+            );
             assert!(letter.payload().is_empty());
             sizes.push(size(&letter));
         }

@@ -245,7 +245,9 @@ mod tests {
             plugin: "p".into(),
             fuel: 9,
         });
-        assert!(matches!(decide(fuel, 1, limit(&m), &m), Decision::DeadLetter { kind, .. } if kind == "fuel"));
+        assert!(
+            matches!(decide(fuel, 1, limit(&m), &m), Decision::DeadLetter { kind, .. } if kind == "fuel")
+        );
         let deadline = || {
             Err(HandlerError::Deadline {
                 plugin: "p".into(),

@@ -22,7 +22,7 @@ use std::time::Duration;
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::message::Acker;
 
-pub use dead_letter::{CUT_MARKER, DeadLetter, header, header_value};
+pub use dead_letter::{CUT_MARKER, DeadLetter, ensure_stored, header, header_value};
 pub use decide::{Decision, DeliveryLimit, Settled, decide};
 
 use crate::backoff::Backoff;
@@ -32,14 +32,16 @@ use crate::message::{Message, Output};
 use crate::metrics::PluginMetrics;
 use crate::policy;
 use crate::runtime::Plugin;
+use crate::shutdown::Shutdown;
 
 /// The nak delay of a message given back: longer than [`crate::delivery::pull::PULL_EXPIRES`],
 /// so its redelivery goes to another pull request, not back into one being drained.
 pub const GIVE_BACK_DELAY: Duration = Duration::from_secs(2);
-/// The dead-letter kind of a message delivered past its limit, or given back on its last
-/// allowed delivery under a limit the server enforces.
+/// The dead-letter kind of a message delivered past its limit.
 pub const DELIVERY_LIMIT: &str = "delivery-limit";
-/// Longest wait between tries to store a dead letter on a last delivery the server enforces.
+/// The dead-letter kind of a message this host gave back on its last allowed delivery.
+pub const GIVEN_BACK: &str = "given-back";
+/// Longest wait between tries to store a dead letter on a last delivery.
 const MAX_DEAD_LETTER_RETRY: Duration = Duration::from_secs(5);
 
 /// Carries out decisions for one plugin version's inputs.
@@ -52,6 +54,8 @@ pub struct Settler<'a> {
     pub metrics: &'a PluginMetrics,
     /// The deliveries the input gets.
     pub limit: DeliveryLimit,
+    /// The host's shutdown: a dead letter tried again on a last delivery gives up at its end.
+    pub shutdown: &'a Shutdown,
 }
 
 impl Settler<'_> {
@@ -63,7 +67,12 @@ impl Settler<'_> {
             Decision::Publish(outputs) => match self.publish_outputs(input, &outputs).await {
                 Ok(()) => {
                     self.metrics.acked.inc();
-                    match manifest.subscribe.as_ref().map(|s| s.ack).unwrap_or_default() {
+                    match manifest
+                        .subscribe
+                        .as_ref()
+                        .map(|s| s.ack)
+                        .unwrap_or_default()
+                    {
                         AckMode::Plain => send(acker, AckKind::Ack).await,
                         AckMode::Confirmed => {
                             if let Err(e) = acker.double_ack().await {
@@ -115,9 +124,10 @@ impl Settler<'_> {
     }
 
     /// Stores the dead letter of `input`, then terminates it. One that cannot be stored is
-    /// nak'ed: it comes back past its limit and is dead-lettered on arrival, until it is
-    /// stored. Under a limit the server enforces, on the last delivery, it is tried again here
-    /// instead (the caller's heartbeat keeps the input alive) until it is stored.
+    /// nak'ed before its last delivery (the next one runs the handler again). On the last one
+    /// it is tried again here, the caller's heartbeat keeping the input alive, until it is
+    /// stored, keeping its kind and reason; if the host must stop first, it is nak'ed (a
+    /// created consumer's input comes back past its limit and is dead-lettered on arrival).
     pub async fn dead_letter_and_term(
         &self,
         input: &Message,
@@ -126,10 +136,11 @@ impl Settler<'_> {
         reason: &str,
     ) -> Settled {
         let delivered = input.delivered();
+        let last = self.limit.is_last(delivered) || self.limit.is_past(delivered);
         let mut tries = 0;
-        loop {
+        let error = loop {
             tries += 1;
-            match self.dead_letter(input, kind, reason).await {
+            let e = match self.dead_letter(input, kind, reason).await {
                 Ok(()) => {
                     tracing::warn!(kind, reason, "dead-lettered");
                     self.metrics.dead_letter(kind);
@@ -139,38 +150,48 @@ impl Settler<'_> {
                         reason: reason.to_owned(),
                     };
                 }
-                Err(e) if self.limit.server_enforced && self.limit.is_last(delivered) => {
-                    let delay = Backoff {
-                        first: Duration::from_millis(100),
-                        max: MAX_DEAD_LETTER_RETRY,
-                        jitter: true,
-                    }
-                    .delay(tries);
-                    tracing::error!(error = %e, kind, reason, ?delay, "cannot store the dead letter on the last delivery; trying again");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, kind, reason, "cannot store the dead letter; nak'ed to try again");
-                    nak(acker, self.plugin.manifest().retry.delay_for(delivered)).await;
-                    return Settled::Retried {
-                        kind: "dead-letter".into(),
-                        reason: format!("{kind}: {reason}; the dead letter was not stored: {e}"),
-                    };
-                }
+                Err(e) if !last => break e,
+                Err(e) => e,
+            };
+            let delay = Backoff {
+                first: Duration::from_millis(100),
+                max: MAX_DEAD_LETTER_RETRY,
+                jitter: true,
             }
+            .delay(tries);
+            tracing::error!(error = %e, kind, reason, ?delay, tries, "cannot store the dead letter on the last delivery; trying again");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.shutdown.aborting() => break e,
+            }
+        };
+        tracing::error!(error = %error, kind, reason, "cannot store the dead letter; nak'ed to try again");
+        nak(acker, self.plugin.manifest().retry.delay_for(delivered)).await;
+        Settled::Retried {
+            kind: "dead-letter".into(),
+            reason: format!("{kind}: {reason}; the dead letter was not stored: {error}"),
         }
     }
 
-    /// Naks an input this host will not handle (pulled while it stops, or beyond its free
-    /// slots). Past its limit it is dead-lettered, as on any arrival; on its last delivery
-    /// under a limit the server enforces it would not come back, so it is dead-lettered too.
+    /// Naks an input this host will not handle (pulled while it stops, beyond its free slots,
+    /// cut short at the end of the graceful period). On its last allowed delivery a nak would
+    /// spend it without a handler run, so it is dead-lettered (kind `given-back`) instead; past
+    /// its limit it is dead-lettered as on any arrival.
     pub async fn give_back(&self, input: &Message, acker: &Acker, why: &str) -> Settled {
         let delivered = input.delivered();
-        let last = self.limit.server_enforced && self.limit.is_last(delivered);
-        if last || self.limit.is_past(delivered) {
-            let reason = format!("{why}, on delivery {delivered} of {}", self.limit.max_deliver);
+        if self.limit.is_past(delivered) {
+            let reason = format!(
+                "{why}, delivered {delivered} times, past max_deliver {}",
+                self.limit.max_deliver
+            );
             return self
                 .dead_letter_and_term(input, acker, DELIVERY_LIMIT, &reason)
+                .await;
+        }
+        if self.limit.is_last(delivered) {
+            let reason = format!("{why}, on its last allowed delivery");
+            return self
+                .dead_letter_and_term(input, acker, GIVEN_BACK, &reason)
                 .await;
         }
         nak(acker, GIVE_BACK_DELAY).await;
@@ -231,8 +252,17 @@ impl Settler<'_> {
     }
 
     /// Stores the dead letter of `input`, cut to fit if the server finds it too large.
-    async fn dead_letter(&self, input: &Message, kind: &str, reason: &str) -> Result<(), PublishError> {
-        let subject = self.plugin.manifest().publish.dead_letter_subject(self.plugin.name());
+    async fn dead_letter(
+        &self,
+        input: &Message,
+        kind: &str,
+        reason: &str,
+    ) -> Result<(), PublishError> {
+        let subject = self
+            .plugin
+            .manifest()
+            .publish
+            .dead_letter_subject(self.plugin.name());
         let mut letter = DeadLetter::new(self.plugin.name(), input, kind, reason);
         let id = letter.msg_id();
         loop {
@@ -268,24 +298,32 @@ impl Settler<'_> {
 
     /// Publishes every output of `input` at once and waits for all of them. The outputs'
     /// `traceparent` is already set ([`crate::traces::MessageSpan::stamp`]).
-    async fn publish_outputs(&self, input: &Message, outputs: &[Output]) -> Result<(), PublishError> {
+    async fn publish_outputs(
+        &self,
+        input: &Message,
+        outputs: &[Output],
+    ) -> Result<(), PublishError> {
         let ids = MsgIds::of(input);
         match outputs {
             [] => Ok(()),
             // The common case, without the allocation and the moves of a join.
             [output] => self.publish_output(input, ids.of_output(0), output).await,
             outputs => {
-                let publishes = outputs
-                    .iter()
-                    .enumerate()
-                    .map(|(index, output)| self.publish_output(input, ids.of_output(index), output));
+                let publishes = outputs.iter().enumerate().map(|(index, output)| {
+                    self.publish_output(input, ids.of_output(index), output)
+                });
                 futures::future::try_join_all(publishes).await.map(drop)
             }
         }
     }
 
     /// Publishes one output of `input`: its reply, a core subject, or stored under `id`.
-    async fn publish_output(&self, input: &Message, id: String, output: &Output) -> Result<(), PublishError> {
+    async fn publish_output(
+        &self,
+        input: &Message,
+        id: String,
+        output: &Output,
+    ) -> Result<(), PublishError> {
         let headers = output.headers.to_nats();
         let payload = output.payload.clone();
         match output.subject.as_deref() {
