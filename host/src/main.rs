@@ -133,13 +133,18 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         once: Option<std::time::Duration>,
     },
-    /// Check that a file is a natsplug plugin component and that its manifest parses.
+    /// Check that a file is a natsplug plugin component and that its manifest parses; with
+    /// --server, also that the server has what the host needs to serve it (its stream, a bound
+    /// consumer, a stream storing its dead letters).
     Validate {
         /// The plugin component (NAME.wasm; NAME.toml beside it is its manifest).
         plugin: PathBuf,
         /// A manifest file to use instead of the one beside the plugin.
         #[arg(long)]
         manifest: Option<PathBuf>,
+        /// A NATS server URL to check the plugin against.
+        #[arg(long)]
+        server: Option<String>,
     },
     /// Run a plugin's handler once, offline, and print each output as a JSON line.
     /// Exit code: 0 success, 2 retry, 3 reject, 4 limit hit or trap, 1 unusable plugin.
@@ -364,8 +369,11 @@ async fn run(command: Command) -> ExitCode {
             }
             .await,
         ),
-        Command::Validate { plugin, manifest } => match offline::load(&plugin, manifest.as_deref())
-        {
+        Command::Validate {
+            plugin,
+            manifest,
+            server,
+        } => match offline::load(&plugin, manifest.as_deref()) {
             Ok((_, p)) => {
                 let version = offline::version(&plugin, manifest.as_deref())
                     .unwrap_or_else(|e| format!("unknown ({e})"));
@@ -374,7 +382,24 @@ async fn run(command: Command) -> ExitCode {
                     plugin.display(),
                     p.name(),
                 );
-                ExitCode::SUCCESS
+                let Some(server) = server else {
+                    return ExitCode::SUCCESS;
+                };
+                let mut ok = true;
+                for check in offline::check_server(&p, &server).await {
+                    match check {
+                        Ok(line) => println!("ok: {line}"),
+                        Err(line) => {
+                            ok = false;
+                            eprintln!("error: {line}");
+                        }
+                    }
+                }
+                if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
             }
             Err(e) => {
                 eprintln!("error: {e}");

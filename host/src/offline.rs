@@ -24,6 +24,52 @@ pub fn load(path: &Path, manifest: Option<&Path>) -> Result<(Runtime, Plugin), L
     Ok((runtime, plugin))
 }
 
+/// What `natsplug validate --server URL` checks on the server: that the host could serve the
+/// plugin there. One line per check, an error for each that fails.
+pub async fn check_server(plugin: &Plugin, url: &str) -> Vec<Result<String, String>> {
+    let nats = crate::config::NatsConfig {
+        servers: vec![url.to_owned()],
+        ..Default::default()
+    };
+    let client = match crate::connection::connect(&nats, "validate").await {
+        Ok(client) => client,
+        Err(e) => return vec![Err(format!("cannot connect to {url}: {e:#}"))],
+    };
+    let js = async_nats::jetstream::new(client);
+    let manifest = plugin.manifest();
+    let mut checks = Vec::new();
+    if let Some(subscribe) = &manifest.subscribe
+        && let Some(name) = &subscribe.stream
+    {
+        match js.get_stream(name).await {
+            Err(e) => checks.push(Err(format!("stream {name:?}: {e}"))),
+            Ok(stream) => {
+                checks.push(Ok(format!("stream {name:?} exists")));
+                let durable = subscribe.durable.as_deref().unwrap_or(plugin.name());
+                if subscribe.bind {
+                    checks.push(match stream.consumer_info(durable).await {
+                        Ok(info) => Ok(format!(
+                            "bound consumer {durable:?}: ack_wait {:?}, max_deliver {}",
+                            info.config.ack_wait, info.config.max_deliver
+                        )),
+                        Err(e) => Err(format!("bound consumer {durable:?}: {e}")),
+                    });
+                }
+            }
+        }
+    }
+    let dead = manifest.publish.dead_letter_subject(plugin.name());
+    checks.push(
+        match crate::delivery::settle::ensure_stored(&js, &dead, None).await {
+            Ok(stream) => Ok(format!(
+                "dead letters on {dead:?} are stored in stream {stream:?}"
+            )),
+            Err(e) => Err(format!("{e:#}")),
+        },
+    );
+    checks
+}
+
 /// The version `natsplug list` would show for this plugin file and its manifest (`manifest`,
 /// else the one beside the file): see [`crate::plugins::version_of`].
 pub fn version(path: &Path, manifest: Option<&Path>) -> std::io::Result<String> {

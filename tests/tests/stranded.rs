@@ -145,7 +145,33 @@ async fn a_plugin_whose_dead_letters_no_stream_stores_is_not_served_until_one_do
     );
     assert_eq!(stream_count(&js, "IN").await, 1);
 
+    let wasm = plugins.path().join("poison.wasm");
+    let wasm = wasm.to_str().unwrap();
+    let url = server.url();
+    let validate = || {
+        std::process::Command::new(natsplug_tests::natsplug_bin())
+            .args(["validate", wasm, "--server", &url])
+            .output()
+            .unwrap()
+    };
+    let refused = validate();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("error: no stream captures the dead-letter subject \"natsplug.dead.poison\""),
+        "{said}"
+    );
+
     create_stream(&js, "GRAVE", &["natsplug.dead.>"]).await;
+    let accepted = validate();
+    let said = String::from_utf8_lossy(&accepted.stdout);
+    assert!(accepted.status.success(), "{said}");
+    assert!(
+        said.contains(
+            "ok: dead letters on \"natsplug.dead.poison\" are stored in stream \"GRAVE\""
+        ),
+        "{said}"
+    );
     let info = settled(&js, "IN", "poison").await;
     assert_eq!(info.delivered.consumer_sequence, 1);
     let dead = stream_messages(&js, "GRAVE").await;
