@@ -102,6 +102,41 @@ async fn a_reject_reason_larger_than_max_payload_is_cut_to_fit_and_stored() {
         )
     );
     host.stop().await;
+
+    // A stream's own max_msg_size, said by the stream rather than the client: cut further.
+    js.create_stream(jetstream::stream::Config {
+        name: "SMALL".into(),
+        subjects: vec!["small.>".into()],
+        max_message_size: 512,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    plugins.add(
+        "tight",
+        "poison",
+        "[subscribe]\nstream = \"IN\"\nsubjects = [\"in.tight\"]\nmax_deliver = 1\n\
+         [publish]\ndead_letter = \"small.tight\"\n",
+    );
+    let payload = "y".repeat(600);
+    publish_all(&js, "in.tight", std::slice::from_ref(&payload)).await;
+    let host = TestHost::start(TestHost::config(&server.url(), plugins.path()));
+    let info = settled(&js, "IN", "tight").await;
+    assert_eq!(info.delivered.consumer_sequence, 1);
+    let dead = stream_messages(&js, "SMALL").await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].header("Natsplug-Payload-Omitted"), "600");
+    let reason = dead[0].header("Natsplug-Reason");
+    let expected = format!("poison message on in.tight: {payload}");
+    assert_eq!(
+        reason,
+        format!(
+            "{}{}",
+            &expected[..64],
+            natsplug::delivery::settle::CUT_MARKER
+        )
+    );
+    host.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -43,6 +43,10 @@ const MIN_SHARE: usize = 16;
 const PULLED_WHILE_STOPPING: &str = "pulled while this host stopped";
 /// Why a message that came for a pull request given up on, with no slot free, is given back.
 const BEYOND_FREE_SLOTS: &str = "came for a pull request given up on, with no handler slot free";
+/// The dead-letter kind and reason of a message whose handling panicked on its last delivery
+/// under a limit the server enforces.
+const HOST_PANIC: &str = "host-panic";
+const HOST_PANICKED: &str = "the host's handling of it panicked, on its last allowed delivery";
 /// The dead-letter reason of one still in flight at the end of the graceful period.
 const CUT_SHORT: &str = "still in flight at the end of the graceful period";
 /// Longest wait between attempts to set up a consumer or pull after an error.
@@ -326,7 +330,8 @@ impl Worker {
 
     /// [`process_jetstream`](Self::process_jetstream), with a panic caught so that it ends this
     /// message only: the message is nak'ed, and comes back (past its limit it is dead-lettered
-    /// on arrival, before anything runs).
+    /// on arrival, before anything runs); on its last delivery under a limit the server
+    /// enforces, it is dead-lettered at once.
     fn message<'a>(
         &'a self,
         message: jetstream::Message,
@@ -336,12 +341,26 @@ impl Worker {
     ) -> impl Future<Output = std::thread::Result<()>> + 'a {
         let (input, acker) = jetstream_input(message);
         let acker = Arc::new(acker);
+        // A nak would not bring back a message on its last delivery under the server's limit.
+        let last = input
+            .as_ref()
+            .ok()
+            .filter(|i| limit.server_enforced && limit.is_last(i.delivered()))
+            .cloned();
         let process = self.process_jetstream(input, acker.clone(), slot, heartbeats, limit);
         std::panic::AssertUnwindSafe(process)
             .catch_unwind()
             .then(move |done| async move {
                 if done.is_err() {
-                    settle::nak(&acker, settle::GIVE_BACK_DELAY).await;
+                    match &last {
+                        None => settle::nak(&acker, settle::GIVE_BACK_DELAY).await,
+                        Some(input) => {
+                            let plugin = self.current();
+                            self.settler(&plugin, limit)
+                                .dead_letter_and_term(input, &acker, HOST_PANIC, HOST_PANICKED)
+                                .await;
+                        }
+                    }
                 }
                 done
             })
@@ -417,7 +436,8 @@ impl Worker {
         let hooks = Hooks {
             in_progress: Some(heartbeat.in_progress()),
         };
-        let work = async {
+        // What becomes of it: decided by the handler, or at once if it came past its limit.
+        let decide = async {
             if delivered > 1 {
                 self.metrics.redeliveries.inc();
                 tracing::debug!("redelivery");
@@ -429,13 +449,15 @@ impl Worker {
                     "delivered {delivered} times, past max_deliver {}: an earlier delivery ended unsettled",
                     limit.max_deliver
                 );
-                return settler
-                    .dead_letter_and_term(&input, &acker, settle::DELIVERY_LIMIT, &reason)
-                    .await;
+                let decision = Decision::DeadLetter {
+                    kind: settle::DELIVERY_LIMIT.into(),
+                    reason,
+                };
+                return (decision, input, OutputHold::default());
             }
             let mut input = input;
             let mut tries = 0u32;
-            let (decision, input, held) = loop {
+            loop {
                 let (result, back, held) = self.handle(&plugin, input, hooks.clone()).await;
                 input = back;
                 faults::check(&input);
@@ -457,24 +479,39 @@ impl Worker {
                         if let Decision::Publish(outputs) = &mut decision {
                             trace.stamp(&input, outputs);
                         }
-                        break (decision, input, held);
+                        return (decision, input, held);
                     }
                 }
-            };
-            let settled = settler.jetstream(&input, &acker, decision).await;
-            drop(held);
-            settled
+            }
+        }
+        .instrument(span.clone());
+        // The end of the graceful period cuts a handler short, never a settlement under way:
+        // the settler bounds its own retries and watches the abort.
+        let decided = tokio::select! {
+            decided = decide => Some(decided),
+            _ = self.shutdown.aborting() => None,
         };
-        let settled = tokio::select! {
-            settled = work.instrument(span) => settled,
-            _ = self.shutdown.aborting() => match &last {
+        let settled = match decided {
+            Some((decision, input, held)) => {
+                let settled = settler
+                    .jetstream(&input, &acker, decision)
+                    .instrument(span)
+                    .await;
+                drop(held);
+                settled
+            }
+            None => match &last {
                 None => {
-                    tracing::warn!(plugin = plugin.name(), sequence, "still in flight at the end of the graceful period: nak'ed for another host");
+                    tracing::warn!(
+                        plugin = plugin.name(),
+                        sequence,
+                        "still in flight at the end of the graceful period: nak'ed for another host"
+                    );
                     settle::nak(&acker, Duration::ZERO).await;
                     Settled::GivenBack
                 }
                 Some(input) => settler.give_back(input, &acker, CUT_SHORT).await,
-            }
+            },
         };
         drop(heartbeat);
         trace.end(&settled);
@@ -633,29 +670,10 @@ async fn ensure_consumer(
         .clone()
         .unwrap_or_else(|| plugin.to_owned());
     if subscribe.bind {
-        let mut pull: PullConsumer = stream.get_consumer(&durable).await.map_err(|e| {
+        let pull: PullConsumer = stream.get_consumer(&durable).await.map_err(|e| {
             anyhow::anyhow!("binding to consumer {durable:?} on {stream_name:?}: {e}")
         })?;
-        let config = &pull.info().await?.config;
-        // With a backoff, the server's ack wait for a delivery is its entry in the list.
-        let shortest = config
-            .backoff
-            .iter()
-            .copied()
-            .filter(|d| !d.is_zero())
-            .fold(config.ack_wait, Duration::min);
-        let heartbeat = match subscribe.heartbeat {
-            Some(set) => set.min(shortest / 3),
-            None => shortest / 3,
-        };
-        return Ok(Consumer {
-            limit: DeliveryLimit {
-                max_deliver: config.max_deliver,
-                server_enforced: true,
-            },
-            heartbeat: heartbeat.max(Duration::from_millis(10)),
-            pull,
-        });
+        return Ok(Consumer::as_it_is(pull, subscribe));
     }
     let (filter_subject, filter_subjects) = match subscribe.subjects.as_slice() {
         [one] => (one.clone(), Vec::new()),
@@ -692,14 +710,51 @@ async fn ensure_consumer(
         .create_consumer(config)
         .await
         .map_err(|e| anyhow::anyhow!("creating consumer {durable:?} on {stream_name:?}: {e}"))?;
+    let consumer = Consumer::as_it_is(pull, subscribe);
+    if consumer.limit.max_deliver > 0 {
+        // Another writer (an older natsplug, an operator) set a limit since: the server's rules.
+        tracing::warn!(
+            plugin,
+            durable,
+            max_deliver = consumer.limit.max_deliver,
+            "the consumer has a server-side max_deliver: the server enforces it"
+        );
+        return Ok(consumer);
+    }
     Ok(Consumer {
-        pull,
         limit: DeliveryLimit {
             max_deliver: subscribe.max_deliver,
             server_enforced: false,
         },
-        heartbeat: subscribe.heartbeat_interval(),
+        ..consumer
     })
+}
+
+impl Consumer {
+    /// The consumer with the limits its info says: its `max_deliver` (enforced by the server),
+    /// and heartbeats well inside the shortest ack wait it has (with a backoff, the server's
+    /// ack wait for a delivery is its entry in the list).
+    fn as_it_is(pull: PullConsumer, subscribe: &Subscribe) -> Self {
+        let config = &pull.cached_info().config;
+        let shortest = config
+            .backoff
+            .iter()
+            .copied()
+            .filter(|d| !d.is_zero())
+            .fold(config.ack_wait, Duration::min);
+        let heartbeat = match subscribe.heartbeat {
+            Some(set) => set.min(shortest / 3),
+            None => shortest / 3,
+        };
+        Self {
+            limit: DeliveryLimit {
+                max_deliver: config.max_deliver,
+                server_enforced: true,
+            },
+            heartbeat: heartbeat.max(Duration::from_millis(10)),
+            pull,
+        }
+    }
 }
 
 /// Awaits `wait` (a pause, a set-up, a pull request) while driving a shard's in-flight messages,

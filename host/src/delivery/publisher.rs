@@ -165,7 +165,11 @@ impl Publisher {
                         subject: subject.to_owned(),
                     });
                 }
-                PublishErrorKind::MaxPayloadExceeded => {
+                // Over the server's max_payload (seen by the client), or over the stream's own
+                // max_msg_size (said by the stream): retrying cannot help.
+                _ if error.kind() == PublishErrorKind::MaxPayloadExceeded
+                    || exceeds_stream_max(&error) =>
+                {
                     self.metrics.publish_failures.inc();
                     return Err(PublishError::TooLarge {
                         subject: subject.to_owned(),
@@ -237,4 +241,11 @@ impl Publisher {
             }
         }
     }
+}
+
+/// Whether the stream refused the message as larger than its `max_msg_size`.
+fn exceeds_stream_max(error: &jetstream::context::PublishError) -> bool {
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .is_some_and(|e| e.error_code() == jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM)
 }

@@ -137,6 +137,9 @@ pub async fn ensure_stored(
     create_in: Option<&str>,
 ) -> anyhow::Result<String> {
     use async_nats::jetstream::stream::Config;
+    // Workers start together: one at a time, so two plugins extending the stream do not each
+    // write back a subject list without the other's subject.
+    static EXTENDING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     if let Ok(stream) = js.stream_by_subject(subject).await {
         return Ok(stream);
     }
@@ -147,6 +150,7 @@ pub async fn ensure_stored(
              publish.dead_letter to a stored subject, or set host.dead_letter_stream"
         );
     };
+    let _one = EXTENDING.lock().await;
     let mut stream = js
         .get_or_create_stream(Config {
             name: name.to_owned(),
@@ -163,12 +167,16 @@ pub async fn ensure_stored(
             anyhow::anyhow!("adding {subject:?} to the dead-letter stream {name:?}: {e}")
         })?;
     }
+    // Another host may have written the list at the same time: served only if it stuck.
+    let stored = js.stream_by_subject(subject).await.map_err(|e| {
+        anyhow::anyhow!("{subject:?} is not stored after adding it to {name:?}: {e}")
+    })?;
     tracing::info!(
-        stream = name,
+        stream = stored,
         subject,
         "dead letters stored in the host's dead-letter stream"
     );
-    Ok(name.to_owned())
+    Ok(stored)
 }
 
 /// `text` as a header value: one line.

@@ -41,6 +41,8 @@ pub const GIVE_BACK_DELAY: Duration = Duration::from_secs(2);
 pub const DELIVERY_LIMIT: &str = "delivery-limit";
 /// The dead-letter kind of a message this host gave back on its last allowed delivery.
 pub const GIVEN_BACK: &str = "given-back";
+/// Tries at a confirmed ack.
+const CONFIRM_ATTEMPTS: u32 = 3;
 /// Longest wait between tries to store a dead letter on a last delivery.
 const MAX_DEAD_LETTER_RETRY: Duration = Duration::from_secs(5);
 
@@ -67,18 +69,14 @@ impl Settler<'_> {
             Decision::Publish(outputs) => match self.publish_outputs(input, &outputs).await {
                 Ok(()) => {
                     self.metrics.acked.inc();
-                    match manifest
-                        .subscribe
-                        .as_ref()
-                        .map(|s| s.ack)
-                        .unwrap_or_default()
-                    {
-                        AckMode::Plain => send(acker, AckKind::Ack).await,
-                        AckMode::Confirmed => {
-                            if let Err(e) = acker.double_ack().await {
-                                tracing::warn!(error = %e, "ack not confirmed; a redelivery will find its outputs deduplicated");
-                            }
-                        }
+                    let confirmed =
+                        manifest.subscribe.as_ref().map(|s| s.ack) == Some(AckMode::Confirmed);
+                    // A lost ack on the last delivery would bring it back past its limit, to be
+                    // dead-lettered though its outputs are stored: that one is confirmed.
+                    if confirmed || self.limit.is_last(delivered) {
+                        self.confirm(acker).await;
+                    } else {
+                        send(acker, AckKind::Ack).await;
                     }
                     Settled::Acked
                 }
@@ -119,6 +117,19 @@ impl Settler<'_> {
             Decision::DeadLetter { kind, reason } => {
                 self.dead_letter_and_term(input, acker, &kind, &reason)
                     .await
+            }
+        }
+    }
+
+    /// Acks and waits for the server to confirm it, trying a few times.
+    async fn confirm(&self, acker: &Acker) {
+        for attempt in 1..=CONFIRM_ATTEMPTS {
+            match acker.double_ack().await {
+                Ok(()) => return,
+                Err(e) if attempt == CONFIRM_ATTEMPTS => {
+                    tracing::warn!(error = %e, "ack not confirmed; a redelivery will find its outputs deduplicated");
+                }
+                Err(e) => tracing::debug!(error = %e, attempt, "ack not confirmed; again"),
             }
         }
     }
