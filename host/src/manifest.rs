@@ -631,6 +631,43 @@ mod tests {
     }
 
     #[test]
+    fn settings_that_would_strand_or_fail_every_message_are_refused_at_load() {
+        let refused = |text: &str| {
+            Manifest::parse(text, Path::new("m.toml"))
+                .unwrap_err()
+                .to_string()
+        };
+        let js = "[subscribe]\nstream = \"S\"\nsubjects = [\"s\"]\n";
+        let err = refused(&format!("{js}ack_wait = \"5s\"\nheartbeat = \"5s\"\n"));
+        assert!(
+            err.contains("subscribe.heartbeat = 5s is not less than subscribe.ack_wait = 5s"),
+            "{err}"
+        );
+        let err = refused(&format!("{js}ack_wait = \"0s\"\n"));
+        assert!(
+            err.contains("subscribe.ack_wait must be more than 0"),
+            "{err}"
+        );
+        let err = refused("[limits]\ndeadline = \"0s\"\n");
+        assert!(err.contains("limits.deadline must be more than 0"), "{err}");
+        let err = refused("[[sandbox.dirs]]\nhost = \"/\"\nguest = \"/\"\nwritable = true\n");
+        assert!(err.contains("`/` cannot be granted writable"), "{err}");
+        let err = refused("[[sandbox.dirs]]\nhost = \"data\"\nguest = \"/data\"\n");
+        assert!(err.contains("is not an absolute path"), "{err}");
+        // A zero backoff is an immediate retry, and a read-only `/` is a grant like another.
+        Manifest::parse(
+            "[retry]\nbackoff = [\"0s\"]\n[[sandbox.dirs]]\nhost = \"/\"\nguest = \"/\"\n",
+            Path::new("m.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            Manifest::default().limits.fuel,
+            0,
+            "no fuel budget: the deadline guards"
+        );
+    }
+
+    #[test]
     fn errors_name_file_line_and_field() {
         let err = Manifest::parse("[limits]\nfuel = 1\nmemroy = 5\n", Path::new("bad.toml"))
             .unwrap_err()

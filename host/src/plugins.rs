@@ -232,6 +232,21 @@ impl Registry {
                 });
             }
         }
+        // Each message in a handler holds an instance: more handlers than instances means host
+        // faults (nak'ed inputs) under load, not lost ones, but worth saying.
+        let concurrency: usize = entries
+            .values()
+            .filter_map(|e| e.subscribe.as_ref())
+            .map(|s| s.concurrency.get())
+            .sum();
+        let instances = self.runtime.max_instances();
+        if concurrency > instances as usize {
+            tracing::warn!(
+                concurrency,
+                max_instances = instances,
+                "the plugins' concurrency adds up to more than runtime.max_instances: under load some inputs will wait for an instance (nak'ed, counted in natsplug_host_faults_total)"
+            );
+        }
         results
     }
 

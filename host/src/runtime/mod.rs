@@ -100,6 +100,11 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// Instances this runtime can hold at once (`runtime.max_instances`).
+    pub fn max_instances(&self) -> u32 {
+        self.config.max_instances
+    }
+
     /// Builds the engine (pooling allocator sized by `config`) and starts its epoch ticker.
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
         let mut pool = PoolingAllocationConfig::new();
