@@ -472,3 +472,55 @@ async fn a_core_inputs_output_is_stored_once_across_publish_retries_after_lost_a
     assert!(ours[0].header("Nats-Msg-Id").starts_with("natsplug-core:"));
     host.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bound_consumers_input_whose_host_died_on_its_last_delivery_is_dead_lettered_from_the_stream()
+ {
+    let (server, _client, js) = jetstream_setup().await;
+    let stream = js.get_stream("IN").await.unwrap();
+    stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("once".into()),
+            filter_subject: "in.slow".into(),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(3),
+            max_deliver: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let plugins = PluginsDir::new();
+    plugins.add(
+        "slow",
+        "slow",
+        "[subscribe]\nstream = \"IN\"\nsubjects = [\"in.slow\"]\ndurable = \"once\"\nbind = true\n\
+         [publish]\nallow = [\"out.slow\"]\ndead_letter = \"dead.slow\"\n[config]\noutput = \"out.slow\"\n",
+    );
+    let mut doomed = natsplug_tests::HostProcess::spawn(&server.url(), plugins.path(), &[]);
+    publish_all(&js, "in.slow", &["30".into()]).await;
+    wait_until(Duration::from_secs(10), "the handler in flight", || async {
+        consumer_info(&js, "IN", "once").await.num_ack_pending == 1
+    })
+    .await;
+    // A second host, watching; then the first dies on the input's only delivery.
+    let watcher = TestHost::start(TestHost::config(&server.url(), plugins.path()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    doomed.kill();
+
+    wait_until(Duration::from_secs(15), "the dead letter", || async {
+        stream_count(&js, "DEAD").await == 1
+    })
+    .await;
+    let dead = stream_messages(&js, "DEAD").await;
+    assert_eq!(
+        (dead[0].subject.as_str(), dead[0].payload.as_str()),
+        ("dead.slow", "30")
+    );
+    assert_eq!(dead[0].header("Natsplug-Error-Kind"), "max-deliveries");
+    assert_eq!(dead[0].header("Natsplug-Delivered"), "1");
+    assert_eq!(dead[0].header("Natsplug-Sequence"), "1");
+    let info = consumer_info(&js, "IN", "once").await;
+    assert_eq!(info.delivered.consumer_sequence, 1);
+    assert_eq!(stream_count(&js, "OUT").await, 0);
+    watcher.stop().await;
+}

@@ -204,7 +204,86 @@ impl Worker {
                 }
             }
         });
-        futures::future::join_all(supervised).await;
+        // A bound consumer's limit is the server's: what it gives up on silently is
+        // dead-lettered from the stream.
+        let watch = async {
+            if subscribe.bind {
+                self.dead_letter_max_deliveries(client.clone(), &subscribe)
+                    .await;
+            }
+        };
+        tokio::join!(futures::future::join_all(supervised), watch);
+    }
+
+    /// Watches the server's `MAX_DELIVERIES` advisories for a bound consumer, and stores the
+    /// dead letter of each message the server gave up on (its last delivery ended unsettled: a
+    /// host killed, a dead letter refused until the end of a graceful period), read from the
+    /// stream by sequence. Every host watching stores it under one `Nats-Msg-Id`, so it is kept
+    /// once.
+    async fn dead_letter_max_deliveries(&self, client: async_nats::Client, subscribe: &Subscribe) {
+        let plugin = self.current();
+        let stream_name = subscribe.stream.clone().unwrap_or_default();
+        let durable = subscribe
+            .durable
+            .clone()
+            .unwrap_or_else(|| plugin.name().to_owned());
+        let subject = format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream_name}.{durable}");
+        let mut advisories = match client.subscribe(subject.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(plugin = plugin.name(), subject, error = %e, "cannot watch the bound consumer's max-deliveries advisories");
+                return;
+            }
+        };
+        let js = jetstream::new(client);
+        loop {
+            let advisory = tokio::select! {
+                a = advisories.next() => match a { Some(a) => a, None => return },
+                _ = self.shutdown.stopping() => return,
+                _ = self.retire.cancelled() => return,
+            };
+            let Ok(advisory) = serde_json::from_slice::<MaxDeliveries>(&advisory.payload) else {
+                continue;
+            };
+            let stored = match js.get_stream(&stream_name).await {
+                Ok(stream) => stream.get_raw_message(advisory.stream_seq).await.ok(),
+                Err(_) => None,
+            };
+            let Some(stored) = stored else {
+                tracing::debug!(
+                    sequence = advisory.stream_seq,
+                    "a max-deliveries advisory for a message no longer in the stream"
+                );
+                continue;
+            };
+            let input = Message {
+                subject: stored.subject.to_string(),
+                reply: None,
+                headers: Headers::from_nats(Some(&stored.headers)),
+                payload: stored.payload,
+                delivery: Some(Delivery {
+                    stream: stream_name.clone(),
+                    consumer: durable.clone(),
+                    stream_sequence: advisory.stream_seq,
+                    consumer_sequence: 0,
+                    delivered: advisory.deliveries,
+                    pending: 0,
+                    timestamp_ns: i64::try_from(stored.time.unix_timestamp_nanos()).unwrap_or(0),
+                }),
+            };
+            let plugin = self.current();
+            let limit = DeliveryLimit {
+                max_deliver: 0,
+                server_enforced: true,
+            };
+            let reason = format!(
+                "the server gave up after {} deliveries: the last one ended unsettled",
+                advisory.deliveries
+            );
+            self.settler(&plugin, limit)
+                .store_dead_letter(&input, settle::MAX_DELIVERIES, &reason)
+                .await;
+        }
     }
 
     /// Shard number `shard`: pulls at most `concurrency` messages at a time from the plugin's
@@ -637,6 +716,13 @@ impl Worker {
         .await;
         trace.end(&settled);
     }
+}
+
+/// What a `MAX_DELIVERIES` advisory says (the fields the host reads).
+#[derive(serde::Deserialize)]
+struct MaxDeliveries {
+    stream_seq: u64,
+    deliveries: u64,
 }
 
 /// The consumer a shard pulls from, and what the host settles its messages by.

@@ -39,6 +39,8 @@ use crate::shutdown::Shutdown;
 pub const GIVE_BACK_DELAY: Duration = Duration::from_secs(2);
 /// The dead-letter kind of a message delivered past its limit.
 pub const DELIVERY_LIMIT: &str = "delivery-limit";
+/// The dead-letter kind of a message a bound consumer's server gave up on.
+pub const MAX_DELIVERIES: &str = "max-deliveries";
 /// The dead-letter kind of a message this host gave back on its last allowed delivery.
 pub const GIVEN_BACK: &str = "given-back";
 /// Tries at a confirmed ack.
@@ -181,6 +183,35 @@ impl Settler<'_> {
         Settled::Retried {
             kind: "dead-letter".into(),
             reason: format!("{kind}: {reason}; the dead letter was not stored: {error}"),
+        }
+    }
+
+    /// Stores the dead letter of an input the server no longer delivers (there is nothing to
+    /// ack), trying again with backoff until it is stored or the host stops.
+    pub async fn store_dead_letter(&self, input: &Message, kind: &str, reason: &str) {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.dead_letter(input, kind, reason).await {
+                Ok(()) => {
+                    tracing::warn!(kind, reason, "dead-lettered");
+                    self.metrics.dead_letter(kind);
+                    return;
+                }
+                Err(e) => {
+                    let delay = Backoff {
+                        first: Duration::from_millis(100),
+                        max: MAX_DEAD_LETTER_RETRY,
+                        jitter: true,
+                    }
+                    .delay(tries);
+                    tracing::error!(error = %e, kind, ?delay, "cannot store the dead letter; trying again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.shutdown.stopping() => return,
+                    }
+                }
+            }
         }
     }
 
