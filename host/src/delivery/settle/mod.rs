@@ -150,20 +150,68 @@ impl Settler<'_> {
     ) -> Settled {
         let delivered = input.delivered();
         let last = self.limit.is_last(delivered) || self.limit.is_past(delivered);
-        let mut tries = 0;
-        let error = loop {
-            tries += 1;
-            let e = match self.dead_letter(input, kind, reason).await {
-                Ok(()) => {
-                    tracing::warn!(kind, reason, "dead-lettered");
-                    self.metrics.dead_letter(kind);
-                    send(acker, AckKind::Term).await;
-                    return Settled::DeadLettered {
-                        kind: kind.to_owned(),
-                        reason: reason.to_owned(),
-                    };
+        let stored = if last {
+            self.store_until(input, kind, reason, self.shutdown.aborting())
+                .await
+        } else {
+            self.store_once(input, kind, reason).await
+        };
+        match stored {
+            Ok(()) => {
+                send(acker, AckKind::Term).await;
+                Settled::DeadLettered {
+                    kind: kind.to_owned(),
+                    reason: reason.to_owned(),
                 }
-                Err(e) if !last => break e,
+            }
+            Err(error) => {
+                tracing::error!(error = %error, kind, reason, "cannot store the dead letter; nak'ed to try again");
+                nak(acker, self.plugin.manifest().retry.delay_for(delivered)).await;
+                Settled::Retried {
+                    kind: "dead-letter".into(),
+                    reason: format!("{kind}: {reason}; the dead letter was not stored: {error}"),
+                }
+            }
+        }
+    }
+
+    /// Stores the dead letter of an input the server no longer delivers (there is nothing to
+    /// ack), trying again with backoff until it is stored or the host stops.
+    pub async fn store_dead_letter(&self, input: &Message, kind: &str, reason: &str) {
+        // A failure is logged on every try; the host is stopping.
+        let _ = self
+            .store_until(input, kind, reason, self.shutdown.stopping())
+            .await;
+    }
+
+    /// Stores the dead letter of `input` once, counted and logged.
+    async fn store_once(
+        &self,
+        input: &Message,
+        kind: &str,
+        reason: &str,
+    ) -> Result<(), PublishError> {
+        self.dead_letter(input, kind, reason).await?;
+        tracing::warn!(kind, reason, "dead-lettered");
+        self.metrics.dead_letter(kind);
+        Ok(())
+    }
+
+    /// [`store_once`](Self::store_once), tried again with backoff until it succeeds or
+    /// `give_up` fires (the last error then).
+    async fn store_until(
+        &self,
+        input: &Message,
+        kind: &str,
+        reason: &str,
+        give_up: impl Future<Output = ()>,
+    ) -> Result<(), PublishError> {
+        let mut give_up = std::pin::pin!(give_up);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let e = match self.store_once(input, kind, reason).await {
+                Ok(()) => return Ok(()),
                 Err(e) => e,
             };
             let delay = Backoff {
@@ -172,45 +220,10 @@ impl Settler<'_> {
                 jitter: true,
             }
             .delay(tries);
-            tracing::error!(error = %e, kind, reason, ?delay, tries, "cannot store the dead letter on the last delivery; trying again");
+            tracing::error!(error = %e, kind, reason, ?delay, tries, "cannot store the dead letter; trying again");
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = self.shutdown.aborting() => break e,
-            }
-        };
-        tracing::error!(error = %error, kind, reason, "cannot store the dead letter; nak'ed to try again");
-        nak(acker, self.plugin.manifest().retry.delay_for(delivered)).await;
-        Settled::Retried {
-            kind: "dead-letter".into(),
-            reason: format!("{kind}: {reason}; the dead letter was not stored: {error}"),
-        }
-    }
-
-    /// Stores the dead letter of an input the server no longer delivers (there is nothing to
-    /// ack), trying again with backoff until it is stored or the host stops.
-    pub async fn store_dead_letter(&self, input: &Message, kind: &str, reason: &str) {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match self.dead_letter(input, kind, reason).await {
-                Ok(()) => {
-                    tracing::warn!(kind, reason, "dead-lettered");
-                    self.metrics.dead_letter(kind);
-                    return;
-                }
-                Err(e) => {
-                    let delay = Backoff {
-                        first: Duration::from_millis(100),
-                        max: MAX_DEAD_LETTER_RETRY,
-                        jitter: true,
-                    }
-                    .delay(tries);
-                    tracing::error!(error = %e, kind, ?delay, "cannot store the dead letter; trying again");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.shutdown.stopping() => return,
-                    }
-                }
+                _ = &mut give_up => return Err(e),
             }
         }
     }
