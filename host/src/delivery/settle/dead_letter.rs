@@ -269,4 +269,42 @@ mod tests {
         assert!(sizes.windows(2).all(|w| w[1] <= w[0]), "{sizes:?}");
         assert!(sizes[3] < 400, "{sizes:?}");
     }
+
+    proptest::proptest! {
+        /// Whatever a guest puts in its reason and a sender in its subject and headers, every
+        /// cut is a sendable header set that only shrinks, down to a small bound.
+        #[test]
+        fn any_reason_and_subject_cut_to_sendable_bounded_headers(
+            reason in ".{0,3000}",
+            subject in "[^ ]{1,600}",
+            name in "[!-9;-~]{1,20}",
+            value in ".{0,100}",
+        ) {
+            let mut input = Message::new(subject.as_str(), "payload");
+            input.headers.append(name.as_str(), value.as_str());
+            let mut letter = DeadLetter::new("p", &input, "reject", &reason);
+            let mut cuts = 0;
+            loop {
+                let headers = letter.headers();
+                for (name, values) in headers.iter() {
+                    for v in values {
+                        let v = v.as_str();
+                        proptest::prop_assert!(!v.contains(['\r', '\n']), "{name}: {v:?}");
+                    }
+                }
+                let reason_len = headers.get(header::REASON).map_or(0, |v| v.as_str().len());
+                let subject_len = headers.get(header::SUBJECT).map_or(0, |v| v.as_str().len());
+                if cuts == 3 {
+                    proptest::prop_assert!(reason_len <= CUTS[1] + CUT_MARKER.len());
+                    proptest::prop_assert!(subject_len <= CUTS[1] + CUT_MARKER.len());
+                    proptest::prop_assert!(letter.payload().is_empty());
+                }
+                if !letter.cut() {
+                    break;
+                }
+                cuts += 1;
+            }
+            proptest::prop_assert_eq!(cuts, 3);
+        }
+    }
 }
