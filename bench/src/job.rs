@@ -25,6 +25,8 @@ pub const IN_SUBJECT: &str = "bench.in";
 pub const OUT_STREAM: &str = "BENCH_OUT";
 /// The output subject.
 pub const OUT_SUBJECT: &str = "bench.out";
+/// Where natsplug's dead letters are stored: a plugin is not served until a stream stores them.
+pub const DEAD_STREAM: &str = "BENCH_DEAD";
 /// The durable pull consumer every contender binds to.
 pub const DURABLE: &str = "bench";
 /// The core subject of the request-reply figure.
@@ -58,12 +60,19 @@ pub fn payload(size: usize, i: u64) -> Bytes {
     Bytes::from(p)
 }
 
-/// Deletes and recreates both streams and the durable consumer, the consumer paused when
+/// Deletes and recreates the streams (input, output, dead letters) and the durable consumer, the consumer paused when
 /// `paused` (a backlog can then be stored before anyone gets a message of it).
 pub async fn prepare(js: &jetstream::Context, paused: bool) -> anyhow::Result<()> {
-    for name in [IN_STREAM, OUT_STREAM] {
+    for name in [IN_STREAM, OUT_STREAM, DEAD_STREAM] {
         let _ = js.delete_stream(name).await;
     }
+    js.create_stream(stream::Config {
+        name: DEAD_STREAM.into(),
+        subjects: vec!["natsplug.dead.>".into()],
+        ..Default::default()
+    })
+    .await
+    .context("cannot create the dead-letter stream")?;
     let input = js
         .create_stream(stream::Config {
             name: IN_STREAM.into(),
@@ -95,9 +104,9 @@ pub async fn prepare(js: &jetstream::Context, paused: bool) -> anyhow::Result<()
     Ok(())
 }
 
-/// Deletes both streams.
+/// Deletes the streams.
 pub async fn clean(js: &jetstream::Context) {
-    for name in [IN_STREAM, OUT_STREAM] {
+    for name in [IN_STREAM, OUT_STREAM, DEAD_STREAM] {
         let _ = js.delete_stream(name).await;
     }
 }
