@@ -227,7 +227,10 @@ pub fn refuse_reserved_subscription(pattern: &str) -> Result<(), Denied> {
     let host = HOST_PREFIXES
         .iter()
         .find(|prefix| {
-            requested.overlaps(&Pattern::parse(&format!("{prefix}>"))) && !requested.names(prefix)
+            // The prefix's own subject (`natsplug.control`) is reserved too.
+            let reaches = requested.overlaps(&Pattern::parse(&format!("{prefix}>")))
+                || requested.overlaps(&Pattern::parse(prefix.trim_end_matches('.')));
+            reaches && !requested.names(prefix)
         })
         .copied();
     match (dollar, host) {
@@ -488,6 +491,8 @@ mod tests {
             "*.API.>",
             "natsplug.>",
             "natsplug.*.>",
+            "natsplug.*",
+            "*.control",
             "_INBOX.>",
             "*",
         ] {
@@ -497,6 +502,7 @@ mod tests {
             "svc.>",
             "svc.*",
             "natsplug.control.h1.>",
+            "natsplug.events",
             "$SRV.x",
             "_INBOX.abc.>",
         ] {
