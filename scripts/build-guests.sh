@@ -65,7 +65,7 @@ build() {
           rm -rf "$work/src/$name" && mkdir -p "$work/src/$name"
           mkdir "$work/src/$name/sdk" && cp -R "$sdk/natsplug" "$work/src/$name/sdk/"
           cp -R "$dir" "$work/src/$name/app"
-          env -u VIRTUAL_ENV "$componentize_py" --quiet -d wit -w plugin componentize \
+          env -u VIRTUAL_ENV "$componentize_py" --quiet -d wit -w batch-plugin componentize \
             -p "$work/src/$name/sdk" -p "$work/src/$name/app" "${app%.py}" -o "$tmp" ;;
         js) node guest-sdk/js/componentize.mjs "$dir/$app" "$tmp" ;;
       esac

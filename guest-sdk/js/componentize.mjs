@@ -11,8 +11,8 @@
 //
 // componentize-js is loaded from $GUEST_NODE_MODULES, else <root>/.tools/node/node_modules
 // (scripts/setup.sh installs it there).
-import { writeFile } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { basename, dirname, join, relative, resolve, sep } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -25,13 +25,32 @@ const modules = process.env.GUEST_NODE_MODULES ?? join(root, '.tools', 'node', '
 const entry = join(modules, '@bytecodealliance', 'componentize-js', 'src', 'componentize.js');
 const { componentize } = await import(pathToFileURL(entry).href);
 
-const sourcePath = resolve(source);
+// Every plugin is built against the `batch-plugin` world: an entry module beside the build's
+// output exports the app's `handle` and `handleBatch`, making whichever the app leaves out from
+// the other (the SDK's `eachOf` and `oneOf`).
+const app = resolve(source);
 const out = resolve(output);
+const entryDir = join(root, 'target', 'guests', 'entries');
+await mkdir(entryDir, { recursive: true });
+const sourcePath = join(entryDir, `${basename(dirname(app))}-${basename(app)}`);
+const from = (path) => {
+  const rel = relative(entryDir, path).split(sep).join('/');
+  return rel.startsWith('.') ? rel : `./${rel}`;
+};
+await writeFile(
+  sourcePath,
+  `import * as app from '${from(app)}';
+import { eachOf, oneOf } from '${from(join(root, 'guest-sdk', 'js', 'natsplug.js'))}';
+if (!app.handle && !app.handleBatch) throw new Error('the app exports neither handle nor handleBatch');
+export const handle = app.handle ?? oneOf(app.handleBatch);
+export const handleBatch = app.handleBatch ?? eachOf(app.handle);
+`,
+);
 process.chdir(root);
 const { component } = await componentize({
   sourcePath,
   witPath: join(root, 'wit'),
-  worldName: 'plugin',
+  worldName: 'batch-plugin',
   disableFeatures: ['http', 'fetch-event'],
 });
 await writeFile(out, component);

@@ -424,3 +424,74 @@ export function handler(fn) {
     }
   };
 }
+
+/**
+ * Makes `fn`, a function from an array of Messages to an array of answers (or a Promise of
+ * one), one per message, in order, the plugin's batch handler:
+ * `export const handleBatch = batchHandler(fn)`. An answer is the message's outputs, or a
+ * `Retry` or `Reject` *returned* for it, which settles that message alone; one thrown answers
+ * every message of the batch. The host uses batches under the manifest's `[batch]`; without
+ * it the batch handler gets one message at a time.
+ */
+export function batchHandler(fn) {
+  return async function handleBatch(messages) {
+    const msgs = messages.map((m) => Message.fromWit(m));
+    let answers;
+    try {
+      answers = Array.from(await fn(msgs));
+    } catch (error) {
+      const why = failure(error);
+      return msgs.map(() => ({ tag: 'err', val: why }));
+    }
+    if (answers.length !== msgs.length) {
+      crash(new TypeError(`a batch handler returns one answer per message: ${answers.length} for ${msgs.length}`));
+    }
+    return answers.map((answer) => {
+      if (answer instanceof Retry || answer instanceof Reject) {
+        return { tag: 'err', val: failure(answer) };
+      }
+      try {
+        return { tag: 'ok', val: outputsToWit(answer) };
+      } catch (error) {
+        return crash(error);
+      }
+    });
+  };
+}
+
+/** The WIT failure a per-message handler threw, or null for a crash. */
+function thrownFailure(error) {
+  return error && (error.tag === 'retry' || error.tag === 'reject') ? error : null;
+}
+
+/**
+ * The `handle-batch` export of an app that exports only `handle`: `handle` on each message in
+ * turn. Used by componentize.mjs; not for apps.
+ */
+export function eachOf(handle) {
+  return async function handleBatch(messages) {
+    const results = [];
+    for (const message of messages) {
+      try {
+        results.push({ tag: 'ok', val: await handle(message) });
+      } catch (error) {
+        const why = thrownFailure(error);
+        if (why === null) throw error;
+        results.push({ tag: 'err', val: why });
+      }
+    }
+    return results;
+  };
+}
+
+/**
+ * The `handle` export of an app that exports only `handleBatch`: a batch of one. Used by
+ * componentize.mjs; not for apps.
+ */
+export function oneOf(handleBatch) {
+  return async function handle(message) {
+    const [result] = await handleBatch([message]);
+    if (result.tag === 'err') throw result.val;
+    return result.val;
+  };
+}

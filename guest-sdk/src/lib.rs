@@ -1,7 +1,7 @@
 //! Write natsplug message handlers in Rust.
 //!
 //! A plugin is one function and one macro line. The host (natsplug) calls the function once per
-//! message in a fresh sandboxed instance, keeps the JetStream message alive with heartbeats while
+//! message in a sandboxed instance (fresh, or warm under `[instance]`), keeps the JetStream message alive with heartbeats while
 //! it runs, and turns the answer into an ack, a retry or a dead-letter:
 //!
 //! ```no_run
@@ -29,7 +29,8 @@
 //! - [`Message`], [`Headers`], [`Delivery`]: what the handler receives.
 //! - [`Output`]: what it publishes. [`Error`]: how it fails.
 //! - [`log`], [`in_progress`], [`publish`], [`config`]: the functions the host offers.
-//! - [`handler!`]: exports a function as the plugin's handler.
+//! - [`handler!`]: exports a function as the plugin's handler; [`batch_handler!`] exports one
+//!   that takes a batch of messages (under the manifest's `[batch]`) and answers each.
 #![deny(missing_docs)]
 
 use std::fmt;
@@ -41,7 +42,7 @@ use std::time::Duration;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "natsplug:plugin/plugin",
+        world: "natsplug:plugin/batch-plugin",
         pub_export_macro: true,
         export_macro_name: "__export_plugin",
         default_bindings_module: "natsplug_sdk::bindings",
@@ -356,7 +357,49 @@ pub fn __dispatch(
     message: types::Message,
     handler: impl FnOnce(Message) -> Result,
 ) -> std::result::Result<Vec<types::Output>, types::Failure> {
-    handler(Message::from_wit(message))
+    answer(handler(Message::from_wit(message)))
+}
+
+#[doc(hidden)]
+pub fn __dispatch_each(
+    messages: Vec<types::Message>,
+    mut handler: impl FnMut(Message) -> Result,
+) -> Vec<std::result::Result<Vec<types::Output>, types::Failure>> {
+    messages
+        .into_iter()
+        .map(|m| answer(handler(Message::from_wit(m))))
+        .collect()
+}
+
+#[doc(hidden)]
+pub fn __dispatch_batch(
+    messages: Vec<types::Message>,
+    handler: impl FnOnce(Vec<Message>) -> Vec<Result>,
+) -> Vec<std::result::Result<Vec<types::Output>, types::Failure>> {
+    let count = messages.len();
+    let results = handler(messages.into_iter().map(Message::from_wit).collect());
+    // One result per message is the contract; a handler that breaks it fails the call, and
+    // the host then runs each message alone.
+    assert_eq!(
+        results.len(),
+        count,
+        "a batch handler returns one result per message"
+    );
+    results.into_iter().map(answer).collect()
+}
+
+#[doc(hidden)]
+pub fn __dispatch_one(
+    message: types::Message,
+    handler: impl FnOnce(Vec<Message>) -> Vec<Result>,
+) -> std::result::Result<Vec<types::Output>, types::Failure> {
+    __dispatch_batch(vec![message], handler)
+        .pop()
+        .expect("one result for one message")
+}
+
+fn answer(result: Result) -> std::result::Result<Vec<types::Output>, types::Failure> {
+    result
         .map(|outputs| outputs.into_iter().map(Output::into_wit).collect())
         .map_err(Error::into_wit)
 }
@@ -369,6 +412,9 @@ pub fn __dispatch(
 ///     Ok(vec![])
 /// }
 /// ```
+///
+/// Under a manifest's `[batch]` the host hands it several messages in one call, and it runs
+/// on each in turn.
 #[macro_export]
 macro_rules! handler {
     ($handler:path) => {
@@ -382,6 +428,59 @@ macro_rules! handler {
                 $crate::bindings::Failure,
             > {
                 $crate::__dispatch(message, $handler)
+            }
+
+            fn handle_batch(
+                messages: ::std::vec::Vec<$crate::bindings::Message>,
+            ) -> ::std::vec::Vec<
+                ::core::result::Result<
+                    ::std::vec::Vec<$crate::bindings::Output>,
+                    $crate::bindings::Failure,
+                >,
+            > {
+                $crate::__dispatch_each(messages, $handler)
+            }
+        }
+
+        $crate::bindings::__export_plugin!(__NatsplugPlugin with_types_in $crate::bindings);
+    };
+}
+
+/// Exports `$handler`, a `fn(Vec<Message>) -> Vec<natsplug_sdk::Result>` returning one result
+/// per message, in order, as the plugin's batch handler: the host calls it with up to
+/// `[batch] max` messages, and settles each message on its own result. A single message
+/// (without `[batch]`) comes as a batch of one.
+///
+/// ```no_run
+/// natsplug_sdk::batch_handler!(handle);
+/// fn handle(msgs: Vec<natsplug_sdk::Message>) -> Vec<natsplug_sdk::Result> {
+///     msgs.into_iter().map(|_| Ok(vec![])).collect()
+/// }
+/// ```
+#[macro_export]
+macro_rules! batch_handler {
+    ($handler:path) => {
+        struct __NatsplugPlugin;
+
+        impl $crate::bindings::Guest for __NatsplugPlugin {
+            fn handle(
+                message: $crate::bindings::Message,
+            ) -> ::core::result::Result<
+                ::std::vec::Vec<$crate::bindings::Output>,
+                $crate::bindings::Failure,
+            > {
+                $crate::__dispatch_one(message, $handler)
+            }
+
+            fn handle_batch(
+                messages: ::std::vec::Vec<$crate::bindings::Message>,
+            ) -> ::std::vec::Vec<
+                ::core::result::Result<
+                    ::std::vec::Vec<$crate::bindings::Output>,
+                    $crate::bindings::Failure,
+                >,
+            > {
+                $crate::__dispatch_batch(messages, $handler)
             }
         }
 

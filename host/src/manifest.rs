@@ -52,9 +52,11 @@ pub struct Manifest {
     /// What the guest may see of the machine. Default: nothing.
     #[serde(default)]
     pub sandbox: Sandbox,
-    /// Instance policy: fresh per message (isolation) or reused.
+    /// Instance policy: a fresh instance per message (the default) or a warm pool.
     #[serde(default)]
     pub instance: InstancePolicy,
+    /// Batch calls (`handle-batch`). Default: none, one `handle` call per input.
+    pub batch: Option<Batch>,
     /// Free-form values the guest reads with `config(key)`. Default: none.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
@@ -286,28 +288,96 @@ impl PublishPolicy {
     }
 }
 
-/// How instances are used.
+/// How instances are used: a fresh one for every message, or warm ones from a pool.
+///
+/// A warm instance keeps what the guest left in its memory (globals, caches, a module-level
+/// dict in Python) from one message to the next of that instance: that is the trade. The
+/// host still gives every call its own fuel, deadline, log budget, outputs and hooks, and never
+/// parks an instance that trapped or hit a limit (fuel, memory, deadline, output bytes).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstancePolicy {
-    /// Messages one instance handles before it is dropped. 1 is a fresh instance per message:
-    /// nothing carries over from one message to the next. More trades that isolation for speed
-    /// (a guest's globals persist between the messages of one instance); an instance that traps
-    /// or hits a limit is always dropped. Default: 1.
-    #[serde(default = "default_reuse")]
-    pub reuse: std::num::NonZeroU32,
+    /// `message`: a fresh instance for every message, so nothing carries over. `pool`: a
+    /// message takes the most recently parked instance (its caches are the warmest), or a
+    /// fresh one when none is idle (it never waits for one). Default: `message`.
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// Idle instances a pool keeps (wasmCloud's name); an instance coming back to a full
+    /// pool is dropped. Default: the plugin's `subscribe.concurrency` (4 without one).
+    pub pool_size: Option<NonZeroUsize>,
+    /// Messages one pooled instance serves before it is retired, bounding what can build up
+    /// in it (a leak, a cache that only grows). Default: 10000.
+    #[serde(default = "default_max_invocations")]
+    pub max_invocations: std::num::NonZeroU32,
+    /// An instance idle longer than this is dropped instead of taken, so a quiet plugin gives
+    /// its memory back. Default: 60s.
+    #[serde(with = "humantime_serde", default = "default_max_idle")]
+    pub max_idle: Duration,
+    /// The setting this section replaced; refused with a hint.
+    #[serde(default)]
+    reuse: Option<toml::Value>,
 }
 
 impl Default for InstancePolicy {
     fn default() -> Self {
         Self {
-            reuse: default_reuse(),
+            isolation: Isolation::default(),
+            pool_size: None,
+            max_invocations: default_max_invocations(),
+            max_idle: default_max_idle(),
+            reuse: None,
         }
     }
 }
 
-const fn default_reuse() -> std::num::NonZeroU32 {
-    std::num::NonZeroU32::MIN
+impl Manifest {
+    /// Idle instances the plugin's pool keeps (`instance.pool_size`, else its concurrency).
+    pub fn pool_size(&self) -> usize {
+        self.instance.pool_size.map_or_else(
+            || self.subscribe.as_ref().map_or(4, |s| s.concurrency.get()),
+            NonZeroUsize::get,
+        )
+    }
+}
+
+/// What one message's instance shares with the others.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// A fresh instance for every message.
+    #[default]
+    Message,
+    /// Warm instances, reused within `[instance]`'s bounds.
+    Pool,
+}
+
+const fn default_max_invocations() -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::new(10_000).expect("not zero")
+}
+
+const fn default_max_idle() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Inputs handled together in one call of the guest's `handle-batch` export.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Batch {
+    /// Most inputs in one call. Default: 64.
+    #[serde(default = "default_batch_max")]
+    pub max: NonZeroUsize,
+    /// How long the first input of a batch waits for others before the call starts.
+    /// Default: 5ms.
+    #[serde(with = "humantime_serde", default = "default_batch_wait")]
+    pub max_wait: Duration,
+}
+
+const fn default_batch_max() -> NonZeroUsize {
+    NonZeroUsize::new(64).expect("not zero")
+}
+
+const fn default_batch_wait() -> Duration {
+    Duration::from_millis(5)
 }
 
 /// What the guest may see of the machine; by default nothing: no files, no network, no
@@ -402,6 +472,31 @@ impl Manifest {
                 );
             }
         }
+        if self.instance.reuse.is_some() {
+            return Err(
+                "instance.reuse is gone: write isolation = \"pool\" (warm instances) \
+                        with max_invocations = N (messages per instance) instead"
+                    .into(),
+            );
+        }
+        if self.instance.max_idle > MAX_DURATION || self.instance.max_idle.is_zero() {
+            return Err("instance.max_idle must be more than 0 and at most 1 day".into());
+        }
+        if let Some(batch) = &self.batch {
+            if batch.max.get() > MAX_BATCH {
+                return Err(format!(
+                    "batch.max = {} is more than {MAX_BATCH}",
+                    batch.max
+                ));
+            }
+            if batch.max_wait > MAX_BATCH_WAIT {
+                return Err(format!(
+                    "batch.max_wait = {:?} is longer than {MAX_BATCH_WAIT:?}: the inputs' \
+                     ack_wait runs while they wait",
+                    batch.max_wait
+                ));
+            }
+        }
         for (field, bytes) in [
             ("limits.output_bytes", self.limits.output_bytes),
             ("limits.log_bytes", self.limits.log_bytes),
@@ -473,6 +568,10 @@ impl Manifest {
 const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 /// The most handlers one plugin may run at once on one host.
 const MAX_CONCURRENCY: usize = 65_536;
+/// The most inputs in one batch call.
+const MAX_BATCH: usize = 4096;
+/// The longest a batch waits to fill.
+const MAX_BATCH_WAIT: Duration = Duration::from_secs(1);
 /// The largest byte budget a manifest may set (output_bytes, log_bytes).
 const MAX_BYTES: u64 = 1 << 30;
 

@@ -1,6 +1,6 @@
 //! The cost of one handler call: `uppercase` in Rust, Python and JavaScript, with a fresh
 //! instance per message (store + WASI context + instantiate + call + drop) and with an instance
-//! reused for many messages (`[instance] reuse`), against a native Rust function doing the same
+//! reused for many messages (`[instance] isolation = "pool"`), against a native Rust function doing the same
 //! work (upper-case the payload, build the output with the input's headers), in one run.
 //!
 //! `cargo bench -p natsplug-tests --bench call`
@@ -27,8 +27,9 @@ fn native_uppercase(msg: &Message) -> Outcome {
 fn load(runtime: &Runtime, name: &str, reuse: u32) -> Plugin {
     let manifest = Manifest::parse(
         &format!(
-            "[limits]\nmemory = \"256MiB\"\nfuel = 0\n[instance]\nreuse = {reuse}\n\
-             [publish]\nallow = [\"demo.out.uppercase\"]\n[config]\noutput = \"demo.out.uppercase\"\n"
+            "[limits]\nmemory = \"256MiB\"\nfuel = 0\n[instance]\nisolation = \"{}\"\nmax_invocations = {reuse}\n\
+             [publish]\nallow = [\"demo.out.uppercase\"]\n[config]\noutput = \"demo.out.uppercase\"\n",
+            if reuse > 1 { "pool" } else { "message" }
         ),
         Path::new("bench.toml"),
     )

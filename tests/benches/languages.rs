@@ -24,8 +24,9 @@ async fn run(plugin: &str, reuse: u32, messages: usize) -> f64 {
         plugin,
         &format!(
             "[subscribe]\nstream = \"IN\"\nsubjects = [\"in.upper\"]\nconcurrency = 64\n\
-             [limits]\nmemory = \"256MiB\"\n[instance]\nreuse = {reuse}\n\
-             [publish]\nallow = [\"out.upper\"]\n[config]\noutput = \"out.upper\"\n"
+             [limits]\nmemory = \"256MiB\"\n[instance]\nisolation = \"{}\"\nmax_invocations = {reuse}\n\
+             [publish]\nallow = [\"out.upper\"]\n[config]\noutput = \"out.upper\"\n",
+            if reuse > 1 { "pool" } else { "message" }
         ),
     );
     let payloads: Vec<String> = (0..messages).map(|i| format!("{i:0>64}")).collect();
@@ -62,8 +63,9 @@ async fn per_call(plugin: &str, reuse: u32, calls: u32) -> f64 {
     .unwrap();
     let manifest = natsplug::manifest::Manifest::parse(
         &format!(
-            "[limits]\nmemory = \"256MiB\"\n[instance]\nreuse = {reuse}\n\
-             [publish]\nallow = [\"out.upper\"]\n[config]\noutput = \"out.upper\"\n"
+            "[limits]\nmemory = \"256MiB\"\n[instance]\nisolation = \"{}\"\nmax_invocations = {reuse}\n\
+             [publish]\nallow = [\"out.upper\"]\n[config]\noutput = \"out.upper\"\n",
+            if reuse > 1 { "pool" } else { "message" }
         ),
         Path::new("bench.toml"),
     )

@@ -14,10 +14,12 @@
 //! - [`auth`]: TLS, user/password, nkey and creds file end to end; the documented permissions.
 //! - [`security`]: hostile requesters and guests: forged reply subjects, server-steering and
 //!   unsendable headers, output and log floods.
+//! - [`batch`]: batch calls: each input settled on its own result, heartbeats for all.
 //! - [`stranded`]: every input ends acked, dead-lettered or back on the server: host panics,
 //!   oversize and unstorable dead letters, bound consumers' own limits, host faults, dedup ids.
 
 mod auth;
+mod batch;
 mod deploy;
 mod engine;
 mod languages;

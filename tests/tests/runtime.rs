@@ -506,34 +506,101 @@ fn a_second_runtime_loads_compiled_components_from_the_cache() {
     assert_eq!(runtime().cache_stats(), None);
 }
 
-#[tokio::test]
-async fn an_instance_reused_for_three_messages_then_replaced() {
-    let rt = runtime();
-    let plugin = load_with(
-        &rt,
-        "counter",
-        "[publish]\nallow = [\"counter.out\"]\n[instance]\nreuse = 3\n",
-    );
-    let mut seen = Vec::new();
-    for _ in 0..7 {
-        let Outcome::Success(outputs) = handle(&plugin, &Message::new("x", "")).await.unwrap()
-        else {
-            panic!("counter failed")
-        };
-        seen.push(String::from_utf8(outputs[0].payload.to_vec()).unwrap());
+/// The counter's answer: how many messages its instance has handled.
+async fn count(plugin: &Plugin) -> String {
+    match handle(plugin, &Message::new("x", "")).await {
+        Ok(Outcome::Success(outputs)) => String::from_utf8(outputs[0].payload.to_vec()).unwrap(),
+        other => panic!("counter: {other:?}"),
     }
-    assert_eq!(seen, ["1", "2", "3", "1", "2", "3", "1"]);
+}
+
+const POOLED: &str = "[publish]\nallow = [\"counter.out\"]\n[instance]\nisolation = \"pool\"\n";
+
+#[tokio::test]
+async fn a_fresh_instance_for_every_message_by_default() {
+    let rt = runtime();
+    let plugin = load_with(&rt, "counter", "[publish]\nallow = [\"counter.out\"]\n");
+    for _ in 0..3 {
+        assert_eq!(count(&plugin).await, "1");
+    }
+    let stats = plugin.pool_stats();
+    assert_eq!((stats.warm, stats.fresh, stats.idle), (0, 3, 0));
 }
 
 #[tokio::test]
-async fn a_reused_instance_gets_its_whole_fuel_budget_for_every_message() {
+async fn a_pooled_instance_serves_max_invocations_messages_then_retires() {
     let rt = runtime();
-    // About 7k fuel a call: without a reset, the budget would run out within a few calls.
+    let plugin = load_with(&rt, "counter", &format!("{POOLED}max_invocations = 3\n"));
+    let mut seen = Vec::new();
+    for _ in 0..7 {
+        seen.push(count(&plugin).await);
+    }
+    assert_eq!(seen, ["1", "2", "3", "1", "2", "3", "1"]);
+    let stats = plugin.pool_stats();
+    assert_eq!((stats.warm, stats.fresh, stats.idle), (4, 3, 1));
+}
+
+#[tokio::test]
+async fn a_call_never_waits_for_a_pooled_instance_and_the_pool_keeps_at_most_pool_size() {
+    let rt = runtime();
     let plugin = load_with(
         &rt,
-        "counter",
-        "[publish]\nallow = [\"counter.out\"]\n[instance]\nreuse = 100\n[limits]\nfuel = 50000\n",
+        "slow",
+        "[publish]\nallow = [\"slow.done\"]\n[instance]\nisolation = \"pool\"\npool_size = 2\n",
     );
+    let nap = Message::new("x", "0.1");
+    // Three calls at once, each sleeping: three fresh instances (none waits for another), of
+    // which two are parked when they end; the third is dropped.
+    let started = Instant::now();
+    let answers = futures::future::join_all((0..3).map(|_| handle(&plugin, &nap))).await;
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(290),
+        "{:?}: they ran at once",
+        started.elapsed()
+    );
+    let stats = plugin.pool_stats();
+    assert_eq!((stats.warm, stats.fresh, stats.idle), (0, 3, 2));
+    handle(&plugin, &nap).await.unwrap();
+    let stats = plugin.pool_stats();
+    assert_eq!((stats.warm, stats.fresh, stats.idle), (1, 3, 2));
+}
+
+#[tokio::test]
+async fn an_instance_idle_past_max_idle_is_dropped_not_taken() {
+    let rt = runtime();
+    let plugin = load_with(&rt, "counter", &format!("{POOLED}max_idle = \"100ms\"\n"));
+    assert_eq!(count(&plugin).await, "1");
+    assert_eq!(count(&plugin).await, "2");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        count(&plugin).await,
+        "1",
+        "a fresh instance after the idle time"
+    );
+}
+
+#[tokio::test]
+async fn a_new_version_never_serves_from_the_old_versions_pool() {
+    let rt = runtime();
+    let old = load_with(&rt, "counter", POOLED);
+    assert_eq!(count(&old).await, "1");
+    assert_eq!(count(&old).await, "2");
+    let new = load_with(&rt, "counter", POOLED);
+    assert_eq!(count(&new).await, "1");
+    assert_eq!(
+        count(&old).await,
+        "3",
+        "the old version's message keeps its own pool"
+    );
+    assert_eq!(count(&new).await, "2");
+}
+
+#[tokio::test]
+async fn a_pooled_instance_gets_its_whole_fuel_budget_for_every_message() {
+    let rt = runtime();
+    // About 7k fuel a call: without a reset, the budget would run out within a few calls.
+    let plugin = load_with(&rt, "counter", &format!("{POOLED}[limits]\nfuel = 50000\n"));
     for n in 1..=20 {
         let outcome = handle(&plugin, &Message::new("x", "")).await.unwrap();
         assert_eq!(
@@ -544,14 +611,14 @@ async fn a_reused_instance_gets_its_whole_fuel_budget_for_every_message() {
 }
 
 #[tokio::test]
-async fn an_instance_that_traps_is_never_reused() {
+async fn an_instance_that_traps_or_hits_a_limit_is_never_parked() {
     let rt = runtime();
     // Running out of fuel is a trap. Calling a trapped instance again fails at its entry with
     // another error than OutOfFuel, so three OutOfFuel errors mean three fresh instances.
     let plugin = load_with(
         &rt,
         "spin",
-        "[instance]\nreuse = 10\n[limits]\nfuel = 1000000\n",
+        "[instance]\nisolation = \"pool\"\n[limits]\nfuel = 1000000\n",
     );
     for _ in 0..3 {
         let err = handle(&plugin, &Message::new("x", "")).await.unwrap_err();
@@ -563,6 +630,151 @@ async fn an_instance_that_traps_is_never_reused() {
             }
         );
     }
+    let stats = plugin.pool_stats();
+    assert_eq!((stats.warm, stats.fresh, stats.idle), (0, 3, 0));
+    // A deadline hit and a refused output: not parked either.
+    let slow = load_with(
+        &rt,
+        "slow",
+        "[instance]\nisolation = \"pool\"\n[limits]\ndeadline = \"100ms\"\n",
+    );
+    for _ in 0..2 {
+        let err = handle(&slow, &Message::new("x", "1")).await.unwrap_err();
+        assert!(matches!(err, HandlerError::Deadline { .. }), "{err:?}");
+    }
+    assert_eq!(slow.pool_stats().idle, 0);
+    let refused = load_with(&rt, "counter", "[instance]\nisolation = \"pool\"\n");
+    for _ in 0..2 {
+        let err = handle(&refused, &Message::new("x", "")).await.unwrap_err();
+        assert!(matches!(err, HandlerError::Refused { .. }), "{err:?}");
+    }
+    let stats = refused.pool_stats();
+    assert_eq!((stats.warm, stats.fresh, stats.idle), (0, 2, 0));
+}
+
+#[test]
+fn the_old_reuse_setting_is_refused_with_a_hint() {
+    let err = Manifest::parse("[instance]\nreuse = 3\n", Path::new("m.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("instance.reuse is gone") && err.contains("isolation = \"pool\""),
+        "{err}"
+    );
+}
+
+/// One message for the batch plugins; its payload says how it ends.
+fn batch_input(payload: &str) -> Message {
+    Message::new("batch.in", payload.to_owned())
+}
+
+/// What a batch answer is, in short: `OUT:PAYLOAD:SIZE`, `retry`, `reject`, or the error kind.
+fn batch_answer(result: &Result<Outcome, HandlerError>) -> String {
+    match result {
+        Ok(Outcome::Success(outputs)) => {
+            let [o] = outputs.as_slice() else {
+                panic!("{outputs:?}")
+            };
+            assert_eq!(o.subject.as_deref(), Some("batch.out"));
+            format!(
+                "OUT:{}:{}",
+                String::from_utf8_lossy(&o.payload),
+                o.headers.get("batch-size").unwrap_or("-")
+            )
+        }
+        Ok(Outcome::Retry { delay, .. }) => {
+            assert_eq!(*delay, Some(Duration::from_millis(50)));
+            "retry".into()
+        }
+        Ok(Outcome::Reject { reason }) => {
+            assert_eq!(reason, "asked to");
+            "reject".into()
+        }
+        Err(e) => e.kind().to_owned(),
+    }
+}
+
+const BATCH: &str = "[publish]\nallow = [\"batch.out\"]\n[batch]\nmax = 4\nmax_wait = \"200ms\"\n";
+
+#[tokio::test]
+async fn a_batch_answers_each_input_on_its_own_in_every_language() {
+    let rt = runtime();
+    for name in ["batch", "batch-py", "batch-js"] {
+        let plugin = load_with(&rt, name, BATCH);
+        assert!(plugin.exports_batch(), "{name}");
+        let inputs = ["a", "retry", "b", "reject", "c", "d"].map(batch_input);
+        // All six at once: a full batch of 4 starts at once, the other 2 after max_wait.
+        let answers: Vec<String> =
+            futures::future::join_all(inputs.iter().map(|m| handle(&plugin, m)))
+                .await
+                .iter()
+                .map(batch_answer)
+                .collect();
+        assert_eq!(
+            answers,
+            [
+                "OUT:A:4", "retry", "OUT:B:4", "reject", "OUT:C:2", "OUT:D:2"
+            ],
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_crash_in_a_batch_fails_only_its_own_input() {
+    let rt = runtime();
+    for name in ["batch", "batch-py", "batch-js"] {
+        let plugin = load_with(&rt, name, BATCH);
+        let inputs = ["a", "crash", "reject", "b"].map(batch_input);
+        let answers: Vec<String> =
+            futures::future::join_all(inputs.iter().map(|m| handle(&plugin, m)))
+                .await
+                .iter()
+                .map(batch_answer)
+                .collect();
+        // The batch call trapped; each input then ran alone, in a batch of one.
+        assert_eq!(answers, ["OUT:A:1", "panic", "reject", "OUT:B:1"], "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_per_message_handler_runs_in_batches_too() {
+    let rt = runtime();
+    for name in ["uppercase", "uppercase-py", "uppercase-js"] {
+        let plugin = load_with(
+            &rt,
+            name,
+            "[publish]\nallow = [\"demo.out.>\"]\n[config]\noutput = \"demo.out.x\"\n\
+             [batch]\nmax = 3\nmax_wait = \"200ms\"\n",
+        );
+        let inputs = ["x", "y", "z"].map(|p| Message::new("in", p));
+        let started = Instant::now();
+        let answers = futures::future::join_all(inputs.iter().map(|m| handle(&plugin, m))).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(200),
+            "{name}: a full batch does not wait"
+        );
+        for (answer, want) in answers.into_iter().zip(["X", "Y", "Z"]) {
+            assert_eq!(
+                answer.unwrap(),
+                Outcome::Success(vec![out("demo.out.x", &[], want)]),
+                "{name}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_batch_manifest_needs_a_component_that_exports_handle_batch() {
+    let rt = runtime();
+    let err = rt
+        .load(
+            "plain",
+            b"(component)",
+            Manifest::parse(BATCH, Path::new("m.toml")).unwrap(),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("exports no handle-batch"), "{err}");
 }
 
 /// The probe's answer to `payload` (the payload of its one output).

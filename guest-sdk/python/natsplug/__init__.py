@@ -1,8 +1,9 @@
 """Write natsplug message handlers in Python.
 
-A plugin is one decorated function. The host (natsplug) calls it once per message in a fresh
-sandboxed instance, keeps the JetStream message alive with heartbeats while it runs, and turns
-the answer into an ack, a retry or a dead-letter::
+A plugin is one decorated function. The host (natsplug) calls it once per message in a
+sandboxed instance (fresh, or warm under the manifest's ``[instance]``), keeps the JetStream
+message alive with heartbeats while it runs, and turns the answer into an ack, a retry or a
+dead-letter::
 
     from natsplug import Message, Output, Reject, config, handler, log
 
@@ -21,9 +22,16 @@ the answer into an ack, a retry or a dead-letter::
   and applies the manifest's ``on_trap`` policy (dead-letter by default). ``raise Panic(msg)``
   crashes with exactly ``msg``.
 
+A batch handler takes the messages of one call (``[batch]`` in the manifest) and answers each,
+in order; a `Retry` or `Reject` *returned* in its place settles that message alone::
+
+    @handler(batch=True)
+    def handle(msgs: list[Message]) -> list:
+        return [Output.to("out", m.payload.upper()) if m.payload else Reject("empty") for m in msgs]
+
 Build with componentize-py against the natsplug WIT (``scripts/build-guests.sh`` does it)::
 
-    componentize-py -d wit -w plugin componentize -p guest-sdk/python -p DIR app -o app.wasm
+    componentize-py -d wit -w batch-plugin componentize -p guest-sdk/python -p DIR app -o app.wasm
 
 and try it offline with ``natsplug call app.wasm --subject S --payload TEXT``.
 
@@ -32,7 +40,7 @@ Layout:
 - `Message`, `Headers`, `Delivery`: what the handler receives.
 - `Output`: what it publishes. `Retry`, `Reject`, `Panic`: how it fails.
 - `log`, `in_progress`, `publish`, `config`: the functions the host offers.
-- `handler`: makes a function the plugin's handler.
+- `handler`: makes a function the plugin's handler (``batch=True``: its batch handler).
 - `natsplug.rust`: helpers that reproduce Rust's string and number semantics, for ports of Rust
   plugins that must answer byte for byte the same.
 """
@@ -45,9 +53,9 @@ import traceback
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional, Union
 
-# The bindings componentize-py generates from the WIT contract (world `plugin`).
+# The bindings componentize-py generates from the WIT contract (world `batch-plugin`).
 import wit_world
-from componentize_py_types import Err
+from componentize_py_types import Err, Ok
 from wit_world.imports import host as _host
 from wit_world.imports import types as _types
 
@@ -417,6 +425,7 @@ def config(key: str, default: Optional[str] = None) -> Optional[str]:
 
 
 Handler = Callable[[Message], Union[None, Output, Iterable[Output]]]
+BatchHandler = Callable[[list[Message]], Iterable[Union[None, Output, Iterable[Output], "Retry", "Reject"]]]
 
 
 def _outputs(result) -> list:
@@ -446,30 +455,96 @@ def _crash(error: BaseException) -> None:
     os.abort()
 
 
+def _failure(error: Union[Retry, Reject]):
+    if isinstance(error, Retry):
+        return _types.Failure_Retry(_types.Retry(reason=error.reason, delay_ms=error.delay_ms))
+    return _types.Failure_Reject(error.reason)
+
+
 def dispatch(handle: Handler, message) -> list:
     """Runs `handle` on a WIT message and maps its answer onto the contract. Not for apps."""
     try:
         return _outputs(handle(Message._from_wit(message)))
-    except Retry as e:
-        raise Err(_types.Failure_Retry(_types.Retry(reason=e.reason, delay_ms=e.delay_ms))) from None
-    except Reject as e:
-        raise Err(_types.Failure_Reject(e.reason)) from None
+    except (Retry, Reject) as e:
+        raise Err(_failure(e)) from None
     except Exception as e:  # a crash: report it the way a Rust panic is reported
         _crash(e)
         raise
 
 
-def handler(handle: Handler) -> Handler:
-    """Makes `handle`, a function from `Message` to outputs, the plugin's handler.
+def _result(answer):
+    """One message's answer in a batch: outputs, or a `Retry` or `Reject` returned for it."""
+    if isinstance(answer, (Retry, Reject)):
+        return Err(_failure(answer))
+    return Ok(_outputs(answer))
+
+
+def dispatch_each(handle: Handler, messages) -> list:
+    """Runs a per-message `handle` on each message of a batch. Not for apps."""
+    results = []
+    for message in messages:
+        try:
+            results.append(Ok(_outputs(handle(Message._from_wit(message)))))
+        except (Retry, Reject) as e:
+            results.append(Err(_failure(e)))
+        except Exception as e:
+            _crash(e)
+            raise
+    return results
+
+
+def dispatch_batch(handle: BatchHandler, messages) -> list:
+    """Runs a batch `handle` on WIT messages and maps its answers onto the contract. A `Retry`
+    or `Reject` raised (not returned) answers every message of the batch. Not for apps."""
+    try:
+        answers = list(handle([Message._from_wit(m) for m in messages]))
+        if len(answers) != len(messages):
+            raise TypeError(
+                f"a batch handler returns one answer per message: {len(answers)} for {len(messages)}"
+            )
+        return [_result(answer) for answer in answers]
+    except (Retry, Reject) as e:
+        return [Err(_failure(e)) for _ in messages]
+    except Exception as e:
+        _crash(e)
+        raise
+
+
+def handler(handle=None, *, batch: bool = False):
+    """Makes `handle` the plugin's handler: ``@handler`` for a function from `Message` to
+    outputs, ``@handler(batch=True)`` for one from a list of messages to a list of answers, one
+    per message, in order (outputs, or a `Retry` or `Reject` *returned* for that message).
+
+    The host uses batches under the manifest's ``[batch]`` section; without it a batch handler
+    gets one message at a time. A per-message handler is called on each message of a batch.
 
     It defines the `WitWorld` class that componentize-py looks for in the app module (so the
     app module needs nothing else), and returns `handle` unchanged, so tests can call it.
     """
+    if handle is None:
+        return lambda handle: handler(handle, batch=batch)
     module = sys.modules[handle.__module__]
 
-    class WitWorld(wit_world.WitWorld):
-        def handle(self, message):  # noqa: D401 - the WIT export
-            return dispatch(handle, message)
+    if batch:
+
+        class WitWorld(wit_world.WitWorld):
+            def handle(self, message):  # noqa: D401 - the WIT export
+                [answer] = dispatch_batch(handle, [message])
+                if isinstance(answer, Err):
+                    raise answer
+                return answer.value
+
+            def handle_batch(self, messages):
+                return dispatch_batch(handle, messages)
+
+    else:
+
+        class WitWorld(wit_world.WitWorld):
+            def handle(self, message):  # noqa: D401 - the WIT export
+                return dispatch(handle, message)
+
+            def handle_batch(self, messages):
+                return dispatch_each(handle, messages)
 
     WitWorld.__module__ = handle.__module__
     WitWorld.__qualname__ = "WitWorld"

@@ -101,6 +101,9 @@ pub(crate) struct Invocation {
     log: Arc<LogBudget>,
     /// Whether the input has a reply subject (reply outputs are allowed).
     has_reply: bool,
+    /// Whether this is a `handle-batch` call, where `publish` is refused: an output it added
+    /// would belong to no input in particular.
+    batch: bool,
     hooks: Hooks,
     /// Outputs added through `publish`, in order.
     pub(crate) extra: Vec<Output>,
@@ -156,6 +159,7 @@ impl Invocation {
             stderr,
             log,
             has_reply: false,
+            batch: false,
             hooks: Hooks::default(),
             extra: Vec::new(),
             held: OutputHold::default(),
@@ -167,8 +171,9 @@ impl Invocation {
 
     /// Readies the state for one call: its reply subject, hooks and deadline; no outputs, no
     /// bytes used, a full log budget.
-    pub(crate) fn begin(&mut self, has_reply: bool, hooks: Hooks, deadline: Instant) {
+    pub(crate) fn begin(&mut self, has_reply: bool, batch: bool, hooks: Hooks, deadline: Instant) {
         self.has_reply = has_reply;
+        self.batch = batch;
         self.hooks = hooks;
         self.deadline = deadline;
         self.extra.clear();
@@ -177,6 +182,13 @@ impl Invocation {
         self.denials.clear();
         self.publish_calls = 0;
         self.log.reset();
+    }
+
+    /// Readies the state to admit the answer for the next input of a batch call.
+    pub(crate) fn next_answer(&mut self, has_reply: bool) {
+        self.has_reply = has_reply;
+        self.extra.clear();
+        self.held = OutputHold::default();
     }
 
     /// Ends a call: logs what the log budget dropped and lets go of the caller's hooks (a warm
@@ -301,6 +313,12 @@ impl host::Host for Invocation {
     fn publish(&mut self, output: types::Output) -> wasmtime::Result<Result<(), String>> {
         // Refused calls count too: a guest looping on a refused subject stops here.
         self.publish_calls += 1;
+        if self.batch {
+            return Ok(Err(
+                "publish is not available in handle-batch: return each input's outputs in its result"
+                    .to_owned(),
+            ));
+        }
         if self.publish_calls > MAX_EXTRA_OUTPUTS {
             return Ok(Err(format!(
                 "more than {MAX_EXTRA_OUTPUTS} publish calls in one call"

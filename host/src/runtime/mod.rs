@@ -10,9 +10,11 @@
 //! - `guest_log`: the guest's stdout and stderr into the host's log.
 //! - `error`: [`LoadError`], [`HandlerError`].
 
+mod batch;
 mod error;
 mod guest_log;
 mod invocation;
+mod pool;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,9 +31,12 @@ pub use self::error::{HandlerError, LimitKind, LoadError};
 use self::guest_log::cut;
 pub use self::invocation::{Hooks, InProgress, OutputHold};
 use self::invocation::{Invocation, OutputPool};
+pub use self::pool::PoolStats;
+use self::pool::{Instance, Pool};
 use crate::manifest::Manifest;
 use crate::message::{Headers, Message, Output};
 use crate::policy::Grants;
+use bindings::natsplug::plugin::types as wit;
 
 /// The bindings generated from `wit/natsplug.wit`.
 mod bindings {
@@ -238,6 +243,19 @@ impl Runtime {
                 ),
             });
         }
+        let batch_export = component.get_export_index(None, "handle-batch");
+        let batcher = match (&manifest.batch, &batch_export) {
+            (None, _) => None,
+            (Some(batch), Some(_)) => Some(batch::Batcher::new(batch)),
+            (Some(_), None) => {
+                return Err(LoadError::Unsupported {
+                    plugin: name.to_owned(),
+                    reason: "the manifest has a [batch] section, but the component exports no \
+                             handle-batch (build it with a natsplug SDK, world batch-plugin)"
+                        .into(),
+                });
+            }
+        };
         let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
             plugin: name.to_owned(),
             reason: format!("{e:#}"),
@@ -251,11 +269,13 @@ impl Runtime {
             inner: Arc::new(PluginInner {
                 name: name.into(),
                 grants: Grants::new(&manifest.publish),
+                pool: Pool::new(&manifest),
                 manifest,
                 output_pool: self.output_pool.clone(),
                 pre,
+                batch_export,
+                batcher,
                 engine: self.engine.clone(),
-                warm: std::sync::Mutex::default(),
             }),
         })
     }
@@ -327,33 +347,25 @@ pub(crate) struct PluginInner {
     /// The host-wide bound on pending output bytes.
     pub(crate) output_pool: OutputPool,
     pre: bindings::PluginPre<Invocation>,
+    /// Where the component exports `handle-batch`, if it does.
+    batch_export: Option<wasmtime::component::ComponentExportIndex>,
+    /// Gathers inputs into `handle-batch` calls, under `[batch]`.
+    batcher: Option<batch::Batcher>,
     engine: Engine,
-    /// Instances kept for reuse (`[instance] reuse` > 1), at most one per concurrent call.
-    warm: std::sync::Mutex<Vec<Warm>>,
+    /// This version's warm instances (`[instance] isolation = "pool"`).
+    pool: Pool,
 }
 
-/// An instance kept for its next message, with the messages it has handled.
-struct Warm {
-    store: Store<Invocation>,
-    instance: bindings::Plugin,
-    uses: u32,
-}
+/// The `handle-batch` export: one result per input, in order.
+type HandleBatch = wasmtime::component::TypedFunc<
+    (Vec<wit::Message>,),
+    (Vec<Result<Vec<wit::Output>, wit::Failure>>,),
+>;
 
-impl PluginInner {
-    fn take_warm(&self) -> Option<Warm> {
-        // The list is valid even if a holder panicked: pushes and pops are whole.
-        self.warm
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop()
-    }
-
-    fn put_warm(&self, warm: Warm) {
-        self.warm
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(warm);
-    }
+/// What an instance exports to the host.
+pub(crate) struct Exports {
+    plugin: bindings::Plugin,
+    batch: Option<HandleBatch>,
 }
 
 /// A loaded plugin: its manifest and its pre-instantiated component. Cheap to clone; messages
@@ -376,6 +388,18 @@ enum Failed {
     Call(wasmtime::Error),
 }
 
+/// What one call into the guest asks.
+enum Call<'a> {
+    One(&'a wit::Message),
+    Batch(Vec<wit::Message>),
+}
+
+/// What the guest answered a [`Call`].
+enum Answer {
+    One(Result<Vec<wit::Output>, wit::Failure>),
+    Batch(Vec<Result<Vec<wit::Output>, wit::Failure>>),
+}
+
 impl Plugin {
     /// The plugin's name.
     pub fn name(&self) -> &str {
@@ -392,7 +416,18 @@ impl Plugin {
         &self.inner.grants
     }
 
-    /// Runs the handler on one message in a fresh instance, under the manifest's limits.
+    /// How this version's calls got their instances.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.inner.pool.stats()
+    }
+
+    /// Whether the component exports `handle-batch`.
+    pub fn exports_batch(&self) -> bool {
+        self.inner.batch_export.is_some()
+    }
+
+    /// Runs the handler on one message under the manifest's limits: in a fresh instance, a
+    /// warm one (`[instance]`), or in a batch call with other inputs (`[batch]`).
     pub async fn handle(&self, message: &Message, hooks: Hooks) -> Result<Outcome, HandlerError> {
         self.handle_metered(message, hooks).await.result
     }
@@ -400,14 +435,103 @@ impl Plugin {
     /// [`handle`](Self::handle), also returning what the call cost and refused, and the
     /// output bytes it holds in the host's pool until the caller drops them.
     pub async fn handle_metered(&self, message: &Message, hooks: Hooks) -> Handled {
+        match &self.inner.batcher {
+            Some(batcher) => batcher.submit(self, message.clone(), hooks).await,
+            None => self.handle_one(message, hooks).await,
+        }
+    }
+
+    /// One `handle` call, for one message.
+    async fn handle_one(&self, message: &Message, hooks: Hooks) -> Handled {
         let mut handled = Handled {
             result: Ok(Outcome::Success(Vec::new())),
             fuel: 0,
             denials: Vec::new(),
             held: OutputHold::default(),
         };
-        handled.result = self.call(message, hooks, &mut handled).await;
+        let input = wit_message(message);
+        let ran = self
+            .run(
+                Call::One(&input),
+                message.reply.is_some(),
+                hooks,
+                1,
+                &mut handled,
+            )
+            .await;
+        handled.result = ran.and_then(|(mut instance, answer)| {
+            let Answer::One(answer) = answer else {
+                unreachable!("a handle call answers once")
+            };
+            let outcome = self.admit(&mut instance, answer, &mut handled)?;
+            self.inner.pool.park(instance);
+            Ok(outcome)
+        });
         handled
+    }
+
+    /// One `handle-batch` call for `inputs`, each answered on its own. When the call fails as
+    /// a whole (a trap, a limit, an answer of the wrong length), each input runs alone with
+    /// `handle`, so a poison input fails by itself and not its batch.
+    pub(crate) async fn handle_batch(&self, inputs: &[(Message, Hooks)]) -> Vec<Handled> {
+        let hooks: Vec<InProgress> = inputs
+            .iter()
+            .filter_map(|(_, h)| h.in_progress.clone())
+            .collect();
+        let all = Hooks {
+            in_progress: Some(Arc::new(move || hooks.iter().for_each(|h| h()))),
+        };
+        let mut whole = Handled {
+            result: Ok(Outcome::Success(Vec::new())),
+            fuel: 0,
+            denials: Vec::new(),
+            held: OutputHold::default(),
+        };
+        let call = Call::Batch(inputs.iter().map(|(m, _)| wit_message(m)).collect());
+        let count = u64::try_from(inputs.len()).unwrap_or(u64::MAX);
+        let failed = match self.run(call, false, all, count, &mut whole).await {
+            Ok((mut instance, Answer::Batch(answers))) if answers.len() == inputs.len() => {
+                let share = whole.fuel / count.max(1);
+                let mut kept = true;
+                let handled = answers
+                    .into_iter()
+                    .zip(inputs)
+                    .map(|(answer, (message, _))| {
+                        let mut handled = Handled {
+                            result: Ok(Outcome::Success(Vec::new())),
+                            fuel: share,
+                            denials: Vec::new(),
+                            held: OutputHold::default(),
+                        };
+                        instance
+                            .store
+                            .data_mut()
+                            .next_answer(message.reply.is_some());
+                        handled.result = self.admit(&mut instance, answer, &mut handled);
+                        kept &= handled.result.is_ok();
+                        handled
+                    })
+                    .collect();
+                if kept {
+                    self.inner.pool.park(instance);
+                }
+                return handled;
+            }
+            Ok((_, Answer::Batch(answers))) => format!(
+                "handle-batch answered {} results for {} inputs",
+                answers.len(),
+                inputs.len()
+            ),
+            Ok((_, Answer::One(_))) => unreachable!("a batch call answers a list"),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(plugin = %self.inner.name, inputs = inputs.len(), error = %failed, "the batch call failed; each of its inputs runs alone");
+        futures::future::join_all(
+            inputs
+                .iter()
+                .map(|(message, hooks)| self.handle_one(message, hooks.clone())),
+        )
+        .await
     }
 
     /// A fresh store for one instance: the sandbox, the memory limiter, the epoch callback.
@@ -429,30 +553,54 @@ impl Plugin {
         Ok(store)
     }
 
-    async fn call(
+    /// Makes the instance's exports, looking up `handle-batch` when the component has it.
+    async fn instantiate(&self, store: &mut Store<Invocation>) -> wasmtime::Result<Exports> {
+        let instance = self
+            .inner
+            .pre
+            .instance_pre()
+            .instantiate_async(&mut *store)
+            .await?;
+        let plugin = bindings::Plugin::new(&mut *store, &instance)?;
+        let batch = match &self.inner.batch_export {
+            Some(index) => Some(instance.get_typed_func(&mut *store, index)?),
+            None => None,
+        };
+        Ok(Exports { plugin, batch })
+    }
+
+    /// Runs `call` on a warm instance or a fresh one under the manifest's limits (fuel times
+    /// `fuel_scale`, one deadline), and gives the instance back with the answer, ready for
+    /// [`admit`](Self::admit). A failed call drops its instance.
+    async fn run(
         &self,
-        message: &Message,
+        call: Call<'_>,
+        has_reply: bool,
         hooks: Hooks,
+        fuel_scale: u64,
         handled: &mut Handled,
-    ) -> Result<Outcome, HandlerError> {
+    ) -> Result<(Instance, Answer), HandlerError> {
         let plugin = &self.inner;
         let limits = &plugin.manifest.limits;
-        let reuse = plugin.manifest.instance.reuse.get();
-        // A warm instance (when the manifest opts in), else a fresh store.
-        let warm = if reuse > 1 { plugin.take_warm() } else { None };
-        let (mut store, warm_instance, uses) = match warm {
-            Some(w) => (w.store, Some(w.instance), w.uses),
-            None => (self.new_store()?, None, 0),
+        let mut instance = match plugin.pool.take() {
+            Some(warm) => warm,
+            None => Instance {
+                store: self.new_store()?,
+                exports: None,
+                uses: 0,
+            },
         };
+        let store = &mut instance.store;
         store.data_mut().begin(
-            message.reply.is_some(),
+            has_reply,
+            matches!(call, Call::Batch(_)),
             hooks,
             Instant::now() + limits.deadline,
         );
         let fuel = if limits.fuel == 0 {
             u64::MAX
         } else {
-            limits.fuel
+            limits.fuel.saturating_mul(fuel_scale)
         };
         // Fuel is enabled on the engine, so setting it cannot fail.
         store.set_fuel(fuel).expect("fuel is enabled on the engine");
@@ -462,25 +610,39 @@ impl Plugin {
         let lift = limits
             .output_bytes
             .saturating_mul(2)
+            .saturating_mul(fuel_scale)
             .saturating_add(1 << 20);
         store.set_hostcall_fuel(usize::try_from(lift).unwrap_or(usize::MAX));
         store.set_epoch_deadline(1);
 
-        let input = wit_message(message);
+        let exports = instance.exports.take();
         let run = async {
-            let instance = match warm_instance {
-                Some(instance) => instance,
-                None => plugin
-                    .pre
-                    .instantiate_async(&mut store)
-                    .await
-                    .map_err(Failed::Instantiate)?,
+            let exports = match exports {
+                Some(exports) => exports,
+                None => self.instantiate(store).await.map_err(Failed::Instantiate)?,
             };
-            let answer = instance
-                .call_handle(&mut store, &input)
-                .await
-                .map_err(Failed::Call)?;
-            Ok((instance, answer))
+            let answer = match call {
+                Call::One(input) => Answer::One(
+                    exports
+                        .plugin
+                        .call_handle(&mut *store, input)
+                        .await
+                        .map_err(Failed::Call)?,
+                ),
+                Call::Batch(inputs) => {
+                    let Some(batch) = exports.batch else {
+                        return Err(Failed::Call(wasmtime::Error::msg(
+                            "the component exports no handle-batch",
+                        )));
+                    };
+                    let (answers,) = batch
+                        .call_async(&mut *store, (inputs,))
+                        .await
+                        .map_err(Failed::Call)?;
+                    Answer::Batch(answers)
+                }
+            };
+            Ok((exports, answer))
         };
         // The epoch callback stops a busy guest; the timeout also stops one that is waiting on
         // the host (a sleep, a poll), which the epoch cannot interrupt.
@@ -489,26 +651,36 @@ impl Plugin {
         let stderr = store.data().stderr.finish();
         store.data().stdout.finish();
         store.data_mut().end();
-        let name = || plugin.name.to_string();
         // An instance that trapped or was cut off is never used again.
-        let (instance, answer) = match result {
-            Err(_elapsed) => {
-                return Err(HandlerError::Deadline {
-                    plugin: name(),
-                    deadline: limits.deadline,
-                });
-            }
+        match result {
+            Err(_elapsed) => Err(HandlerError::Deadline {
+                plugin: plugin.name.to_string(),
+                deadline: limits.deadline,
+            }),
             Ok(Err(failed)) => {
                 let state = store.data_mut();
                 handled.denials = std::mem::take(&mut state.denials);
-                return Err(match state.refused.take() {
+                Err(match state.refused.take() {
                     Some(refused) => refused,
-                    None => self.classify(failed, &store, &stderr),
-                });
+                    None => self.classify(failed, store, &stderr),
+                })
             }
-            Ok(Ok(done)) => done,
-        };
-        let state = store.data_mut();
+            Ok(Ok((exports, answer))) => {
+                instance.exports = Some(exports);
+                Ok((instance, answer))
+            }
+        }
+    }
+
+    /// Admits the outputs of one answer (those `publish`ed first, then those returned) and
+    /// turns it into an [`Outcome`]; moves the call's refusals and held bytes to `handled`.
+    fn admit(
+        &self,
+        instance: &mut Instance,
+        answer: Result<Vec<wit::Output>, wit::Failure>,
+        handled: &mut Handled,
+    ) -> Result<Outcome, HandlerError> {
+        let state = instance.store.data_mut();
         let mut all = std::mem::take(&mut state.extra);
         let admitted = match answer {
             Ok(outputs) => outputs
@@ -520,29 +692,21 @@ impl Plugin {
                 .map(|()| Ok(all)),
             Err(failure) => Ok(Err(failure)),
         };
-        handled.denials = std::mem::take(&mut state.denials);
+        handled.denials.extend(std::mem::take(&mut state.denials));
         handled.held = std::mem::take(&mut state.held);
-        let outcome = match admitted? {
+        Ok(match admitted? {
             Ok(all) => Outcome::Success(all),
             // A reason goes into logs and headers: cut like a log line. A delay is capped.
-            Err(bindings::natsplug::plugin::types::Failure::Retry(retry)) => Outcome::Retry {
+            Err(wit::Failure::Retry(retry)) => Outcome::Retry {
                 reason: cut(&retry.reason, 0).into_owned(),
                 delay: retry
                     .delay_ms
                     .map(|ms| Duration::from_millis(ms).min(MAX_RETRY_DELAY)),
             },
-            Err(bindings::natsplug::plugin::types::Failure::Reject(reason)) => Outcome::Reject {
+            Err(wit::Failure::Reject(reason)) => Outcome::Reject {
                 reason: cut(&reason, 0).into_owned(),
             },
-        };
-        if uses + 1 < reuse {
-            plugin.put_warm(Warm {
-                store,
-                instance,
-                uses: uses + 1,
-            });
-        }
-        Ok(outcome)
+        })
     }
 
     fn classify(&self, failed: Failed, store: &Store<Invocation>, stderr: &str) -> HandlerError {
