@@ -11,12 +11,18 @@ once (asyncio.gather), awaits every publish ack, and FastStream acks the batch.
 `--mode reply`: a core NATS subscriber on `bench.rr` that returns `slept 0` (FastStream sends it
 to the request's reply subject).
 
+`--workers N` (N > 1) runs N such processes on the same durable consumer, under this one as their
+supervisor, as `faststream run --workers N` does: one process per core, each with its own GIL.
+
 Logging is off; the event loop is uvloop, as `faststream run` picks it when installed. It runs
 until SIGTERM. Started by natsplug-bench, not by hand.
 """
 
 import argparse
 import asyncio
+import signal
+import subprocess
+import sys
 
 from faststream import FastStream
 from faststream.nats import JStream, NatsBroker, PullSub
@@ -76,7 +82,11 @@ def main() -> None:
         "--timeout", type=float, default=5.0, help="PullSub timeout, seconds (FastStream's default)"
     )
     parser.add_argument("--batch-handler", action="store_true")
+    parser.add_argument("--workers", type=int, default=1, help="processes, as faststream run --workers")
     args = parser.parse_args()
+    if args.workers > 1:
+        supervise(args.workers)
+        return
     app = build(args)
     try:
         # What `faststream run` does when uvloop is installed (scripts/bench.sh installs it).
@@ -85,6 +95,23 @@ def main() -> None:
         asyncio.run(app.run())
     else:
         uvloop.run(app.run())
+
+
+def supervise(workers: int) -> None:
+    """Runs `workers` copies of this process (without --workers) until SIGTERM, then stops them."""
+    argv = [a for a in sys.argv[1:]]
+    i = argv.index("--workers")
+    del argv[i : i + 2]
+    children = [subprocess.Popen([sys.executable, "-u", __file__, *argv]) for _ in range(workers)]
+
+    def stop(*_):
+        for child in children:
+            child.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for child in children:
+        child.wait()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 //! The throughput dip while `uppercase` is hot-reloaded under load: a natsplug throughput run
 //! whose manifest says `marker = "before"`; once a quarter of the outputs are stored, the runner
-//! rewrites the manifest (atomically, as a deploy tool would) with `marker = "after"`. The host
-//! sees the folder change, loads the new version off the hot path and sends new messages to it.
+//! replaces the component with a new one (the same code with a custom section added, so its
+//! bytes differ and the host compiles it: the compile cache has never seen it) and then the
+//! manifest with `marker = "after"`, each atomically, as a deploy tool would. The host sees the
+//! folder change, compiles and loads the new version off the hot path and sends new messages to
+//! it.
 //! Outputs carry the marker as a header, which shows when the new version took over.
 //!
 //! Figure: the longest gap between consecutive stored outputs over the whole run, beside the
@@ -44,10 +47,16 @@ pub async fn run(
     let plugins = settings.job_plugins(dir, Some("before"))?;
     let command = settings.command(url, &plugins, dir)?;
     let manifest = natsplug::manifest_path(&plugins);
-    let new_manifest = settings.manifest(Some("after"));
+    let new_manifest = settings.manifest(Some("after"))?;
+    let wasm = manifest.with_extension("wasm");
+    let mut new_wasm = std::fs::read(&wasm)?;
+    new_wasm.extend(custom_section("natsplug-bench", b"the new version"));
     let mid = MidRun {
         after: shape.messages / 4,
-        action: Box::new(move || natsplug::replace_file(&manifest, &new_manifest)),
+        action: Box::new(move || {
+            natsplug::replace_bytes(&wasm, &new_wasm)?;
+            natsplug::replace_file(&manifest, &new_manifest)
+        }),
     };
     let shape = Shape {
         latency_messages: 0,
@@ -94,4 +103,29 @@ pub async fn run(
         before: marked("before"),
         after: marked("after"),
     })
+}
+
+/// A custom section (id 0: a name and bytes) to append to a component: it changes the bytes,
+/// not what the component does.
+fn custom_section(name: &str, data: &[u8]) -> Vec<u8> {
+    let mut body = leb128(name.len());
+    body.extend(name.as_bytes());
+    body.extend(data);
+    let mut section = vec![0];
+    section.extend(leb128(body.len()));
+    section.extend(body);
+    section
+}
+
+fn leb128(mut n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
 }

@@ -31,12 +31,17 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
-use contenders::faststream::FastStream;
+use contenders::faststream::{self, FastStream};
 use contenders::native::Native;
-use contenders::natsplug::Natsplug;
+use contenders::natsplug::{Guest, Instances, Natsplug};
 use contenders::{Contender, Kind};
 use report::{Report, Row, Sweep};
 use throughput::Shape;
+
+/// `subscribe.concurrency` of the Python and JavaScript table.
+const LANGUAGE_CONCURRENCY: usize = 64;
+/// `[batch] max` of its batch rows.
+const LANGUAGE_BATCH: usize = 64;
 
 /// Benchmark natsplug against a tuned native async-nats consumer and FastStream.
 #[derive(Parser)]
@@ -67,9 +72,13 @@ struct Cli {
     /// Sequential requests of the request-reply figure.
     #[arg(long, default_value_t = 2_000)]
     requests: usize,
-    /// `[instance] reuse` of the extra "instance reuse" natsplug row (1: no such row).
+    /// `max_invocations` of the extra "warm pool" natsplug row (0: no such row).
     #[arg(long, default_value_t = 1_000)]
-    reuse: u32,
+    pool: u32,
+    /// Messages per run of the Python and JavaScript table (their fresh-instance rows do a few
+    /// hundred a second).
+    #[arg(long, default_value_t = 10_000)]
+    language_messages: u64,
     /// Parts to leave out (e.g. `--skip faststream,hot-reload` while profiling natsplug).
     #[arg(long, value_delimiter = ',', value_enum)]
     skip: Vec<Part>,
@@ -97,6 +106,8 @@ enum Part {
     RequestReply,
     /// The hot-reload figure.
     HotReload,
+    /// The Python and JavaScript table.
+    Languages,
 }
 
 /// The native contender's processes (started by the runner).
@@ -218,19 +229,11 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
 
     // Settings sweeps: one run each, the first payload size; the best goes on.
     let mut best_natsplug = (
-        Natsplug {
-            concurrency: cli.concurrency.first().copied().unwrap_or(128),
-            variant: None,
-            reuse: 1,
-        },
+        Natsplug::rust(cli.concurrency.first().copied().unwrap_or(128)),
         0.0,
     );
     for &concurrency in cli.concurrency.iter().filter(|_| !skip(Part::Sweep)) {
-        let settings = Natsplug {
-            concurrency,
-            variant: None,
-            reuse: 1,
-        };
+        let settings = Natsplug::rust(concurrency);
         let r = run_one(
             &client,
             pid,
@@ -259,9 +262,9 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
         }));
     }
     contenders.push(Contender::Natsplug(best_natsplug.0));
-    if cli.reuse > 1 {
+    if cli.pool > 0 {
         contenders.push(Contender::Natsplug(Natsplug {
-            reuse: cli.reuse,
+            instances: Instances::Pool(cli.pool),
             ..best_natsplug.0
         }));
     }
@@ -271,11 +274,16 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
             ..best_natsplug.0
         }));
     }
+    let workers = faststream::per_core();
+    // The FastStream settings of the Python table: the sweep's best.
+    let mut faststream_best = FastStream {
+        batch: cli.faststream_batch.first().copied().unwrap_or(64),
+        batch_handler: false,
+        workers,
+    };
+    let mut faststream_batch = None;
     if faststream && skip(Part::Sweep) {
-        contenders.push(Contender::FastStream(FastStream {
-            batch: cli.faststream_batch.first().copied().unwrap_or(64),
-            batch_handler: false,
-        }));
+        contenders.push(Contender::FastStream(faststream_best));
     } else if faststream {
         let fs_shape = Shape {
             messages: cli.messages.min(10_000),
@@ -287,12 +295,14 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
             .map(|&batch| FastStream {
                 batch,
                 batch_handler: false,
+                workers,
             })
             .collect();
         if let Some(&largest) = cli.faststream_batch.iter().max() {
             options.push(FastStream {
                 batch: largest,
                 batch_handler: true,
+                workers,
             });
         }
         // The best per-message handler (the same handler as the others), and the batch handler
@@ -329,9 +339,16 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
         }
         if let Some((settings, _)) = best {
             contenders.push(Contender::FastStream(settings));
+            // The single process beside it: what one FastStream process does on its GIL.
+            contenders.push(Contender::FastStream(FastStream {
+                workers: 1,
+                ..settings
+            }));
+            faststream_best = settings;
         }
         if let Some(settings) = batch_handler {
             contenders.push(Contender::FastStream(settings));
+            faststream_batch = Some(settings);
         }
     }
 
@@ -373,6 +390,77 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
             }
         }
         report.rows.extend(rows);
+    }
+
+    // The Python and JavaScript table: the handler FastStream's users would move, at the
+    // plugins' shipped manifests, fresh, and batched, against FastStream in the same sitting.
+    if !skip(Part::Languages) {
+        let shape = Shape {
+            size: first_size,
+            messages: cli.language_messages,
+            latency_messages: 0,
+            latency_rate: cli.latency_rate,
+        };
+        let mut table = Vec::new();
+        for guest in [Guest::Python, Guest::JavaScript] {
+            let shipped = Natsplug {
+                guest,
+                instances: Instances::Shipped,
+                ..Natsplug::rust(LANGUAGE_CONCURRENCY)
+            };
+            table.push(Contender::Natsplug(shipped));
+            table.push(Contender::Natsplug(Natsplug {
+                instances: Instances::Fresh,
+                ..shipped
+            }));
+            table.push(Contender::Natsplug(Natsplug {
+                batch: Some(LANGUAGE_BATCH),
+                ..shipped
+            }));
+        }
+        table.push(Contender::Natsplug(Natsplug {
+            instances: Instances::Shipped,
+            ..Natsplug::rust(LANGUAGE_CONCURRENCY)
+        }));
+        if faststream {
+            table.push(Contender::FastStream(faststream_best));
+            table.push(Contender::FastStream(FastStream {
+                workers: 1,
+                ..faststream_best
+            }));
+            if let Some(batch) = faststream_batch {
+                table.push(Contender::FastStream(batch));
+            }
+        }
+        let mut rows: Vec<Row> = table.iter().map(|c| Row::new(*c, first_size)).collect();
+        for run in 1..=cli.runs {
+            for row in &mut rows {
+                match run_one(&client, pid, &url, row.contender, shape, &next_dir()?).await {
+                    Ok(r) => {
+                        eprintln!(
+                            "languages run {run}: {}: {:.0} msgs/s, {:.3} CPU s/10k, peak RSS {:.0} MiB",
+                            row.contender.label(),
+                            r.msgs_per_s,
+                            r.cpu_per_10k,
+                            r.peak_rss as f64 / (1 << 20) as f64
+                        );
+                        row.runs.push(r);
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "languages run {run}: {} failed: {e:#}",
+                            row.contender.label()
+                        );
+                        report.note(format!(
+                            "{} (languages), run {run}: {e:#}",
+                            row.contender.label()
+                        ));
+                    }
+                }
+            }
+        }
+        report.language_rows = rows;
+        report.language_messages = cli.language_messages;
     }
 
     // Request-reply through a core subject.

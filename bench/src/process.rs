@@ -47,14 +47,24 @@ impl Contender {
         }
     }
 
-    /// CPU time used so far, user and system, all threads.
+    /// CPU time used so far, user and system, all threads, of the process and the processes
+    /// it started (FastStream's workers).
     pub fn cpu(&self) -> anyhow::Result<Duration> {
-        cpu_time(self.pid())
+        let mut total = cpu_time(self.pid())?;
+        for child in descendants(self.pid()) {
+            total += cpu_time(child).unwrap_or_default();
+        }
+        Ok(total)
     }
 
-    /// Peak resident set size so far, in bytes.
+    /// Peak resident set size so far, in bytes: the sum of the peaks of the process and the
+    /// processes it started (an upper bound of their peak together).
     pub fn peak_rss(&self) -> anyhow::Result<u64> {
-        peak_rss(self.pid())
+        let mut total = peak_rss(self.pid())?;
+        for child in descendants(self.pid()) {
+            total += peak_rss(child).unwrap_or_default();
+        }
+        Ok(total)
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within 10 s.
@@ -128,4 +138,24 @@ pub fn peak_rss(pid: u32) -> anyhow::Result<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .context("no VmHWM in /proc/PID/status")?;
     Ok(kib * 1024)
+}
+
+/// The processes `pid` started, and theirs, from `/proc/PID/task/TID/children`.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut next = vec![pid];
+    while let Some(parent) = next.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{parent}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                found.push(child);
+                next.push(child);
+            }
+        }
+    }
+    found
 }

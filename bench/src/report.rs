@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 
+use crate::contenders::natsplug::{Guest, Instances};
 use crate::contenders::{Contender, Kind};
 use crate::hot_reload::Reload;
 use crate::stats::{median, percentile};
@@ -13,8 +14,15 @@ use crate::throughput::{RunResult, Shape};
 pub const TARGET_VS_NATIVE: f64 = 0.6;
 /// natsplug's throughput target against native with instance reuse opted in.
 pub const TARGET_VS_NATIVE_REUSE: f64 = 0.85;
-/// natsplug's throughput target against FastStream.
+/// natsplug's throughput target against FastStream (one process per core), Rust.
 pub const TARGET_VS_FASTSTREAM: f64 = 8.0;
+/// The same for Python at its shipped manifest, for JavaScript, and for a Python batch
+/// handler against FastStream's batch handler.
+pub const TARGET_PYTHON_VS_FASTSTREAM: f64 = 5.0;
+pub const TARGET_JS_VS_FASTSTREAM: f64 = 3.0;
+pub const TARGET_PYTHON_BATCH_VS_FASTSTREAM_BATCH: f64 = 3.0;
+/// Peak RSS of the Python plugin at concurrency 64 against FastStream's.
+pub const TARGET_PYTHON_RSS_VS_FASTSTREAM: f64 = 2.5;
 /// The longest allowed gap in outputs while the plugin is hot-reloaded, ms.
 pub const TARGET_RELOAD_GAP_MS: f64 = 50.0;
 
@@ -123,6 +131,9 @@ pub struct Report {
     pub request_reply: Vec<(Kind, Vec<f64>)>,
     /// The hot-reload run.
     pub reload: Option<Reload>,
+    /// The Python and JavaScript table, and its messages per run.
+    pub language_rows: Vec<Row>,
+    pub language_messages: u64,
     notes: Vec<String>,
 }
 
@@ -168,6 +179,8 @@ impl Report {
             sweeps: Vec::new(),
             request_reply: Vec::new(),
             reload: None,
+            language_rows: Vec::new(),
+            language_messages: 0,
             notes: Vec::new(),
         }
     }
@@ -265,7 +278,9 @@ impl Report {
             }) {
                 let who = row.contender.label();
                 let target = match row.contender {
-                    Contender::Natsplug(n) if n.reuse > 1 => TARGET_VS_NATIVE_REUSE,
+                    Contender::Natsplug(n) if n.instances != Instances::Fresh => {
+                        TARGET_VS_NATIVE_REUSE
+                    }
                     _ => TARGET_VS_NATIVE,
                 };
                 if let Some(r) = self.ratio(row, Kind::Native) {
@@ -314,6 +329,8 @@ impl Report {
             );
         }
 
+        self.languages_markdown(&mut md);
+
         if !self.request_reply.is_empty() {
             let _ = writeln!(md, "\n## Request-reply through a core NATS subject\n");
             let _ = writeln!(md, "| responder | p50 | p99 |");
@@ -322,7 +339,7 @@ impl Report {
                 let name = match kind {
                     Kind::Native | Kind::NativeDoubleAck => "native (async-nats subscriber)",
                     Kind::Natsplug => "natsplug (`slow` plugin, payload 0, `Output::reply()`)",
-                    Kind::FastStream | Kind::FastStreamBatch => {
+                    Kind::FastStream | Kind::FastStreamOneProcess | Kind::FastStreamBatch => {
                         "FastStream (core subscriber returning the reply)"
                     }
                 };
@@ -394,6 +411,132 @@ impl Report {
             }
         }
         md
+    }
+}
+
+impl Report {
+    /// The Python and JavaScript table and its targets.
+    fn languages_markdown(&self, md: &mut String) {
+        let rows: Vec<&Row> = self.language_rows.iter().collect();
+        if rows.is_empty() {
+            return;
+        }
+        let base = |kind: Kind| {
+            rows.iter()
+                .find(|r| r.contender.kind() == kind && !r.runs.is_empty())
+                .copied()
+        };
+        let faststream = base(Kind::FastStream);
+        let _ = writeln!(
+            md,
+            "\n## Python and JavaScript handlers against FastStream\n\n\
+             The same job, {} messages per run, median of {}; every x FastStream is against \
+             FastStream run as one process per core (its `--workers`).\n",
+            self.language_messages, self.runs
+        );
+        let _ = writeln!(
+            md,
+            "| contender | msgs/s | x FastStream | CPU s / 10k msgs | peak RSS | runs (msgs/s) |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---|");
+        for row in &rows {
+            let ratio = faststream.filter(|_| !row.runs.is_empty()).map_or_else(
+                || "-".into(),
+                |b| format!("{:.2}x", row.msgs_per_s() / b.msgs_per_s()),
+            );
+            let runs: Vec<String> = row
+                .runs
+                .iter()
+                .map(|r| format!("{:.0}", r.msgs_per_s))
+                .collect();
+            if row.runs.is_empty() {
+                let _ = writeln!(md, "| {} | failed | - | - | - | - |", row.contender.label());
+                continue;
+            }
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} | {ratio} | {:.3} | {:.0} MiB | {} |",
+                row.contender.label(),
+                row.msgs_per_s(),
+                row.cpu_per_10k(),
+                row.peak_rss_mib(),
+                runs.join(", ")
+            );
+        }
+        let _ = writeln!(md, "\n| target | measured | met |\n|---|---:|---|");
+        let find = |guest: Guest, instances: Instances, batch: bool| {
+            rows.iter().copied().find(|r| {
+                matches!(r.contender, Contender::Natsplug(n)
+                    if n.guest == guest && n.instances == instances && n.batch.is_some() == batch)
+            })
+        };
+        let mut target = |what: String,
+                          row: Option<&Row>,
+                          against: Option<&Row>,
+                          goal: f64,
+                          measure: fn(&Row) -> f64,
+                          higher: bool| {
+            let measured = match (row, against) {
+                (Some(r), Some(b)) if !r.runs.is_empty() && !b.runs.is_empty() => {
+                    Some(measure(r) / measure(b))
+                }
+                _ => None,
+            };
+            let _ = match measured {
+                Some(x) => writeln!(
+                    md,
+                    "| {what} | {x:.2}x | {} |",
+                    yes(if higher { x >= goal } else { x <= goal })
+                ),
+                None => writeln!(md, "| {what} | not measured | **no** |"),
+            };
+        };
+        let rate: fn(&Row) -> f64 = Row::msgs_per_s;
+        let rss: fn(&Row) -> f64 = Row::peak_rss_mib;
+        target(
+            format!("Python, shipped manifest >= {TARGET_PYTHON_VS_FASTSTREAM}x FastStream"),
+            find(Guest::Python, Instances::Shipped, false),
+            faststream,
+            TARGET_PYTHON_VS_FASTSTREAM,
+            rate,
+            true,
+        );
+        target(
+            format!(
+                "Python, batch handler >= {TARGET_PYTHON_BATCH_VS_FASTSTREAM_BATCH}x FastStream's batch handler"
+            ),
+            find(Guest::Python, Instances::Shipped, true),
+            base(Kind::FastStreamBatch),
+            TARGET_PYTHON_BATCH_VS_FASTSTREAM_BATCH,
+            rate,
+            true,
+        );
+        target(
+            format!("JavaScript, shipped manifest >= {TARGET_JS_VS_FASTSTREAM}x FastStream"),
+            find(Guest::JavaScript, Instances::Shipped, false),
+            faststream,
+            TARGET_JS_VS_FASTSTREAM,
+            rate,
+            true,
+        );
+        target(
+            format!("Rust, shipped manifest >= {TARGET_VS_FASTSTREAM}x FastStream"),
+            find(Guest::Rust, Instances::Shipped, false),
+            faststream,
+            TARGET_VS_FASTSTREAM,
+            rate,
+            true,
+        );
+        target(
+            format!(
+                "Python, shipped manifest, peak RSS <= {TARGET_PYTHON_RSS_VS_FASTSTREAM}x FastStream's"
+            ),
+            find(Guest::Python, Instances::Shipped, false),
+            faststream,
+            TARGET_PYTHON_RSS_VS_FASTSTREAM,
+            rss,
+            false,
+        );
     }
 }
 

@@ -17,15 +17,26 @@ pub struct FastStream {
     pub batch: usize,
     /// The handler takes the whole batch (`PullSub(batch=True)`) and publishes it at once.
     pub batch_handler: bool,
+    /// Processes on the consumer (`faststream run --workers`): 1, or one per core.
+    pub workers: usize,
+}
+
+/// One FastStream process per core of this machine, as a FastStream user runs it.
+pub fn per_core() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
 }
 
 impl FastStream {
     /// The row name.
     pub fn label(&self) -> String {
+        let workers = match self.workers {
+            1 => "1 process".to_owned(),
+            n => format!("{n} workers"),
+        };
         if self.batch_handler {
-            format!("FastStream (batch handler, {})", self.batch)
+            format!("FastStream (batch handler, {}, {workers})", self.batch)
         } else {
-            format!("FastStream (PullSub batch {})", self.batch)
+            format!("FastStream (PullSub batch {}, {workers})", self.batch)
         }
     }
 
@@ -39,6 +50,8 @@ impl FastStream {
             "job",
             "--batch",
             &self.batch.to_string(),
+            "--workers",
+            &self.workers.to_string(),
         ]);
         if self.batch_handler {
             // PullSub's timeout is then the time to fill a batch: its default 5 s stalls.

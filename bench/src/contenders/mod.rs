@@ -14,7 +14,7 @@ use std::process::Command;
 pub enum Contender {
     /// A hand-written async-nats consumer.
     Native(native::Native),
-    /// `natsplug run` with the Rust `uppercase` plugin.
+    /// `natsplug run` with an `uppercase` plugin.
     Natsplug(natsplug::Natsplug),
     /// FastStream in Python.
     FastStream(faststream::FastStream),
@@ -29,8 +29,11 @@ pub enum Kind {
     NativeDoubleAck,
     /// [`Contender::Natsplug`].
     Natsplug,
-    /// [`Contender::FastStream`] with a per-message handler: the same handler as the others.
+    /// [`Contender::FastStream`] with a per-message handler, one process per core: the same
+    /// handler as the others, and the baseline of every "x FastStream".
     FastStream,
+    /// [`Contender::FastStream`] with a per-message handler in one process.
+    FastStreamOneProcess,
     /// [`Contender::FastStream`] with a batch handler (a list per call).
     FastStreamBatch,
 }
@@ -52,6 +55,7 @@ impl Contender {
             Self::Native(_) => Kind::Native,
             Self::Natsplug(_) => Kind::Natsplug,
             Self::FastStream(f) if f.batch_handler => Kind::FastStreamBatch,
+            Self::FastStream(f) if f.workers == 1 => Kind::FastStreamOneProcess,
             Self::FastStream(_) => Kind::FastStream,
         }
     }
@@ -75,13 +79,10 @@ pub fn responder_command(kind: Kind, url: &str, dir: &Path) -> anyhow::Result<Co
         Kind::Native | Kind::NativeDoubleAck => native::Native::responder_command(url),
         Kind::Natsplug => {
             let plugins = natsplug::Natsplug::reply_plugins(dir)?;
-            let default = natsplug::Natsplug {
-                concurrency: 8,
-                variant: None,
-                reuse: 1,
-            };
-            default.command(url, &plugins, dir)
+            natsplug::Natsplug::rust(8).command(url, &plugins, dir)
         }
-        Kind::FastStream | Kind::FastStreamBatch => faststream::FastStream::responder_command(url),
+        Kind::FastStream | Kind::FastStreamOneProcess | Kind::FastStreamBatch => {
+            faststream::FastStream::responder_command(url)
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! **natsplug**: the release `natsplug run` binary as a subprocess, serving a plugins folder of
-//! its own that holds the Rust `uppercase` plugin with a benchmark manifest: bound to the
-//! runner's durable consumer, `concurrency` handlers at once, `[config] output = "bench.out"`.
-//! Every message runs in a fresh wasm instance (or, on the reuse row, an instance serves
-//! `[instance] reuse` messages); outputs go out on the host's publisher pool
+//! its own that holds the `uppercase` plugin (Rust, Python or JavaScript) with a benchmark
+//! manifest: bound to the runner's durable consumer, `concurrency` handlers at once,
+//! `[config] output = "bench.out"`. Its instances are fresh per message, a warm pool, or what
+//! the plugin's shipped manifest says (its `[limits]`, `[instance]`, `[retry]` and `[batch]`);
+//! a batch row adds `[batch] max`. Outputs go out on the host's publisher pool
 //! with `Nats-Msg-Id = uppercase:BENCH_IN:SEQ:0` and awaited publish acks, then the input is
 //! double-acked. For request-reply the folder holds the `slow` plugin on a core subject, with
 //! no `output` config: it replies to a request with `Output::reply()`.
@@ -21,8 +22,66 @@ pub struct Natsplug {
     pub concurrency: usize,
     /// Another `natsplug` binary (`--natsplug-variant`), by index; `None`: the one beside this.
     pub variant: Option<usize>,
-    /// The manifest's `[instance] reuse`: messages per instance (1: a fresh one per message).
-    pub reuse: u32,
+    /// Which `uppercase`.
+    pub guest: Guest,
+    /// How its instances are made.
+    pub instances: Instances,
+    /// `[batch] max`, if batched.
+    pub batch: Option<usize>,
+}
+
+/// The language of the `uppercase` plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guest {
+    /// plugins/uppercase.
+    Rust,
+    /// plugins/python/uppercase.
+    Python,
+    /// plugins/js/uppercase.
+    JavaScript,
+}
+
+impl Guest {
+    /// Its component in the dist folder.
+    pub fn dist_name(self) -> &'static str {
+        match self {
+            Self::Rust => "uppercase",
+            Self::Python => "uppercase-py",
+            Self::JavaScript => "uppercase-js",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Rust => "Rust",
+            Self::Python => "Python",
+            Self::JavaScript => "JavaScript",
+        }
+    }
+}
+
+/// How a row's instances are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Instances {
+    /// `isolation = "message"` (the host's default).
+    Fresh,
+    /// `isolation = "pool"` with `max_invocations`.
+    Pool(u32),
+    /// The plugin's shipped manifest's sections, whatever they say.
+    Shipped,
+}
+
+impl Natsplug {
+    /// The Rust plugin, a fresh instance per message: the main row.
+    pub const fn rust(concurrency: usize) -> Self {
+        Self {
+            concurrency,
+            variant: None,
+            guest: Guest::Rust,
+            instances: Instances::Fresh,
+            batch: None,
+        }
+    }
 }
 
 /// Other `natsplug` binaries to run as extra rows (`--natsplug-variant LABEL=PATH`), e.g. a
@@ -49,21 +108,55 @@ impl Natsplug {
             Some((name, _)) => format!("natsplug {name}"),
             None => "natsplug".to_owned(),
         };
-        match self.reuse {
-            1 => format!("{name} (concurrency {})", self.concurrency),
-            reuse => format!(
-                "{name}, instance reuse {reuse} (concurrency {})",
-                self.concurrency
-            ),
-        }
+        let guest = match self.guest {
+            Guest::Rust => String::new(),
+            other => format!(", {}", other.label()),
+        };
+        let instances = match self.instances {
+            Instances::Fresh => String::new(),
+            Instances::Pool(n) => format!(", warm pool (max_invocations {n})"),
+            Instances::Shipped => ", shipped manifest".to_owned(),
+        };
+        let batch = self
+            .batch
+            .map(|max| format!(", batch {max}"))
+            .unwrap_or_default();
+        format!(
+            "{name}{guest}{instances}{batch} (concurrency {})",
+            self.concurrency
+        )
+    }
+
+    /// The sections of the plugin's shipped manifest that say how it runs.
+    fn shipped_sections(&self) -> anyhow::Result<String> {
+        let path = crate::workspace_root().join(format!(
+            "target/plugins/dist/{}.toml",
+            self.guest.dist_name()
+        ));
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("cannot read {path:?}"))?;
+        let mut table: toml::Table = text.parse().with_context(|| format!("{path:?}"))?;
+        table.retain(|key, _| matches!(key, "limits" | "instance" | "retry" | "batch"));
+        Ok(toml::to_string(&table)?)
     }
 
     /// The manifest of the job; `marker` is the config value the hot-reload figure changes.
-    pub fn manifest(&self, marker: Option<&str>) -> String {
+    pub fn manifest(&self, marker: Option<&str>) -> anyhow::Result<String> {
         let marker = marker
             .map(|m| format!("marker = \"{m}\"\n"))
             .unwrap_or_default();
-        format!(
+        let instance = match self.instances {
+            Instances::Fresh => String::new(),
+            Instances::Pool(n) => {
+                format!("[instance]\nisolation = \"pool\"\nmax_invocations = {n}\n\n")
+            }
+            Instances::Shipped => format!("{}\n", self.shipped_sections()?),
+        };
+        let batch = self
+            .batch
+            .map(|max| format!("[batch]\nmax = {max}\n\n"))
+            .unwrap_or_default();
+        Ok(format!(
             "[subscribe]\n\
              stream = \"{stream}\"\n\
              subjects = [\"{subject}\"]\n\
@@ -76,6 +169,7 @@ impl Natsplug {
              allow = [\"{out}\"]\n\
              \n\
              {instance}\
+             {batch}\
              [config]\n\
              output = \"{out}\"\n\
              {marker}",
@@ -84,20 +178,19 @@ impl Natsplug {
             durable = job::DURABLE,
             ack_wait = job::ACK_WAIT.as_secs(),
             concurrency = self.concurrency,
-            instance = match self.reuse {
-                1 => String::new(),
-                reuse => format!("[instance]\nreuse = {reuse}\n\n"),
-            },
             out = job::OUT_SUBJECT,
-        )
+        ))
     }
 
     /// Lays out a plugins folder in `dir` for the job.
     pub fn job_plugins(&self, dir: &Path, marker: Option<&str>) -> anyhow::Result<PathBuf> {
         let plugins = dir.join("plugins");
         std::fs::create_dir_all(&plugins)?;
-        copy_plugin("uppercase", &plugins.join(format!("{PLUGIN}.wasm")))?;
-        std::fs::write(manifest_path(&plugins), self.manifest(marker))?;
+        copy_plugin(
+            self.guest.dist_name(),
+            &plugins.join(format!("{PLUGIN}.wasm")),
+        )?;
+        std::fs::write(manifest_path(&plugins), self.manifest(marker)?)?;
         Ok(plugins)
     }
 
@@ -139,6 +232,11 @@ pub fn manifest_path(plugins: &Path) -> PathBuf {
 
 /// Replaces a file atomically (write aside, then rename), as a deploy tool would.
 pub fn replace_file(path: &Path, contents: &str) -> anyhow::Result<()> {
+    replace_bytes(path, contents.as_bytes())
+}
+
+/// [`replace_file`] for bytes.
+pub fn replace_bytes(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     let name = path.file_name().context("no file name")?.to_string_lossy();
     let aside = path.with_file_name(format!(".{name}.tmp"));
     std::fs::write(&aside, contents)?;

@@ -7,7 +7,7 @@ import { test } from 'node:test';
 
 import { state } from './fake-host.mjs';
 import {
-  Headers, Output, PublishError, Reject, Retry, config, handler, publish,
+  Headers, Output, PublishError, Reject, Retry, batchHandler, config, eachOf, handler, oneOf, publish,
 } from '../natsplug.js';
 import { handle as uppercase } from '../../../plugins/js/uppercase/app.js';
 import { handle as slow } from '../../../plugins/js/slow/app.js';
@@ -69,6 +69,29 @@ test('answers map to the contract', async () => {
       { subject: undefined, headers: [], payload: new Uint8Array([114]) },
     ],
   });
+});
+
+test('a batch handler answers each message, and a per-message handler runs on each', async () => {
+  const bytes = (s) => new TextEncoder().encode(s);
+  const wit = (s) => ({ subject: 'in', reply: undefined, headers: [], payload: bytes(s), delivery: undefined });
+  const short = (r) => (r.tag === 'ok' ? r.val.map((o) => decoder.decode(o.payload)) : [r.val.tag, r.val.val]);
+  const handleBatch = batchHandler((msgs) => msgs.map((m) => {
+    const text = m.text();
+    if (text === 'retry') return new Retry('r', { delayMs: 5 });
+    if (text === 'reject') return new Reject('no');
+    return Output.to('o', `${text}${msgs.length}`);
+  }));
+  const answers = await handleBatch([wit('a'), wit('retry'), wit('reject')]);
+  assert.deepEqual(answers.map(short), [['a3'], ['retry', { reason: 'r', delayMs: 5n }], ['reject', 'no']]);
+  assert.deepEqual(await call(oneOf(handleBatch), bytes('b')), {
+    ok: [{ subject: 'o', headers: [], payload: bytes('b1') }],
+  });
+  assert.deepEqual(await call(oneOf(handleBatch), bytes('reject')), { reject: 'no' });
+  const each = eachOf(handler((m) => {
+    if (m.text() === 'reject') throw new Reject('no');
+    return Output.to('o', m.text().toUpperCase());
+  }));
+  assert.deepEqual((await each([wit('a'), wit('reject')])).map(short), [['A'], ['reject', 'no']]);
 });
 
 test('publish and config', () => {

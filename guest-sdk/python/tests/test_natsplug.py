@@ -17,6 +17,11 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 # --- stand-ins for the modules componentize-py generates --------------------------------------
+@dataclass
+class Ok:
+    value: object
+
+
 class Err(Exception):
     def __init__(self, value):
         super().__init__(value)
@@ -79,6 +84,7 @@ class Host:
 def _install_fake_bindings():
     cpt = pytypes.ModuleType("componentize_py_types")
     cpt.Err = Err
+    cpt.Ok = Ok
     world = pytypes.ModuleType("wit_world")
     world.__path__ = []
     world.WitWorld = type("WitWorld", (), {})
@@ -178,6 +184,51 @@ class SdkTest(unittest.TestCase):
             call(app, b"x"),
             ("ok", [Output("s", [Header("a", "1")], "é".encode()), Output(None, [], b"r")]),
         )
+
+    def test_a_batch_handler_answers_each_message_and_a_per_message_handler_runs_on_each(self):
+        def wit(payload):
+            return Message("in", None, [], payload, None)
+
+        def short(result):
+            if isinstance(result, Ok):
+                return [o.payload for o in result.value]
+            if isinstance(result.value, Failure_Retry):
+                return ("retry", result.value.value.delay_ms)
+            return ("reject", result.value.value)
+
+        @natsplug.handler(batch=True)
+        def batch(msgs):
+            size = str(len(msgs)).encode()
+            return [
+                natsplug.Retry("r", delay_ms=5) if m.payload == b"retry"
+                else natsplug.Reject("no") if m.payload == b"reject"
+                else natsplug.Output.to("o", m.payload + size)
+                for m in msgs
+            ]
+
+        world = sys.modules[__name__].WitWorld()
+        answers = world.handle_batch([wit(b"a"), wit(b"retry"), wit(b"reject")])
+        self.assertEqual([short(a) for a in answers], [[b"a3"], ("retry", 5), ("reject", "no")])
+        # One message through `handle`: a batch of one.
+        self.assertEqual(world.handle(wit(b"b")), [Output("o", [], b"b1")])
+        with self.assertRaises(Err):
+            world.handle(wit(b"reject"))
+
+        @natsplug.handler(batch=True)
+        def short_answer(msgs):
+            return []
+
+        with self.assertRaisesRegex(Crashed, "one answer per message: 0 for 2"):
+            sys.modules[__name__].WitWorld().handle_batch([wit(b"a"), wit(b"b")])
+
+        @natsplug.handler
+        def each(msg):
+            if msg.payload == b"reject":
+                raise natsplug.Reject("no")
+            return natsplug.Output.to("o", msg.payload.upper())
+
+        answers = sys.modules[__name__].WitWorld().handle_batch([wit(b"a"), wit(b"reject")])
+        self.assertEqual([short(a) for a in answers], [[b"A"], ("reject", "no")])
 
     def test_publish_and_config(self):
         Host.config, Host.refuse = {"k": "v"}, ""
