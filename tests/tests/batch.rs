@@ -50,7 +50,12 @@ async fn a_batch_of_mixed_outcomes_settles_each_input_on_its_own_in_every_langua
         payloads.extend(["reject", "retry", "crash"].map(String::from));
         publish_all(&js, &format!("in.batch.{lang}"), &payloads).await;
     }
-    let host = TestHost::start(TestHost::config(&server.url(), plugins.path()));
+    let mut config = TestHost::config(&server.url(), plugins.path());
+    // The compile cache the language tests share: two components that take seconds each.
+    config.runtime.cache = true;
+    config.runtime.cache_dir =
+        Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-compile-cache"));
+    let host = TestHost::start(config);
 
     for (_, lang) in languages {
         let info = settled(&js, &format!("batch-{lang}")).await;

@@ -14,6 +14,16 @@ fn runtime() -> Runtime {
     Runtime::new(RuntimeConfig::default()).expect("runtime")
 }
 
+/// A runtime with the compile cache the language tests share (a Python or JavaScript
+/// component takes seconds to compile in a debug build).
+fn cached_runtime() -> Runtime {
+    Runtime::new(RuntimeConfig {
+        cache_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-compile-cache")),
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime")
+}
+
 fn load(rt: &Runtime, name: &str) -> Plugin {
     rt.load_file(&plugin_path(name), None)
         .expect("plugin loads")
@@ -698,7 +708,7 @@ const BATCH: &str = "[publish]\nallow = [\"batch.out\"]\n[batch]\nmax = 4\nmax_w
 
 #[tokio::test]
 async fn a_batch_answers_each_input_on_its_own_in_every_language() {
-    let rt = runtime();
+    let rt = cached_runtime();
     for name in ["batch", "batch-py", "batch-js"] {
         let plugin = load_with(&rt, name, BATCH);
         assert!(plugin.exports_batch(), "{name}");
@@ -722,7 +732,7 @@ async fn a_batch_answers_each_input_on_its_own_in_every_language() {
 
 #[tokio::test]
 async fn a_crash_in_a_batch_fails_only_its_own_input() {
-    let rt = runtime();
+    let rt = cached_runtime();
     for name in ["batch", "batch-py", "batch-js"] {
         let plugin = load_with(&rt, name, BATCH);
         let inputs = ["a", "crash", "reject", "b"].map(batch_input);
@@ -739,7 +749,7 @@ async fn a_crash_in_a_batch_fails_only_its_own_input() {
 
 #[tokio::test]
 async fn a_per_message_handler_runs_in_batches_too() {
-    let rt = runtime();
+    let rt = cached_runtime();
     for name in ["uppercase", "uppercase-py", "uppercase-js"] {
         let plugin = load_with(
             &rt,
