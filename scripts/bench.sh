@@ -4,7 +4,8 @@
 #
 # Set-up, idempotently: scripts/setup.sh (wasm32-wasip2 target, nats-server in .tools/venv),
 # FastStream pinned in its own virtualenv .tools/bench-venv, and DejaVu Sans for the chart's text
-# (Debian's fonts-dejavu-core). Builds the plugins, then `natsplug` and `natsplug-bench` in release.
+# (Debian's fonts-dejavu-core). Builds the plugins (Rust, Python, JavaScript), then `natsplug` and
+# `natsplug-bench` in release.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -24,5 +25,7 @@ if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] && command -v apt-ge
   fi
 fi
 bash scripts/build-plugins.sh >/dev/null
+# The Python and JavaScript `uppercase` of the languages table.
+bash scripts/build-guests.sh >/dev/null
 cargo build --quiet --release -p natsplug -p natsplug-bench
 exec "$root/target/release/natsplug-bench" "$@"
