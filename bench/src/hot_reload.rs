@@ -45,12 +45,14 @@ pub async fn run(
     dir: &Path,
 ) -> anyhow::Result<Reload> {
     let plugins = settings.job_plugins(dir, Some("before"))?;
-    let command = settings.command(url, &plugins, dir)?;
+    let command = settings.command(url, &plugins)?;
     let manifest = natsplug::manifest_path(&plugins);
     let new_manifest = settings.manifest(Some("after"))?;
     let wasm = manifest.with_extension("wasm");
     let mut new_wasm = std::fs::read(&wasm)?;
-    new_wasm.extend(custom_section("natsplug-bench", b"the new version"));
+    // A new version every time: the compile cache is kept from one bench to the next.
+    let nonce = format!("{:?}", std::time::SystemTime::now());
+    new_wasm.extend(custom_section("natsplug-bench", nonce.as_bytes()));
     let mid = MidRun {
         after: shape.messages / 4,
         action: Box::new(move || {

@@ -104,6 +104,19 @@ pub async fn prepare(js: &jetstream::Context, paused: bool) -> anyhow::Result<()
     Ok(())
 }
 
+/// Creates the stream for natsplug's dead letters (for the request-reply responder, which runs
+/// after the job's streams are cleaned).
+pub async fn dead_letter_stream(js: &jetstream::Context) -> anyhow::Result<()> {
+    js.get_or_create_stream(stream::Config {
+        name: DEAD_STREAM.into(),
+        subjects: vec!["natsplug.dead.>".into()],
+        ..Default::default()
+    })
+    .await
+    .context("cannot create the dead-letter stream")?;
+    Ok(())
+}
+
 /// Deletes the streams.
 pub async fn clean(js: &jetstream::Context) {
     for name in [IN_STREAM, OUT_STREAM, DEAD_STREAM] {

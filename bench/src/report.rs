@@ -364,10 +364,11 @@ impl Report {
             let _ = writeln!(md, "\n## Hot reload under load\n");
             let _ = writeln!(
                 md,
-                "`uppercase`'s manifest rewritten (`marker = \"before\"` -> `\"after\"`) after a quarter of \
-                 {} outputs: {} outputs by the old version, {} by the new one; the new version's first \
-                 output came {:.0} ms after the rewrite (the host waits for the folder to be quiet for \
-                 300 ms). Longest gap between consecutive stored outputs: **{:.1} ms** over the run, \
+                "`uppercase` replaced after a quarter of {} outputs: a new component (new bytes, \
+                 compiled by the host, never seen by its cache), then its manifest (`marker = \"before\"` \
+                 -> `\"after\"`). {} outputs by the old version, {} by the new one; the new version's \
+                 first output came {:.0} ms after the replacement (the host waits for the folder to be \
+                 quiet for 300 ms, then compiles). Longest gap between consecutive stored outputs: **{:.1} ms** over the run, \
                  {:.1} ms within 1 s of the switch; {} in runs without a reload. Throughput of the run: \
                  {:.0} msgs/s.",
                 r.messages,

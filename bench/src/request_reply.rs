@@ -20,6 +20,10 @@ pub async fn run(
     requests: usize,
     dir: &Path,
 ) -> anyhow::Result<Vec<f64>> {
+    if kind == Kind::Natsplug {
+        // natsplug serves a plugin once a stream stores its dead letters.
+        job::dead_letter_stream(&async_nats::jetstream::new(client.clone())).await?;
+    }
     let command = contenders::responder_command(kind, url, dir)?;
     let mut responder = Contender::spawn(
         command,

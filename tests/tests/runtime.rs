@@ -607,6 +607,18 @@ async fn a_new_version_never_serves_from_the_old_versions_pool() {
 }
 
 #[tokio::test]
+async fn a_replaced_version_is_dropped_with_its_pooled_instances() {
+    let rt = runtime();
+    let old = load_with(&rt, "counter", POOLED);
+    assert_eq!(count(&old).await, "1");
+    assert_eq!(old.pool_stats().idle, 1);
+    let gone = old.downgrade();
+    drop(old);
+    // A parked instance's store refers to its version: the pool must not keep it alive.
+    assert!(gone.is_dropped());
+}
+
+#[tokio::test]
 async fn a_pooled_instance_gets_its_whole_fuel_budget_for_every_message() {
     let rt = runtime();
     // About 7k fuel a call: without a reset, the budget would run out within a few calls.

@@ -66,7 +66,7 @@ impl Contender {
             Self::Native(n) => n.job_command(url),
             Self::Natsplug(n) => {
                 let plugins = n.job_plugins(dir, None)?;
-                n.command(url, &plugins, dir)
+                n.command(url, &plugins)
             }
             Self::FastStream(f) => f.job_command(url),
         }
@@ -79,7 +79,7 @@ pub fn responder_command(kind: Kind, url: &str, dir: &Path) -> anyhow::Result<Co
         Kind::Native | Kind::NativeDoubleAck => native::Native::responder_command(url),
         Kind::Natsplug => {
             let plugins = natsplug::Natsplug::reply_plugins(dir)?;
-            natsplug::Natsplug::rust(8).command(url, &plugins, dir)
+            natsplug::Natsplug::rust(8).command(url, &plugins)
         }
         Kind::FastStream | Kind::FastStreamOneProcess | Kind::FastStreamBatch => {
             faststream::FastStream::responder_command(url)

@@ -266,10 +266,10 @@ impl Runtime {
             .map_err(wrong_world)?;
         let pre = bindings::PluginPre::new(instance_pre).map_err(wrong_world)?;
         Ok(Plugin {
+            pool: Arc::new(Pool::new(&manifest)),
             inner: Arc::new(PluginInner {
                 name: name.into(),
                 grants: Grants::new(&manifest.publish),
-                pool: Pool::new(&manifest),
                 manifest,
                 output_pool: self.output_pool.clone(),
                 pre,
@@ -352,8 +352,6 @@ pub(crate) struct PluginInner {
     /// Gathers inputs into `handle-batch` calls, under `[batch]`.
     batcher: Option<batch::Batcher>,
     engine: Engine,
-    /// This version's warm instances (`[instance] isolation = "pool"`).
-    pool: Pool,
 }
 
 /// The `handle-batch` export: one result per input, in order.
@@ -373,6 +371,22 @@ pub(crate) struct Exports {
 #[derive(Clone)]
 pub struct Plugin {
     inner: Arc<PluginInner>,
+    /// This version's warm instances (`[instance] isolation = "pool"`). Beside `inner`, not in
+    /// it: a parked instance's store holds `inner`, so a pool inside it would keep a replaced
+    /// version, and its instances, alive for good.
+    pool: Arc<Pool>,
+}
+
+/// A plugin version that is not kept alive by this handle: whether it is gone (its messages
+/// done, its pool's instances dropped).
+#[derive(Debug, Clone)]
+pub struct PluginRef(std::sync::Weak<PluginInner>);
+
+impl PluginRef {
+    /// Whether the version has been dropped.
+    pub fn is_dropped(&self) -> bool {
+        self.0.strong_count() == 0
+    }
 }
 
 impl std::fmt::Debug for Plugin {
@@ -418,7 +432,12 @@ impl Plugin {
 
     /// How this version's calls got their instances.
     pub fn pool_stats(&self) -> PoolStats {
-        self.inner.pool.stats()
+        self.pool.stats()
+    }
+
+    /// A handle that does not keep this version alive.
+    pub fn downgrade(&self) -> PluginRef {
+        PluginRef(Arc::downgrade(&self.inner))
     }
 
     /// Whether the component exports `handle-batch`.
@@ -464,7 +483,7 @@ impl Plugin {
                 unreachable!("a handle call answers once")
             };
             let outcome = self.admit(&mut instance, answer, &mut handled)?;
-            self.inner.pool.park(instance);
+            self.pool.park(instance);
             Ok(outcome)
         });
         handled
@@ -513,7 +532,7 @@ impl Plugin {
                     })
                     .collect();
                 if kept {
-                    self.inner.pool.park(instance);
+                    self.pool.park(instance);
                 }
                 return handled;
             }
@@ -582,7 +601,7 @@ impl Plugin {
     ) -> Result<(Instance, Answer), HandlerError> {
         let plugin = &self.inner;
         let limits = &plugin.manifest.limits;
-        let mut instance = match plugin.pool.take() {
+        let mut instance = match self.pool.take() {
             Some(warm) => warm,
             None => Instance {
                 store: self.new_store()?,
