@@ -66,13 +66,7 @@ pub async fn prepare(js: &jetstream::Context, paused: bool) -> anyhow::Result<()
     for name in [IN_STREAM, OUT_STREAM, DEAD_STREAM] {
         let _ = js.delete_stream(name).await;
     }
-    js.create_stream(stream::Config {
-        name: DEAD_STREAM.into(),
-        subjects: vec!["natsplug.dead.>".into()],
-        ..Default::default()
-    })
-    .await
-    .context("cannot create the dead-letter stream")?;
+    dead_letter_stream(js).await?;
     let input = js
         .create_stream(stream::Config {
             name: IN_STREAM.into(),

@@ -418,31 +418,10 @@ fn answer(result: Result) -> std::result::Result<Vec<types::Output>, types::Fail
 #[macro_export]
 macro_rules! handler {
     ($handler:path) => {
-        struct __NatsplugPlugin;
-
-        impl $crate::bindings::Guest for __NatsplugPlugin {
-            fn handle(
-                message: $crate::bindings::Message,
-            ) -> ::core::result::Result<
-                ::std::vec::Vec<$crate::bindings::Output>,
-                $crate::bindings::Failure,
-            > {
-                $crate::__dispatch(message, $handler)
-            }
-
-            fn handle_batch(
-                messages: ::std::vec::Vec<$crate::bindings::Message>,
-            ) -> ::std::vec::Vec<
-                ::core::result::Result<
-                    ::std::vec::Vec<$crate::bindings::Output>,
-                    $crate::bindings::Failure,
-                >,
-            > {
-                $crate::__dispatch_each(messages, $handler)
-            }
-        }
-
-        $crate::bindings::__export_plugin!(__NatsplugPlugin with_types_in $crate::bindings);
+        $crate::__export!(
+            |message| $crate::__dispatch(message, $handler),
+            |messages| $crate::__dispatch_each(messages, $handler)
+        );
     };
 }
 
@@ -460,6 +439,18 @@ macro_rules! handler {
 #[macro_export]
 macro_rules! batch_handler {
     ($handler:path) => {
+        $crate::__export!(
+            |message| $crate::__dispatch_one(message, $handler),
+            |messages| $crate::__dispatch_batch(messages, $handler)
+        );
+    };
+}
+
+/// The component's two exports, `handle` and `handle-batch`, from one closure each.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export {
+    ($one:expr, $batch:expr) => {
         struct __NatsplugPlugin;
 
         impl $crate::bindings::Guest for __NatsplugPlugin {
@@ -469,7 +460,7 @@ macro_rules! batch_handler {
                 ::std::vec::Vec<$crate::bindings::Output>,
                 $crate::bindings::Failure,
             > {
-                $crate::__dispatch_one(message, $handler)
+                ($one)(message)
             }
 
             fn handle_batch(
@@ -480,7 +471,7 @@ macro_rules! batch_handler {
                     $crate::bindings::Failure,
                 >,
             > {
-                $crate::__dispatch_batch(messages, $handler)
+                ($batch)(messages)
             }
         }
 

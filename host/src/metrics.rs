@@ -86,6 +86,8 @@ pub struct Metrics {
     /// Refusals of what a guest or a requester asked for ([`crate::policy`]), by plugin and
     /// kind.
     pub policy_denials: Family<KindLabels, Counter>,
+    /// Handler calls by plugin and how their instance was got (`warm` from the pool, `fresh`).
+    pub instances: Family<KindLabels, Counter>,
     /// Handler wall time by plugin.
     pub handler_duration: Family<PluginLabel, Histogram, fn() -> Histogram>,
     /// Fuel consumed by plugin.
@@ -131,6 +133,7 @@ impl Metrics {
             limit_hits: Family::default(),
             dead_letters: Family::default(),
             host_faults: Family::default(),
+            instances: Family::default(),
             policy_denials: Family::default(),
             handler_duration: Family::new_with_constructor(duration_histogram),
             fuel: Family::default(),
@@ -167,6 +170,11 @@ impl Metrics {
             "host_faults",
             "Inputs the host could not run, nak'ed for later, by kind",
             m.host_faults.clone(),
+        );
+        registry.register(
+            "instances",
+            "Handler calls by how their instance was got: warm from the pool, or fresh",
+            m.instances.clone(),
         );
         registry.register(
             "policy_denials",
@@ -373,10 +381,17 @@ impl PluginMetrics {
             .inc();
     }
 
-    /// Records one handler call.
-    pub fn handled(&self, took: Duration, fuel: u64) {
+    /// Records one handler call, and whether its instance was warm.
+    pub fn handled(&self, took: Duration, fuel: u64, warm: bool) {
         self.duration.observe(took.as_secs_f64());
         self.fuel.inc_by(fuel);
+        self.all
+            .instances
+            .get_or_create(&KindLabels {
+                plugin: self.plugin.clone(),
+                kind: if warm { "warm" } else { "fresh" }.to_owned(),
+            })
+            .inc();
     }
 
     /// Marks a message in flight until the guard drops.

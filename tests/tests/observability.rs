@@ -130,6 +130,11 @@ async fn metrics_count_every_outcome_exactly() {
             2.0,
         ),
         (r#"natsplug_in_flight_messages{plugin="slow"}"#, 0.0),
+        // A fresh instance for every call, the default.
+        (
+            r#"natsplug_instances_total{plugin="uppercase",kind="fresh"}"#,
+            5.0,
+        ),
         // 5 + 1 + 1 outputs and 2 dead letters, each stored on the first attempt.
         ("natsplug_publish_attempts_total", 9.0),
         ("natsplug_publish_retries_total", 0.0),
@@ -470,4 +475,52 @@ async fn json_logs_parse_line_by_line_and_carry_the_message_context() {
     assert_eq!(span["sequence"], 1);
     assert_eq!(span["delivered"], 1);
     assert_eq!(span["messaging.system"], "nats");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_plugin_counts_its_warm_and_fresh_calls() {
+    let (server, _client, js) = jetstream_setup().await;
+    let plugins = PluginsDir::new();
+    plugins.add(
+        "pooled",
+        "uppercase",
+        "[subscribe]\nstream = \"IN\"\nsubjects = [\"in.pooled\"]\nconcurrency = 1\n\
+         [instance]\nisolation = \"pool\"\n\
+         [publish]\nallow = [\"out.pooled\"]\n[config]\noutput = \"out.pooled\"\n",
+    );
+    let admin = free_addr();
+    let mut config = TestHost::config(&server.url(), plugins.path());
+    config.admin.listen = Some(admin);
+    let host = TestHost::start(config);
+    publish_all(&js, "in.pooled", &["a".into(), "b".into(), "c".into()]).await;
+    wait_until(Duration::from_secs(30), "3 outputs", || async {
+        stream_count(&js, "OUT").await == 3
+    })
+    .await;
+    // One message at a time: the first makes an instance, the next two take it warm.
+    let text = wait_for_metric(
+        admin,
+        r#"natsplug_instances_total{plugin="pooled",kind="warm"}"#,
+        2.0,
+    )
+    .await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"natsplug_instances_total{plugin="pooled",kind="fresh"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    host.stop().await;
+}
+
+/// Scrapes `/metrics` until `series` has `value`; the scrape.
+async fn wait_for_metric(admin: std::net::SocketAddr, series: &str, value: f64) -> String {
+    wait_until(Duration::from_secs(10), series, || async move {
+        let (_, text) = get(admin, "/metrics").await.unwrap_or_default();
+        sample(&text, series) == Some(value)
+    })
+    .await;
+    get(admin, "/metrics").await.expect("scrape").1
 }

@@ -639,7 +639,8 @@ impl Worker {
                 }
             }
         };
-        self.metrics.handled(started.elapsed(), handled.fuel);
+        self.metrics
+            .handled(started.elapsed(), handled.fuel, handled.warm);
         if let Err(e) = &handled.result {
             self.metrics.limit_hit(e.kind());
         }

@@ -87,6 +87,7 @@ impl Batcher {
             fuel: 0,
             denials: Vec::new(),
             held: OutputHold::default(),
+            warm: false,
         })
     }
 

@@ -337,6 +337,8 @@ pub struct Handled {
     pub denials: Vec<(&'static str, u64)>,
     /// The outputs' bytes in the host-wide pool: hold it until they are published.
     pub held: OutputHold,
+    /// Whether the call ran on a warm instance from the pool (else a fresh one).
+    pub warm: bool,
 }
 
 pub(crate) struct PluginInner {
@@ -467,6 +469,7 @@ impl Plugin {
             fuel: 0,
             denials: Vec::new(),
             held: OutputHold::default(),
+            warm: false,
         };
         let input = wit_message(message);
         let ran = self
@@ -505,6 +508,7 @@ impl Plugin {
             fuel: 0,
             denials: Vec::new(),
             held: OutputHold::default(),
+            warm: false,
         };
         let call = Call::Batch(inputs.iter().map(|(m, _)| wit_message(m)).collect());
         let count = u64::try_from(inputs.len()).unwrap_or(u64::MAX);
@@ -521,6 +525,7 @@ impl Plugin {
                             fuel: share,
                             denials: Vec::new(),
                             held: OutputHold::default(),
+                            warm: whole.warm,
                         };
                         instance
                             .store
@@ -601,7 +606,9 @@ impl Plugin {
     ) -> Result<(Instance, Answer), HandlerError> {
         let plugin = &self.inner;
         let limits = &plugin.manifest.limits;
-        let mut instance = match self.pool.take() {
+        let taken = self.pool.take();
+        handled.warm = taken.is_some();
+        let mut instance = match taken {
             Some(warm) => warm,
             None => Instance {
                 store: self.new_store()?,
