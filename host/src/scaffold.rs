@@ -221,7 +221,7 @@ const PYTHON_BUILD: &str = r#"#!/usr/bin/env bash
 # Builds {name}.wasm from app.py with componentize-py (installed by natsplug's scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")"
-"${COMPONENTIZE_PY:-{root}/.tools/venv/bin/componentize-py}" --quiet -d "{root}/wit" -w plugin \
+"${COMPONENTIZE_PY:-{root}/.tools/venv/bin/componentize-py}" --quiet -d "{root}/wit" -w batch-plugin \
   componentize -p "{root}/guest-sdk/python" -p . app -o {name}.wasm
 "#;
 
@@ -276,12 +276,23 @@ const here = dirname(fileURLToPath(import.meta.url));
 const modules = process.env.GUEST_NODE_MODULES ?? '{root}/.tools/node/node_modules';
 const entry = join(modules, '@bytecodealliance', 'componentize-js', 'src', 'componentize.js');
 const { componentize } = await import(pathToFileURL(entry).href);
+// Built against the `batch-plugin` world, so the manifest's [batch] works: this entry module
+// exports the app's `handle` and `handleBatch`, making the one it leaves out from the other.
+const sourcePath = join(here, '.entry.js');
+await writeFile(
+  sourcePath,
+  `import * as app from './app.js';
+import { eachOf, oneOf } from './natsplug/natsplug.js';
+export const handle = app.handle ?? oneOf(app.handleBatch);
+export const handleBatch = app.handleBatch ?? eachOf(app.handle);
+`,
+);
 // componentize-js maps the current folder into its sandbox: the app's imports resolve in it.
 process.chdir(here);
 const { component } = await componentize({
-  sourcePath: join(here, 'app.js'),
+  sourcePath,
   witPath: '{root}/wit',
-  worldName: 'plugin',
+  worldName: 'batch-plugin',
   disableFeatures: ['http', 'fetch-event'],
 });
 await writeFile(join(here, '{name}.wasm'), component);
