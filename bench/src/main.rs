@@ -38,12 +38,6 @@ use contenders::{Contender, Kind};
 use report::{Report, Row, Sweep};
 use throughput::Shape;
 
-/// `subscribe.concurrency` of the Python and JavaScript table.
-const LANGUAGE_CONCURRENCY: usize = 64;
-/// `[batch] max` of its batch rows: a quarter of the concurrency, so that while one batch
-/// runs, others are pulled, published and acked (one batch of all 64 stalls that pipeline).
-const LANGUAGE_BATCH: usize = 16;
-
 /// Benchmark natsplug against a tuned native async-nats consumer and FastStream.
 #[derive(Parser)]
 #[command(name = "natsplug-bench")]
@@ -80,6 +74,13 @@ struct Cli {
     /// hundred a second).
     #[arg(long, default_value_t = 10_000)]
     language_messages: u64,
+    /// `subscribe.concurrency` of the Python and JavaScript table.
+    #[arg(long, default_value_t = 64)]
+    language_concurrency: usize,
+    /// `[batch] max` of its batch rows: a quarter of the concurrency, so that while one batch
+    /// runs, others are pulled, published and acked (one batch of all 64 stalls that pipeline).
+    #[arg(long, default_value_t = 16)]
+    language_batch: usize,
     /// Parts to leave out (e.g. `--skip faststream,hot-reload` while profiling natsplug).
     #[arg(long, value_delimiter = ',', value_enum)]
     skip: Vec<Part>,
@@ -407,7 +408,7 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
             let shipped = Natsplug {
                 guest,
                 instances: Instances::Shipped,
-                ..Natsplug::rust(LANGUAGE_CONCURRENCY)
+                ..Natsplug::rust(cli.language_concurrency)
             };
             table.push(Contender::Natsplug(shipped));
             table.push(Contender::Natsplug(Natsplug {
@@ -415,13 +416,13 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
                 ..shipped
             }));
             table.push(Contender::Natsplug(Natsplug {
-                batch: Some(LANGUAGE_BATCH),
+                batch: Some(cli.language_batch),
                 ..shipped
             }));
         }
         table.push(Contender::Natsplug(Natsplug {
             instances: Instances::Shipped,
-            ..Natsplug::rust(LANGUAGE_CONCURRENCY)
+            ..Natsplug::rust(cli.language_concurrency)
         }));
         if faststream {
             table.push(Contender::FastStream(faststream_best));
