@@ -260,7 +260,7 @@ impl Invocation {
 #[derive(Debug, Clone)]
 pub(crate) struct OutputPool {
     semaphore: Arc<Semaphore>,
-    limit: u64,
+    pub(crate) limit: u64,
 }
 
 impl OutputPool {

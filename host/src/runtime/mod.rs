@@ -632,12 +632,11 @@ impl Plugin {
         store.set_fuel(fuel).expect("fuel is enabled on the engine");
         // What wasmtime copies out of the guest in one host call or one result (lists and
         // strings, each one separately even when a guest points many at one buffer) is capped
-        // by "hostcall fuel", 128 MiB by default: tie it to the plugin's output budget.
-        let lift = limits
-            .output_bytes
-            .saturating_mul(2)
-            .saturating_mul(fuel_scale)
-            .saturating_add(1 << 20);
+        // by "hostcall fuel", 128 MiB by default: tie it to the plugin's output budget. A
+        // batch gets it for each input, but never more than twice what the host-wide output
+        // pool could ever admit: a guest whose answers point many times at one buffer must not
+        // make the host copy 4096 budgets' worth before any of it is admitted.
+        let lift = hostcall_budget(limits.output_bytes, fuel_scale, plugin.output_pool.limit);
         store.set_hostcall_fuel(usize::try_from(lift).unwrap_or(usize::MAX));
         store.set_epoch_deadline(1);
 
@@ -787,6 +786,16 @@ impl Plugin {
     }
 }
 
+/// The bytes wasmtime may copy out of the guest in one call of `inputs` inputs: twice the
+/// output budget of each, at most twice the host-wide output pool (a batch's answers can never
+/// all be admitted past it), plus 1 MiB for everything else.
+fn hostcall_budget(output_bytes: u64, inputs: u64, pool_limit: u64) -> u64 {
+    let one = output_bytes.saturating_mul(2);
+    one.saturating_mul(inputs)
+        .min(one.max(pool_limit.saturating_mul(2)))
+        .saturating_add(1 << 20)
+}
+
 /// The message of a Rust panic from the guest's stderr ("panicked at FILE:LINE:COL:\nMESSAGE").
 fn panic_message(stderr: &str) -> Option<String> {
     let start = stderr.rfind("panicked at ")?;
@@ -836,5 +845,45 @@ pub(crate) fn wit_output(o: bindings::natsplug::plugin::types::Output) -> Output
         subject: o.subject,
         headers: Headers(o.headers.into_iter().map(|h| (h.name, h.value)).collect()),
         payload: o.payload.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::hostcall_budget;
+
+    #[test]
+    fn one_call_gets_twice_its_output_budget() {
+        assert_eq!(
+            hostcall_budget(16 << 20, 1, 1 << 30),
+            (32 << 20) + (1 << 20)
+        );
+        assert_eq!(
+            hostcall_budget(16 << 20, 4, 1 << 30),
+            (128 << 20) + (1 << 20)
+        );
+        // 4096 inputs of 16 MiB: capped at twice the 1 GiB pool, not 128 GiB.
+        assert_eq!(
+            hostcall_budget(16 << 20, 4096, 1 << 30),
+            (2 << 30) + (1 << 20)
+        );
+    }
+
+    proptest! {
+        /// However many inputs, a call never gets more than one input's budget or twice the
+        /// pool, whichever is larger, and never less than one input's budget.
+        #[test]
+        fn a_batch_never_widens_the_copy_budget_past_the_pool(
+            output_bytes in 0u64..(2 << 30),
+            inputs in 1u64..10_000,
+            pool in 0u64..(4 << 30),
+        ) {
+            let budget = hostcall_budget(output_bytes, inputs, pool);
+            let one = output_bytes * 2 + (1 << 20);
+            prop_assert!(budget >= one);
+            prop_assert!(budget <= one.max(pool * 2 + (1 << 20)));
+        }
     }
 }
