@@ -787,6 +787,53 @@ async fn a_per_message_handler_runs_in_batches_too() {
 }
 
 #[tokio::test]
+async fn every_answer_of_a_batch_passes_the_same_checks_as_a_single_one() {
+    let rt = runtime();
+    // The probe is a per-message handler: the SDK runs it on each input of the batch call.
+    let plugin = load_with(
+        &rt,
+        "probe",
+        "[publish]\nallow = [\">\"]\n[batch]\nmax = 7\nmax_wait = \"500ms\"\n",
+    );
+    let payloads = [
+        "to:$JS.API.STREAM.DELETE.ORDERS",
+        "to:natsplug.control.h1.list",
+        "to:a b",
+        "header:Nats-Rollup=all",
+        "header:bad name=x",
+        "publish:1:10",
+        "to:out.ok",
+    ];
+    let inputs = payloads.map(|p| Message::new("p", p));
+    let answers: Vec<String> = futures::future::join_all(inputs.iter().map(|m| handle(&plugin, m)))
+        .await
+        .into_iter()
+        .map(|answer| match answer {
+            Ok(Outcome::Success(outputs)) => {
+                format!("OUT:{}", outputs[0].subject.as_deref().unwrap())
+            }
+            Ok(Outcome::Reject { reason }) => format!("reject:{reason}"),
+            Ok(other) => format!("{other:?}"),
+            Err(e) => e.kind().to_owned(),
+        })
+        .collect();
+    assert_eq!(
+        answers,
+        [
+            "reserved-subject",
+            "reserved-subject",
+            "invalid-subject",
+            "forbidden-header",
+            "invalid-header",
+            // `publish` is refused inside a batch call; the probe rejects on a refusal.
+            "reject:publish 0 refused: publish is not available in handle-batch: return each \
+             input's outputs in its result",
+            "OUT:out.ok",
+        ]
+    );
+}
+
+#[tokio::test]
 async fn a_batch_manifest_needs_a_component_that_exports_handle_batch() {
     let rt = runtime();
     let err = rt
