@@ -362,35 +362,17 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
             latency_messages: cli.latency_messages,
             latency_rate: cli.latency_rate,
         };
-        let mut rows: Vec<Row> = contenders.iter().map(|c| Row::new(*c, size)).collect();
-        for run in 1..=cli.runs {
-            for row in &mut rows {
-                match run_one(&client, pid, &url, row.contender, shape, &next_dir()?).await {
-                    Ok(r) => {
-                        eprintln!(
-                            "{} B run {run}: {}: {:.0} msgs/s, p50 {:.2} ms, {:.3} CPU s/10k, server {:.3}",
-                            size,
-                            row.contender.label(),
-                            r.msgs_per_s,
-                            stats::percentile(&r.latencies_ms, 50.0),
-                            r.cpu_per_10k,
-                            r.server_cpu_per_10k
-                        );
-                        row.runs.push(r);
-                    }
-                    Err(e) => {
-                        eprintln!(
-                            "{size} B run {run}: {} failed: {e:#}",
-                            row.contender.label()
-                        );
-                        report.note(format!(
-                            "{} at {size} B, run {run}: {e:#}",
-                            row.contender.label()
-                        ));
-                    }
-                }
-            }
-        }
+        let table = format!("{size} B");
+        let rows = run_rows(
+            (&client, pid, &url),
+            &contenders,
+            shape,
+            cli.runs,
+            &table,
+            &mut report,
+            &mut next_dir,
+        )
+        .await?;
         report.rows.extend(rows);
     }
 
@@ -434,33 +416,16 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
                 table.push(Contender::FastStream(batch));
             }
         }
-        let mut rows: Vec<Row> = table.iter().map(|c| Row::new(*c, first_size)).collect();
-        for run in 1..=cli.runs {
-            for row in &mut rows {
-                match run_one(&client, pid, &url, row.contender, shape, &next_dir()?).await {
-                    Ok(r) => {
-                        eprintln!(
-                            "languages run {run}: {}: {:.0} msgs/s, {:.3} CPU s/10k, peak RSS {:.0} MiB",
-                            row.contender.label(),
-                            r.msgs_per_s,
-                            r.cpu_per_10k,
-                            r.peak_rss as f64 / (1 << 20) as f64
-                        );
-                        row.runs.push(r);
-                    }
-                    Err(e) => {
-                        eprintln!(
-                            "languages run {run}: {} failed: {e:#}",
-                            row.contender.label()
-                        );
-                        report.note(format!(
-                            "{} (languages), run {run}: {e:#}",
-                            row.contender.label()
-                        ));
-                    }
-                }
-            }
-        }
+        let rows = run_rows(
+            (&client, pid, &url),
+            &table,
+            shape,
+            cli.runs,
+            "languages",
+            &mut report,
+            &mut next_dir,
+        )
+        .await?;
         report.language_rows = rows;
         report.language_messages = cli.language_messages;
     }
@@ -529,6 +494,47 @@ async fn bench(cli: &Cli) -> anyhow::Result<()> {
         out.join("results.png").display()
     );
     Ok(())
+}
+
+/// Every contender on `shape`, interleaved run by run (run 1 of each, then run 2...), so a
+/// change in the machine's load falls on all of them; a failed run is noted in the report under
+/// `table`, and its row goes on with the runs that succeeded.
+async fn run_rows(
+    (client, server_pid, url): (&async_nats::Client, u32, &str),
+    contenders: &[Contender],
+    shape: Shape,
+    runs: usize,
+    table: &str,
+    report: &mut Report,
+    next_dir: &mut impl FnMut() -> anyhow::Result<PathBuf>,
+) -> anyhow::Result<Vec<Row>> {
+    let mut rows: Vec<Row> = contenders
+        .iter()
+        .map(|c| Row::new(*c, shape.size))
+        .collect();
+    for run in 1..=runs {
+        for row in &mut rows {
+            let label = row.contender.label();
+            match run_one(client, server_pid, url, row.contender, shape, &next_dir()?).await {
+                Ok(r) => {
+                    eprintln!(
+                        "{table} run {run}: {label}: {:.0} msgs/s, p50 {:.2} ms, {:.3} CPU s/10k, server {:.3}, peak RSS {:.0} MiB",
+                        r.msgs_per_s,
+                        stats::percentile(&r.latencies_ms, 50.0),
+                        r.cpu_per_10k,
+                        r.server_cpu_per_10k,
+                        r.peak_rss as f64 / f64::from(1 << 20)
+                    );
+                    row.runs.push(r);
+                }
+                Err(e) => {
+                    eprintln!("{table} run {run}: {label} failed: {e:#}");
+                    report.note(format!("{label} ({table}), run {run}: {e:#}"));
+                }
+            }
+        }
+    }
+    Ok(rows)
 }
 
 /// One run of one contender.

@@ -367,7 +367,7 @@ pub fn __dispatch_each(
 ) -> Vec<std::result::Result<Vec<types::Output>, types::Failure>> {
     messages
         .into_iter()
-        .map(|m| answer(handler(Message::from_wit(m))))
+        .map(|m| __dispatch(m, &mut handler))
         .collect()
 }
 

@@ -321,6 +321,27 @@ pub async fn consumer_info(
     }
 }
 
+/// Waits (20 s at most) until the consumer has acked or termed everything it was delivered, and
+/// gives its info: the delivered sequence says how many deliveries there were.
+pub async fn settled(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    durable: &str,
+) -> async_nats::jetstream::consumer::Info {
+    wait_until(
+        std::time::Duration::from_secs(20),
+        "nothing pending",
+        || async {
+            let info = consumer_info(js, stream, durable).await;
+            info.num_pending == 0
+                && info.num_ack_pending == 0
+                && info.delivered.consumer_sequence > 0
+        },
+    )
+    .await;
+    consumer_info(js, stream, durable).await
+}
+
 /// Polls `check` every 50 ms until it is true; panics with `what` after `timeout`.
 pub async fn wait_until<F, Fut>(timeout: std::time::Duration, what: &str, mut check: F)
 where

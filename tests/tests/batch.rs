@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use natsplug_tests::{
-    PluginsDir, TestHost, consumer_info, create_stream, jetstream_setup, publish_all,
-    stream_messages, wait_until,
+    PluginsDir, TestHost, create_stream, jetstream_setup, publish_all, stream_messages, wait_until,
 };
 
 /// Waits until the consumer is there (a Python or JavaScript component takes seconds to
-/// compile in a debug build) and has acked or termed everything it was delivered.
+/// compile in a debug build) and has settled everything it was delivered.
 async fn settled(js: &jetstream::Context, durable: &str) -> jetstream::consumer::Info {
     wait_until(Duration::from_secs(120), "the consumer", || async {
         js.get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(durable, "IN")
@@ -20,12 +19,7 @@ async fn settled(js: &jetstream::Context, durable: &str) -> jetstream::consumer:
             .is_ok()
     })
     .await;
-    wait_until(Duration::from_secs(30), "nothing pending", || async {
-        let info = consumer_info(js, "IN", durable).await;
-        info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered.consumer_sequence > 0
-    })
-    .await;
-    consumer_info(js, "IN", durable).await
+    natsplug_tests::settled(js, "IN", durable).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

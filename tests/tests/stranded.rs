@@ -11,22 +11,8 @@ use async_nats::jetstream::{self, stream::DiscardPolicy};
 use natsplug_tests::nats::NatsServer;
 use natsplug_tests::{
     PluginsDir, TestHost, consumer_info, create_stream, init_tracing, jetstream_setup, publish_all,
-    stream_count, stream_messages, wait_until,
+    settled, stream_count, stream_messages, wait_until,
 };
-
-/// Waits until the consumer has acked or termed everything it was delivered.
-async fn settled(
-    js: &jetstream::Context,
-    stream: &str,
-    durable: &str,
-) -> jetstream::consumer::Info {
-    wait_until(Duration::from_secs(20), "nothing pending", || async {
-        let info = consumer_info(js, stream, durable).await;
-        info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered.consumer_sequence > 0
-    })
-    .await;
-    consumer_info(js, stream, durable).await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_in_the_handling_path_ends_as_a_dead_letter_not_stranded() {

@@ -193,15 +193,19 @@ impl Natsplug {
         Ok(plugins)
     }
 
+    /// This row's `natsplug` binary: its variant's, or the one beside the runner.
+    fn binary(&self) -> anyhow::Result<PathBuf> {
+        match self.variant.and_then(|v| variants().get(v)) {
+            Some((_, path)) => Ok(path.clone()),
+            None => binary(),
+        }
+    }
+
     /// Compiles `wasm` into the compile cache (`natsplug validate` with the same engine
     /// settings), so a run measures a host that starts as a restart does: from the cache, not
     /// compiling (a Python component's compile alone peaks at ~400 MiB).
     fn warm_cache(&self, wasm: &Path) -> anyhow::Result<()> {
-        let bin = match self.variant.and_then(|v| variants().get(v)) {
-            Some((_, path)) => path.clone(),
-            None => binary()?,
-        };
-        let out = Command::new(bin)
+        let out = Command::new(self.binary()?)
             .arg("validate")
             .arg(wasm)
             .env(
@@ -234,11 +238,7 @@ impl Natsplug {
 
     /// The command that serves `plugins` against `url`, with the bench's compile cache.
     pub fn command(&self, url: &str, plugins: &Path) -> anyhow::Result<Command> {
-        let bin = match self.variant.and_then(|v| variants().get(v)) {
-            Some((_, path)) => path.clone(),
-            None => binary()?,
-        };
-        let mut command = Command::new(bin);
+        let mut command = Command::new(self.binary()?);
         command
             .args(["run", "--log", "warn", "--server", url, "--plugins"])
             .arg(plugins)

@@ -461,15 +461,28 @@ def _failure(error: Union[Retry, Reject]):
     return _types.Failure_Reject(error.reason)
 
 
-def dispatch(handle: Handler, message) -> list:
-    """Runs `handle` on a WIT message and maps its answer onto the contract. Not for apps."""
+def _answer(handle: Handler, message):
+    """Runs a per-message `handle` on a WIT message: `Ok(outputs)`, or `Err(failure)` for a
+    `Retry` or `Reject`; any other exception crashes the call, like a Rust panic."""
     try:
-        return _outputs(handle(Message._from_wit(message)))
+        return Ok(_outputs(handle(Message._from_wit(message))))
     except (Retry, Reject) as e:
-        raise Err(_failure(e)) from None
+        return Err(_failure(e))
     except Exception as e:  # a crash: report it the way a Rust panic is reported
         _crash(e)
         raise
+
+
+def _unwrap(answer):
+    """A result as the `handle` export returns it: its value, or its `Err` raised."""
+    if isinstance(answer, Err):
+        raise answer
+    return answer.value
+
+
+def dispatch(handle: Handler, message) -> list:
+    """Runs `handle` on a WIT message and maps its answer onto the contract. Not for apps."""
+    return _unwrap(_answer(handle, message))
 
 
 def _result(answer):
@@ -481,16 +494,7 @@ def _result(answer):
 
 def dispatch_each(handle: Handler, messages) -> list:
     """Runs a per-message `handle` on each message of a batch. Not for apps."""
-    results = []
-    for message in messages:
-        try:
-            results.append(Ok(_outputs(handle(Message._from_wit(message)))))
-        except (Retry, Reject) as e:
-            results.append(Err(_failure(e)))
-        except Exception as e:
-            _crash(e)
-            raise
-    return results
+    return [_answer(handle, message) for message in messages]
 
 
 def dispatch_batch(handle: BatchHandler, messages) -> list:
@@ -530,9 +534,7 @@ def handler(handle=None, *, batch: bool = False):
         class WitWorld(wit_world.WitWorld):
             def handle(self, message):  # noqa: D401 - the WIT export
                 [answer] = dispatch_batch(handle, [message])
-                if isinstance(answer, Err):
-                    raise answer
-                return answer.value
+                return _unwrap(answer)
 
             def handle_batch(self, messages):
                 return dispatch_batch(handle, messages)

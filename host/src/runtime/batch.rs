@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, oneshot};
 
-use super::{Handled, HandlerError, Hooks, OutputHold, Plugin};
+use super::{Handled, HandlerError, Hooks, Plugin};
 use crate::manifest::Batch;
 use crate::message::Message;
 
@@ -78,16 +78,12 @@ impl Batcher {
         if let Some(batch) = opened {
             tokio::spawn(call(plugin.clone(), batch, self.max_wait));
         }
-        answered.await.unwrap_or_else(|_| Handled {
+        answered.await.unwrap_or_else(|_| {
             // The call's task ended without answering: only a panic in the host does that.
-            result: Err(HandlerError::Instantiate {
+            Handled::of(Err(HandlerError::Instantiate {
                 plugin: plugin.name().to_owned(),
                 message: "the batch call ended without an answer".into(),
-            }),
-            fuel: 0,
-            denials: Vec::new(),
-            held: OutputHold::default(),
-            warm: false,
+            }))
         })
     }
 

@@ -341,6 +341,19 @@ pub struct Handled {
     pub warm: bool,
 }
 
+impl Handled {
+    /// A call that has not run yet, or could not: `result`, nothing spent, nothing held.
+    pub(crate) fn of(result: Result<Outcome, HandlerError>) -> Self {
+        Self {
+            result,
+            fuel: 0,
+            denials: Vec::new(),
+            held: OutputHold::default(),
+            warm: false,
+        }
+    }
+}
+
 pub(crate) struct PluginInner {
     pub(crate) name: Arc<str>,
     pub(crate) manifest: Manifest,
@@ -464,13 +477,7 @@ impl Plugin {
 
     /// One `handle` call, for one message.
     async fn handle_one(&self, message: &Message, hooks: Hooks) -> Handled {
-        let mut handled = Handled {
-            result: Ok(Outcome::Success(Vec::new())),
-            fuel: 0,
-            denials: Vec::new(),
-            held: OutputHold::default(),
-            warm: false,
-        };
+        let mut handled = Handled::of(Ok(Outcome::Success(Vec::new())));
         let input = wit_message(message);
         let ran = self
             .run(
@@ -503,13 +510,7 @@ impl Plugin {
         let all = Hooks {
             in_progress: Some(Arc::new(move || hooks.iter().for_each(|h| h()))),
         };
-        let mut whole = Handled {
-            result: Ok(Outcome::Success(Vec::new())),
-            fuel: 0,
-            denials: Vec::new(),
-            held: OutputHold::default(),
-            warm: false,
-        };
+        let mut whole = Handled::of(Ok(Outcome::Success(Vec::new())));
         let call = Call::Batch(inputs.iter().map(|(m, _)| wit_message(m)).collect());
         let count = u64::try_from(inputs.len()).unwrap_or(u64::MAX);
         let failed = match self.run(call, false, all, count, &mut whole).await {
@@ -521,11 +522,9 @@ impl Plugin {
                     .zip(inputs)
                     .map(|(answer, (message, _))| {
                         let mut handled = Handled {
-                            result: Ok(Outcome::Success(Vec::new())),
                             fuel: share,
-                            denials: Vec::new(),
-                            held: OutputHold::default(),
                             warm: whole.warm,
+                            ..Handled::of(Ok(Outcome::Success(Vec::new())))
                         };
                         instance
                             .store
