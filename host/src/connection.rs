@@ -22,6 +22,9 @@ pub fn is_up(client: &async_nats::Client) -> bool {
     client.connection_state() == async_nats::connection::State::Connected
 }
 
+/// The role of the connection handlers' requests and KV calls use.
+pub const CAPABILITIES: &str = "capabilities";
+
 /// Connects one client for `role` ("consumer", "publisher-0"...).
 pub async fn connect(config: &NatsConfig, role: &str) -> anyhow::Result<async_nats::Client> {
     connect_with(config, role, None).await
@@ -88,8 +91,13 @@ async fn options(
     let was_connected = Arc::new(AtomicBool::new(false));
     Ok(options
         .name(format!("{}-{role}", config.name))
-        // The host's inboxes are reserved space (crate::policy): no reply goes there.
-        .custom_inbox_prefix(crate::policy::HOST_INBOX_PREFIX)
+        // The host's inboxes are reserved space (crate::policy): no reply goes there. The
+        // capabilities' requests get their answers from services, in an inbox of their own.
+        .custom_inbox_prefix(if role == CAPABILITIES {
+            crate::policy::CAPABILITY_INBOX_PREFIX
+        } else {
+            crate::policy::HOST_INBOX_PREFIX
+        })
         .ping_interval(config.ping_interval)
         .connection_timeout(config.connect_timeout)
         .request_timeout(Some(config.request_timeout))

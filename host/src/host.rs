@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Admin};
+use crate::capability::Services;
 use crate::config::HostConfig;
 use crate::delivery::cores::Cores;
 use crate::delivery::publisher::Publisher;
@@ -50,13 +51,22 @@ async fn serve(config: HostConfig, shutdown: Shutdown, traces: Traces) -> anyhow
         Some(addr) => Some(admin::serve(addr, admin.clone(), admin_stop.clone()).await?),
         None => None,
     };
-    let runtime = Runtime::new(config.runtime.runtime_config())?;
     anyhow::ensure!(
         config.host.plugins.is_dir(),
         "the plugins folder {:?} does not exist",
         config.host.plugins
     );
     let client = connection::connect_with(&config.nats, "consumer", Some(metrics.clone())).await?;
+    // Capabilities (`[request]`, `[kv]`) on a connection of their own: a guest waiting on a
+    // slow service never holds up the consumer's pulls, heartbeats and acks.
+    let capabilities = connection::connect_with(
+        &config.nats,
+        connection::CAPABILITIES,
+        Some(metrics.clone()),
+    )
+    .await?;
+    let runtime = Runtime::new(config.runtime.runtime_config())?
+        .with_services(Services::new(capabilities.clone(), Some(metrics.clone())));
     let _ = admin.client.set(client.clone());
     let publisher =
         Arc::new(Publisher::connect(&config.nats, &config.publisher, metrics.clone()).await?);
@@ -131,6 +141,9 @@ async fn serve(config: HostConfig, shutdown: Shutdown, traces: Traces) -> anyhow
     cores.close().await;
     if let Err(e) = client.drain().await {
         tracing::warn!(error = %e, "cannot drain the consumer connection");
+    }
+    if let Err(e) = capabilities.drain().await {
+        tracing::warn!(error = %e, "cannot drain the capabilities connection");
     }
     admin_stop.cancel();
     if let Some(task) = admin_task {

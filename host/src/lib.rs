@@ -30,6 +30,7 @@
 
 pub mod admin;
 pub mod backoff;
+pub mod capability;
 pub mod config;
 pub mod connection;
 pub mod control;

@@ -166,6 +166,10 @@ enum Command {
         /// A manifest file to use instead of the one beside the plugin.
         #[arg(long)]
         manifest: Option<PathBuf>,
+        /// A NATS server URL for the handler's `[request]` and `[kv]` capabilities (without,
+        /// those calls fail; `[http]` works either way).
+        #[arg(long)]
+        server: Option<String>,
     },
 }
 
@@ -413,14 +417,30 @@ async fn run(command: Command) -> ExitCode {
             reply,
             headers,
             manifest,
+            server,
         } => {
-            let (_runtime, plugin) = match offline::load(&plugin, manifest.as_deref()) {
+            let services = match &server {
+                None => Default::default(),
+                Some(url) => match offline::services(url).await {
+                    Ok(services) => services,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+            };
+            let loaded = offline::load_with(&plugin, manifest.as_deref(), services);
+            let (_runtime, plugin) = match loaded {
                 Ok(loaded) => loaded,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return ExitCode::FAILURE;
                 }
             };
+            if let Err(e) = plugin.open_capabilities().await {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
             let message =
                 offline::message(&subject, payload.as_bytes(), reply.as_deref(), &headers);
             let result = offline::call(&plugin, &message).await;

@@ -57,6 +57,15 @@ pub struct Manifest {
     pub instance: InstancePolicy,
     /// Batch calls (`handle-batch`). Default: none, one `handle` call per input.
     pub batch: Option<Batch>,
+    /// Requests to NATS services the guest may send. Default: none.
+    #[serde(default)]
+    pub request: RequestGrant,
+    /// NATS KV buckets the guest may open. Default: none.
+    #[serde(default)]
+    pub kv: KvGrant,
+    /// Outbound HTTP origins the guest may call. Default: none.
+    #[serde(default)]
+    pub http: HttpGrant,
     /// Free-form values the guest reads with `config(key)`. Default: none.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
@@ -380,6 +389,162 @@ const fn default_batch_wait() -> Duration {
     Duration::from_millis(5)
 }
 
+/// `[request]`: the NATS services a guest may send requests to (`natsplug:plugin/request`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestGrant {
+    /// Subjects (NATS wildcards allowed) a request may go to. Reserved space (`$JS.`, `$KV.`,
+    /// `$SYS.`, the host's own subjects and inboxes) is never reachable, even when named: a
+    /// request there could drive the server's APIs with the host's credentials. Default: none.
+    #[serde(default, deserialize_with = "subjects")]
+    pub allow: Vec<String>,
+    /// How long a request waits for its reply when the guest names no timeout; never longer
+    /// than what is left of the handler's deadline. Default: 5s.
+    #[serde(with = "humantime_serde", default = "default_request_timeout")]
+    pub timeout: Duration,
+}
+
+impl Default for RequestGrant {
+    fn default() -> Self {
+        Self {
+            allow: Vec::new(),
+            timeout: default_request_timeout(),
+        }
+    }
+}
+
+const fn default_request_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// `[kv]`: the NATS KV buckets a guest may open (`wasi:keyvalue`, `natsplug:plugin/kv`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvGrant {
+    /// Bucket name to access: `"read"` or `"read-write"`, or a table with `access` and the
+    /// settings to create the bucket with when it is missing
+    /// (`orders = { access = "read-write", create = true, history = 5 }`). A bucket that is
+    /// neither there nor to be created fails the plugin's load. Default: none.
+    #[serde(default)]
+    pub buckets: BTreeMap<String, BucketGrant>,
+}
+
+/// One granted bucket.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum BucketGrant {
+    /// `orders = "read-write"`: the bucket must exist.
+    Access(Access),
+    /// `orders = { access = "read-write", create = true, ... }`.
+    Full(BucketSettings),
+}
+
+impl BucketGrant {
+    /// What the guest may do with the bucket.
+    pub fn access(&self) -> Access {
+        match self {
+            Self::Access(access) => *access,
+            Self::Full(settings) => settings.access,
+        }
+    }
+
+    /// The settings to create it with, when the manifest says to create it.
+    pub fn create(&self) -> Option<&BucketSettings> {
+        match self {
+            Self::Full(settings) if settings.create => Some(settings),
+            _ => None,
+        }
+    }
+}
+
+/// What a guest may do with a bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    /// `get`, `exists`, `list-keys`, `get-many`, `get-entry`.
+    Read,
+    /// Reads, and `set`, `delete`, `increment`, `set-many`, `delete-many`, `compare-and-swap`.
+    ReadWrite,
+}
+
+/// A granted bucket with its settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketSettings {
+    /// What the guest may do.
+    pub access: Access,
+    /// Create the bucket at load when it is missing, with these settings. Default: false.
+    #[serde(default)]
+    pub create: bool,
+    /// Values kept per key (1 to 64). Default: 1.
+    #[serde(default = "default_history")]
+    pub history: i64,
+    /// The largest value ("1MiB" or bytes). Default: the server's limit.
+    #[serde(default, deserialize_with = "optional_byte_size")]
+    pub max_value_size: Option<u64>,
+    /// How long a value lives ("0s": for ever). Default: for ever.
+    #[serde(with = "humantime_serde", default)]
+    pub ttl: Option<Duration>,
+}
+
+const fn default_history() -> i64 {
+    1
+}
+
+/// `[http]`: the origins a guest may call with `wasi:http/outgoing-handler`, and the bounds
+/// of each call.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpGrant {
+    /// Origins, each a scheme, a host and an optional port (`"https://api.example.com"`,
+    /// `"http://127.0.0.1:8080"`); no path, no wildcard. A request to any other origin fails
+    /// with `HTTP-request-denied`. Default: none.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// The largest request body. Default: 1MiB.
+    #[serde(default = "default_http_request_bytes", deserialize_with = "byte_size")]
+    pub max_request_bytes: u64,
+    /// The largest response body; a longer one fails the read with
+    /// `HTTP-response-body-size`. Default: 4MiB.
+    #[serde(
+        default = "default_http_response_bytes",
+        deserialize_with = "byte_size"
+    )]
+    pub max_response_bytes: u64,
+    /// How long to wait for a connection. Default: 5s.
+    #[serde(with = "humantime_serde", default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// How long to wait for the first byte of the response, and between two of its frames.
+    /// Every wait is also cut at the handler's deadline. Default: 30s.
+    #[serde(with = "humantime_serde", default = "default_first_byte_timeout")]
+    pub first_byte_timeout: Duration,
+}
+
+impl Default for HttpGrant {
+    fn default() -> Self {
+        Self {
+            allow: Vec::new(),
+            max_request_bytes: default_http_request_bytes(),
+            max_response_bytes: default_http_response_bytes(),
+            connect_timeout: default_connect_timeout(),
+            first_byte_timeout: default_first_byte_timeout(),
+        }
+    }
+}
+
+const fn default_http_request_bytes() -> u64 {
+    1 << 20
+}
+const fn default_http_response_bytes() -> u64 {
+    4 << 20
+}
+const fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+const fn default_first_byte_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
 /// What the guest may see of the machine; by default nothing: no files, no network, no
 /// environment variables, no arguments.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -428,6 +593,11 @@ impl Manifest {
     fn refuse_out_of_range(&self) -> Result<(), String> {
         let mut durations = vec![("limits.deadline", self.limits.deadline)];
         durations.extend(self.retry.backoff.iter().map(|d| ("retry.backoff", *d)));
+        durations.extend([
+            ("request.timeout", self.request.timeout),
+            ("http.connect_timeout", self.http.connect_timeout),
+            ("http.first_byte_timeout", self.http.first_byte_timeout),
+        ]);
         if let Some(s) = &self.subscribe {
             durations.push(("subscribe.ack_wait", s.ack_wait));
             durations.extend(s.heartbeat.map(|h| ("subscribe.heartbeat", h)));
@@ -500,6 +670,8 @@ impl Manifest {
         for (field, bytes) in [
             ("limits.output_bytes", self.limits.output_bytes),
             ("limits.log_bytes", self.limits.log_bytes),
+            ("http.max_request_bytes", self.http.max_request_bytes),
+            ("http.max_response_bytes", self.http.max_response_bytes),
         ] {
             if bytes > MAX_BYTES {
                 return Err(format!("{field} = {bytes} is more than 1GiB"));
@@ -529,6 +701,25 @@ impl Manifest {
                         .map_err(|e| format!("subscribe.subjects: {e}"))?;
                 }
             }
+        }
+        for pattern in &self.request.allow {
+            policy::capabilities::refuse_reserved_request(pattern)
+                .map_err(|e| format!("request.allow: {e}"))?;
+        }
+        for (bucket, grant) in &self.kv.buckets {
+            policy::capabilities::refuse_invalid_bucket(bucket)
+                .map_err(|e| format!("kv.buckets: {e}"))?;
+            if let BucketGrant::Full(settings) = grant
+                && !(1..=64).contains(&settings.history)
+            {
+                return Err(format!(
+                    "kv.buckets.{bucket}.history = {} is not between 1 and 64",
+                    settings.history
+                ));
+            }
+        }
+        for origin in &self.http.allow {
+            policy::Origin::parse(origin).map_err(|e| format!("http.allow: {e}"))?;
         }
         if let Some(subject) = &self.publish.dead_letter {
             policy::refuse_invalid_subject(subject)
@@ -641,6 +832,11 @@ fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error>
         .iter()
         .map(|s| humantime::parse_duration(s).map_err(serde::de::Error::custom))
         .collect()
+}
+
+/// An optional [`byte_size`].
+fn optional_byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    byte_size(d).map(Some)
 }
 
 /// A byte size: an integer, or a string like "64MiB", "512KiB", "1GiB", "100MB".

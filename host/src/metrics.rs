@@ -66,6 +66,26 @@ pub struct RoleLabel {
     pub role: String,
 }
 
+/// `plugin`, `capability` and `result` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CapabilityLabels {
+    /// Plugin name.
+    pub plugin: String,
+    /// kv, request, http.
+    pub capability: String,
+    /// ok, error (the service failed or said no), denied (the grant refused it).
+    pub result: String,
+}
+
+/// `plugin` and `capability` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CapabilityLabel {
+    /// Plugin name.
+    pub plugin: String,
+    /// kv, request, http.
+    pub capability: String,
+}
+
 fn duration_histogram() -> Histogram {
     // 100 µs to ~100 s.
     Histogram::new(exponential_buckets(0.0001, 4.0, 11))
@@ -116,6 +136,10 @@ pub struct Metrics {
     pub connected: Family<RoleLabel, Gauge>,
     /// Reconnects by connection role.
     pub reconnects: Family<RoleLabel, Counter>,
+    /// Capability calls (kv, request, http) by plugin, capability and result.
+    pub capability_calls: Family<CapabilityLabels, Counter>,
+    /// Capability call wall time by plugin and capability.
+    pub capability_duration: Family<CapabilityLabel, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -149,6 +173,8 @@ impl Metrics {
             plugin_info: Family::default(),
             connected: Family::default(),
             reconnects: Family::default(),
+            capability_calls: Family::default(),
+            capability_duration: Family::new_with_constructor(duration_histogram),
             registry: Registry::default(),
         };
         registry.register(
@@ -230,6 +256,17 @@ impl Metrics {
             m.deduplicated.clone(),
         );
         registry.register(
+            "capability_calls",
+            "Capability calls (kv, request, http) by result: ok, error, denied",
+            m.capability_calls.clone(),
+        );
+        registry.register_with_unit(
+            "capability_duration",
+            "Capability call wall time",
+            prometheus_client::registry::Unit::Seconds,
+            m.capability_duration.clone(),
+        );
+        registry.register(
             "plugin_reloads",
             "Plugin loads by result",
             m.reloads.clone(),
@@ -258,6 +295,23 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+
+    /// Counts one capability call of `plugin`.
+    pub fn capability(&self, plugin: &str, capability: &str, result: &str, took: Duration) {
+        self.capability_calls
+            .get_or_create(&CapabilityLabels {
+                plugin: plugin.to_owned(),
+                capability: capability.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+        self.capability_duration
+            .get_or_create(&CapabilityLabel {
+                plugin: plugin.to_owned(),
+                capability: capability.to_owned(),
+            })
+            .observe(took.as_secs_f64());
     }
 
     /// One plugin's handles.

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::capability::Services;
 use crate::manifest::Manifest;
 use crate::message::{Headers, Message, Output};
 use crate::runtime::{HandlerError, Hooks, LoadError, Outcome, Plugin, Runtime};
@@ -14,14 +15,38 @@ use crate::runtime::{HandlerError, Hooks, LoadError, Outcome, Plugin, Runtime};
 /// beside the file, else the defaults. Compiled components come from the host's default compile
 /// cache, so the second `natsplug call` of a large (Python, JavaScript) plugin starts at once.
 pub fn load(path: &Path, manifest: Option<&Path>) -> Result<(Runtime, Plugin), LoadError> {
+    load_with(path, manifest, Services::default())
+}
+
+/// [`load`], with capabilities that reach `services` (`natsplug call --server`).
+pub fn load_with(
+    path: &Path,
+    manifest: Option<&Path>,
+    services: Services,
+) -> Result<(Runtime, Plugin), LoadError> {
     let config = crate::config::RuntimeSection::default().runtime_config();
-    let runtime = Runtime::new(config).map_err(|e| LoadError::NotAComponent {
-        plugin: crate::runtime::plugin_name(path),
-        reason: format!("{e:#}"),
-    })?;
+    let runtime = Runtime::new(config)
+        .map_err(|e| LoadError::NotAComponent {
+            plugin: crate::runtime::plugin_name(path),
+            reason: format!("{e:#}"),
+        })?
+        .with_services(services);
     let manifest = manifest.map(Manifest::load).transpose()?;
     let plugin = runtime.load_file(path, manifest)?;
     Ok((runtime, plugin))
+}
+
+/// The services `natsplug call --server URL` gives a handler's `[request]` and `[kv]`: a
+/// connection to `url`.
+pub async fn services(url: &str) -> Result<Services, String> {
+    let nats = crate::config::NatsConfig {
+        servers: vec![url.to_owned()],
+        ..Default::default()
+    };
+    crate::connection::connect(&nats, crate::connection::CAPABILITIES)
+        .await
+        .map(|client| Services::new(client, None))
+        .map_err(|e| format!("cannot connect to {url}: {e:#}"))
 }
 
 /// What `natsplug validate --server URL` checks on the server: that the host could serve the
@@ -57,6 +82,15 @@ pub async fn check_server(plugin: &Plugin, url: &str) -> Vec<Result<String, Stri
                 }
             }
         }
+    }
+    for (bucket, grant) in &manifest.kv.buckets {
+        checks.push(match (js.get_key_value(bucket).await, grant.create()) {
+            (Ok(_), _) => Ok(format!("kv bucket {bucket:?} exists")),
+            (Err(_), Some(_)) => Ok(format!(
+                "kv bucket {bucket:?} does not exist; the host creates it at load"
+            )),
+            (Err(e), None) => Err(format!("kv bucket {bucket:?}: {e}")),
+        });
     }
     let dead = manifest.publish.dead_letter_subject(plugin.name());
     checks.push(

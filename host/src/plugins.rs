@@ -338,10 +338,15 @@ impl Registry {
         };
         let runtime = self.runtime.clone();
         let name = name.to_owned();
-        tokio::task::spawn_blocking(move || runtime.load(&name, &wasm, manifest))
+        let plugin = tokio::task::spawn_blocking(move || runtime.load(&name, &wasm, manifest))
             .await
             .map_err(|e| format!("the compile task failed: {e}"))?
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        plugin
+            .open_capabilities()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(plugin)
     }
 
     /// Makes `plugin` the served version of `entry`.

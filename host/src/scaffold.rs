@@ -154,6 +154,9 @@ handler!(handle);
 fn handle(msg: Message) -> natsplug_sdk::Result {
     let text = msg.payload_str().map_err(Error::reject)?;
     let subject = config("output").ok_or_else(|| Error::reject("no `output` in [config]"))?;
+    // A capability, once the manifest grants it (here `[kv] buckets = { seen = "read-write" }`):
+    //     let seen = natsplug_sdk::kv::Bucket::open("seen")?.increment(text, 1)?;
+    // Also natsplug_sdk::request::Request (`[request] allow`) and natsplug_sdk::http (`[http]`).
     Ok(vec![Output::to(subject).payload(text.to_uppercase())])
 }
 "#;
@@ -214,6 +217,9 @@ def handle(msg: Message) -> list[Output]:
     subject = config("output")
     if subject is None:
         raise Reject("no `output` in [config]")
+    # A capability, once the manifest grants it (here `[request] allow = ["pricing.quote"]`):
+    #     reply = request("pricing.quote", msg.payload, timeout=2.0)  # from natsplug import request
+    # Also kv.open(name) (`[kv] buckets`).
     return [Output.to(subject, msg.text().upper())]
 "#;
 
@@ -262,6 +268,9 @@ import { Output, Reject, config, handler } from './natsplug/natsplug.js';
 export const handle = handler((msg) => {
   const subject = config('output');
   if (subject === undefined) throw new Reject('no `output` in [config]');
+  // A capability, once the manifest grants it (here `[kv] buckets = { seen = "read-write" }`):
+  //     const seen = kv.open('seen').increment(msg.text());
+  // Also request(subject, payload, { timeoutMs }) (`[request] allow`), and fetch with `[http]`.
   return [Output.to(subject, msg.text().toUpperCase())];
 });
 "#;

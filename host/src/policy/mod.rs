@@ -18,12 +18,15 @@
 //! Layout:
 //! - [`pattern`]: subject patterns (match, overlap, containment); malformed ones match nothing.
 //! - [`headers`]: headers the protocol can carry, and the ones that steer the server.
+//! - [`capabilities`]: a request's subject, a KV bucket and key, an HTTP origin.
 //! - here: [`Denied`], the reserved space, [`Grants`] (a manifest's, compiled once) and the
 //!   subject and size checks.
 
+pub mod capabilities;
 pub mod headers;
 pub mod pattern;
 
+pub use self::capabilities::Origin;
 pub use self::pattern::Pattern;
 use crate::manifest::PublishPolicy;
 use crate::message::Output;
@@ -31,6 +34,11 @@ use crate::message::Output;
 /// The inbox prefix of every connection the host opens: its inboxes are reserved space, so a
 /// requester cannot steer a reply into the host's own pull requests or API calls.
 pub const HOST_INBOX_PREFIX: &str = "_INBOX.natsplug";
+/// The inbox prefix of the connection handlers' requests and KV calls go out on
+/// ([`crate::capability`]). Not reserved: the services a guest asks, natsplug plugins among
+/// them, must be able to answer there; a forged answer would need the request's random token,
+/// and could only answer that request.
+pub const CAPABILITY_INBOX_PREFIX: &str = "_INBOX.natsplug-requests";
 /// The host's own subjects and the server's routing prefixes (`_GR_.` and `_R_.` carry
 /// replies across gateways, where the prefix is stripped), besides the server's `$` space.
 const HOST_PREFIXES: &[&str] = &["natsplug.control.", "_INBOX.natsplug.", "_GR_.", "_R_."];
@@ -105,6 +113,54 @@ pub enum Denied {
         /// The budget in bytes.
         limit: u64,
     },
+    /// A request to reserved space: never reachable, named or not.
+    #[error(
+        "may not send a request to {subject:?}: reserved space ({prefix}) is never reachable by a request"
+    )]
+    ReservedRequest {
+        /// The subject (cut).
+        subject: String,
+        /// The reserved prefix it falls in.
+        prefix: String,
+    },
+    /// A request no `[request] allow` pattern matches.
+    #[error("may not send a request to {subject:?} (not in its request.allow list)")]
+    RequestNotGranted {
+        /// The subject (cut).
+        subject: String,
+    },
+    /// A bucket name NATS KV cannot hold.
+    #[error("{bucket:?} is not a valid bucket name (letters, digits, _ and -)")]
+    InvalidBucket {
+        /// The bucket (cut).
+        bucket: String,
+    },
+    /// A bucket `[kv] buckets` does not grant.
+    #[error("may not open bucket {bucket:?} (not in its kv.buckets)")]
+    BucketNotGranted {
+        /// The bucket (cut).
+        bucket: String,
+    },
+    /// A write to a bucket granted `read`.
+    #[error("may not write to bucket {bucket:?}: kv.buckets grants it \"read\"")]
+    ReadOnlyBucket {
+        /// The bucket.
+        bucket: String,
+    },
+    /// A key NATS KV cannot hold in its bucket.
+    #[error("{key:?} is not a valid key: {why}")]
+    InvalidKey {
+        /// The key (cut).
+        key: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// An HTTP request to an origin `[http] allow` does not list.
+    #[error("may not send an HTTP request to {origin} (not in its http.allow list)")]
+    OriginNotGranted {
+        /// The origin (cut).
+        origin: String,
+    },
     /// A core subscription that reaches reserved space without naming it.
     #[error(
         "subscription {pattern:?} reaches reserved space ({prefix}); name the prefix to subscribe there"
@@ -142,6 +198,13 @@ impl Denied {
             Self::ForbiddenHeader { .. } => "forbidden-header",
             Self::OutputLimit { .. } => "output-limit",
             Self::Subscription { .. } => "reserved-subscription",
+            Self::ReservedRequest { .. } => "reserved-request",
+            Self::RequestNotGranted { .. } => "forbidden-request",
+            Self::InvalidBucket { .. } => "invalid-bucket",
+            Self::BucketNotGranted { .. } => "forbidden-bucket",
+            Self::ReadOnlyBucket { .. } => "read-only-bucket",
+            Self::InvalidKey { .. } => "invalid-key",
+            Self::OriginNotGranted { .. } => "forbidden-origin",
         }
     }
 }
@@ -328,6 +391,18 @@ impl Grants {
         );
         refused.map_or(Ok(()), Err)
     }
+}
+
+/// Refuses a request header the protocol cannot carry, or one that steers the server
+/// (`Nats-Msg-Id`, `Nats-Expected-*`, `Nats-Rollup`...): a request is not a publish, and no
+/// grant lets it steer a stream that happens to capture its subject.
+pub fn refuse_request_header(name: &str, value: &str) -> Result<(), Denied> {
+    headers::refuse_unsendable_name(name)?;
+    headers::refuse_unsendable_value(name, value)?;
+    if headers::steers_the_server(name) {
+        return Err(Denied::ForbiddenHeader { name: shown(name) });
+    }
+    Ok(())
 }
 
 /// What an output costs against the byte budgets: its subject, headers and payload, plus a

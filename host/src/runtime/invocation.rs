@@ -92,7 +92,12 @@ impl ResourceLimiter for MemoryLimiter {
 pub(crate) struct Invocation {
     pub(crate) plugin: Arc<PluginInner>,
     wasi: WasiCtx,
-    table: ResourceTable,
+    pub(crate) table: ResourceTable,
+    /// `wasi:http`'s context and natsplug's hooks into it (`[http]`).
+    pub(crate) http_ctx: wasmtime_wasi_http::WasiHttpCtx,
+    pub(crate) http_hooks: crate::capability::http::Hooks,
+    /// Capability calls in this call (`capability::MAX_CALLS`).
+    pub(crate) capability_calls: u32,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) deadline: Instant,
     pub(crate) stdout: GuestLog,
@@ -145,7 +150,15 @@ impl Invocation {
                 .allow_udp(true)
                 .allow_ip_name_lookup(true);
         }
+        let http_hooks = crate::capability::http::Hooks::new(
+            plugin.capabilities.http.clone(),
+            plugin.name.clone(),
+            plugin.capabilities.services.metrics.clone(),
+        );
         Ok(Self {
+            http_ctx: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http_hooks,
+            capability_calls: 0,
             limiter: MemoryLimiter {
                 limit: plugin.manifest.limits.memory,
                 used: 0,
@@ -181,6 +194,9 @@ impl Invocation {
         self.refused = None;
         self.denials.clear();
         self.publish_calls = 0;
+        self.capability_calls = 0;
+        self.http_hooks.calls = 0;
+        self.http_hooks.deadline = deadline;
         self.log.reset();
     }
 
@@ -196,6 +212,9 @@ impl Invocation {
     pub(crate) fn end(&mut self) {
         self.log.report(&self.plugin.name);
         self.hooks = Hooks::default();
+        for denied in std::mem::take(&mut self.http_hooks.denied) {
+            self.count_denial(&denied);
+        }
     }
 
     /// Admits an output the guest asked for, or refuses it: its subject (a reply to a request,
@@ -242,13 +261,18 @@ impl Invocation {
         }
     }
 
-    /// The error of a refusal, counted.
-    fn refuse(&mut self, denied: Denied) -> HandlerError {
+    /// Counts a refusal by kind.
+    pub(crate) fn count_denial(&mut self, denied: &Denied) {
         let kind = denied.kind();
         match self.denials.iter_mut().find(|(k, _)| *k == kind) {
             Some((_, count)) => *count += 1,
             None => self.denials.push((kind, 1)),
         }
+    }
+
+    /// The error of a refusal, counted.
+    fn refuse(&mut self, denied: Denied) -> HandlerError {
+        self.count_denial(&denied);
         HandlerError::Refused {
             plugin: self.plugin.name.to_string(),
             denied,

@@ -29,23 +29,34 @@ use wasmtime::{
 
 pub use self::error::{HandlerError, LimitKind, LoadError};
 use self::guest_log::cut;
+pub(crate) use self::invocation::Invocation;
+use self::invocation::OutputPool;
 pub use self::invocation::{Hooks, InProgress, OutputHold};
-use self::invocation::{Invocation, OutputPool};
 pub use self::pool::PoolStats;
 use self::pool::{Instance, Pool};
+use crate::capability::{Capabilities, Services};
 use crate::manifest::Manifest;
 use crate::message::{Headers, Message, Output};
 use crate::policy::Grants;
 use bindings::natsplug::plugin::types as wit;
 
 /// The bindings generated from `wit/natsplug.wit`.
-mod bindings {
+pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         world: "natsplug:plugin/plugin",
         path: "../wit",
-        // `publish` traps when an output's headers or bytes are refused, so a guest cannot
-        // ignore the refusal and go on.
-        imports: { "natsplug:plugin/host.publish": trappable },
+        imports: {
+            // `publish` traps when an output's headers or bytes are refused, so a guest cannot
+            // ignore the refusal and go on.
+            "natsplug:plugin/host.publish": trappable,
+            // Capabilities wait on NATS: the guest waits, the executor does not.
+            "natsplug:plugin/request": async,
+            "natsplug:plugin/kv": async | trappable,
+            "wasi:keyvalue/store": async | trappable,
+            "wasi:keyvalue/atomics": async | trappable,
+            "wasi:keyvalue/batch": async | trappable,
+        },
+        with: { "wasi:keyvalue/store.bucket": crate::capability::kv::Bucket },
         exports: { default: async },
     });
 }
@@ -102,6 +113,8 @@ pub struct Runtime {
     config: RuntimeConfig,
     cache: Option<wasmtime::Cache>,
     output_pool: OutputPool,
+    /// What the plugins' capabilities reach (NATS for `[request]` and `[kv]`).
+    services: Services,
 }
 
 impl Runtime {
@@ -166,13 +179,25 @@ impl Runtime {
         bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(anyhow::Error::from)
             .context("cannot add the host interface to the linker")?;
+        // Every component may import wasi:http; only `[http]` origins are reachable.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("cannot add wasi:http to the linker")?;
         Ok(Self {
             engine,
             linker: Arc::new(linker),
             output_pool: OutputPool::new(config.max_output_bytes),
             config,
             cache,
+            services: Services::default(),
         })
+    }
+
+    /// Gives the plugins loaded from now on `services` for their capabilities (`[request]`,
+    /// `[kv]`); without, those calls fail with "no NATS connection".
+    pub fn with_services(mut self, services: Services) -> Self {
+        self.services = services;
+        self
     }
 
     /// Compile-cache (hits, misses) since this runtime started; `None` without a cache.
@@ -270,6 +295,7 @@ impl Runtime {
             inner: Arc::new(PluginInner {
                 name: name.into(),
                 grants: Grants::new(&manifest.publish),
+                capabilities: Capabilities::new(&manifest, &self.services),
                 manifest,
                 output_pool: self.output_pool.clone(),
                 pre,
@@ -359,6 +385,8 @@ pub(crate) struct PluginInner {
     pub(crate) manifest: Manifest,
     /// The manifest's `[publish]` grants, compiled.
     pub(crate) grants: Grants,
+    /// Its `[request]`, `[kv]` and `[http]` grants, compiled, and its opened buckets.
+    pub(crate) capabilities: Capabilities,
     /// The host-wide bound on pending output bytes.
     pub(crate) output_pool: OutputPool,
     pre: bindings::PluginPre<Invocation>,
@@ -453,6 +481,19 @@ impl Plugin {
     /// A handle that does not keep this version alive.
     pub fn downgrade(&self) -> PluginRef {
         PluginRef(Arc::downgrade(&self.inner))
+    }
+
+    /// Opens what its capabilities need before it serves (each `[kv]` bucket, created if the
+    /// grant says so): a missing bucket is a load error, not a failure of every message.
+    pub async fn open_capabilities(&self) -> Result<(), LoadError> {
+        self.inner
+            .capabilities
+            .open()
+            .await
+            .map_err(|reason| LoadError::Unsupported {
+                plugin: self.inner.name.to_string(),
+                reason,
+            })
     }
 
     /// Whether the component exports `handle-batch`.
