@@ -29,6 +29,8 @@
 //! - [`Message`], [`Headers`], [`Delivery`]: what the handler receives.
 //! - [`Output`]: what it publishes. [`Error`]: how it fails.
 //! - [`log`], [`in_progress`], [`publish`], [`config`]: the functions the host offers.
+//! - [`kv`], [`request`], [`http`]: capabilities, each refused unless the manifest grants it
+//!   (`[kv] buckets`, `[request] allow`, `[http] allow`).
 //! - [`handler!`]: exports a function as the plugin's handler; [`batch_handler!`] exports one
 //!   that takes a batch of messages (under the manifest's `[batch]`) and answers each.
 #![deny(missing_docs)]
@@ -46,8 +48,14 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__export_plugin",
         default_bindings_module: "natsplug_sdk::bindings",
+        // wasi:keyvalue is generated here too; wasi:http comes from the `wasip2` crate.
+        generate_all,
     });
 }
+
+pub mod http;
+pub mod kv;
+pub mod request;
 
 use bindings::natsplug::plugin::{host, types};
 
