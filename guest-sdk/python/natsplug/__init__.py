@@ -40,6 +40,13 @@ Layout:
 - `Message`, `Headers`, `Delivery`: what the handler receives.
 - `Output`: what it publishes. `Retry`, `Reject`, `Panic`: how it fails.
 - `log`, `in_progress`, `publish`, `config`: the functions the host offers.
+- `request`: a request to a NATS service (``[request] allow`` in the manifest), its `Reply`, and
+  why it got none: `RequestError` (`RequestDenied`, `RequestTimeout`, `NoResponders`,
+  `RequestFailed`).
+- `natsplug.kv`: NATS KV buckets (``[kv] buckets`` in the manifest): ``kv.open(name)`` gives a
+  `Bucket` (get, set, delete, exists, keys, increment, get_many, set_many, delete_many, and
+  revisions: entry, compare_and_swap); errors are `kv.KvError` (`NoSuchStore`, `AccessDenied`,
+  `Conflict`).
 - `handler`: makes a function the plugin's handler (``batch=True``: its batch handler).
 - `natsplug.rust`: helpers that reproduce Rust's string and number semantics, for ports of Rust
   plugins that must answer byte for byte the same.
@@ -47,6 +54,7 @@ Layout:
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import traceback
@@ -57,23 +65,34 @@ from typing import Callable, Iterable, Iterator, Optional, Union
 import wit_world
 from componentize_py_types import Err, Ok
 from wit_world.imports import host as _host
+from wit_world.imports import request as _request
 from wit_world.imports import types as _types
+
+from . import kv
 
 __all__ = [
     "Delivery",
     "Headers",
     "Message",
+    "NoResponders",
     "Output",
     "Panic",
     "PublishError",
     "Reject",
+    "Reply",
+    "RequestDenied",
+    "RequestError",
+    "RequestFailed",
+    "RequestTimeout",
     "Retry",
     "Utf8Error",
     "config",
     "handler",
     "in_progress",
+    "kv",
     "log",
     "publish",
+    "request",
 ]
 
 Payload = Union[bytes, bytearray, memoryview, str]
@@ -422,6 +441,118 @@ def config(key: str, default: Optional[str] = None) -> Optional[str]:
     """A value from the `[config]` table of the plugin's manifest, else `default`."""
     value = _host.config(key)
     return default if value is None else value
+
+
+class Reply:
+    """The reply to a `request`."""
+
+    __slots__ = ("headers", "payload")
+
+    def __init__(self, payload: Payload = b"", headers: Optional[Headers] = None) -> None:
+        self.headers: Headers = headers if headers is not None else Headers()
+        """Its headers."""
+        self.payload: bytes = _bytes(payload)
+        """Its payload."""
+
+    def text(self) -> str:
+        """The payload as UTF-8 text. Raises `Utf8Error` (a `ValueError`) when it is not."""
+        try:
+            return self.payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _utf8_error(self.payload) from None
+
+    def header(self, name: str) -> Optional[str]:
+        """The first value of a header."""
+        return self.headers.get(name)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Reply) and (self.headers, self.payload) == (other.headers, other.payload)
+
+    def __repr__(self) -> str:
+        return f"Reply(headers={self.headers!r}, payload={self.payload!r})"
+
+
+class RequestError(Exception):
+    """A `request` got no reply. `subject` is where it went; the subclass says why."""
+
+    def __init__(self, subject: str, message: str) -> None:
+        self.subject = subject
+        """The subject the request was sent to."""
+        super().__init__(message)
+
+
+class RequestDenied(RequestError):
+    """Refused by the host: the subject is not granted by the manifest's ``[request] allow`` (or
+    is reserved, or not a subject), or the handler's request budget is spent. The message is the
+    host's reason."""
+
+
+class RequestTimeout(RequestError):
+    """No reply within the timeout."""
+
+    def __init__(self, subject: str) -> None:
+        super().__init__(subject, "request timed out")
+
+
+class NoResponders(RequestError):
+    """No service listens on the subject."""
+
+    def __init__(self, subject: str) -> None:
+        super().__init__(subject, "no responders")
+
+
+class RequestFailed(RequestError):
+    """The request could not be sent (an unsendable header, a payload over the server's limit,
+    no connection to NATS). The message is the host's reason."""
+
+
+def _request_error(subject: str, error) -> RequestError:
+    if isinstance(error, _request.RequestError_Denied):
+        return RequestDenied(subject, error.value)
+    if isinstance(error, _request.RequestError_Timeout):
+        return RequestTimeout(subject)
+    if isinstance(error, _request.RequestError_NoResponders):
+        return NoResponders(subject)
+    if isinstance(error, _request.RequestError_Failed):
+        return RequestFailed(subject, error.value)
+    return RequestFailed(subject, f"unknown request error: {error!r}")  # pragma: no cover
+
+
+def _timeout_ms(timeout: float) -> int:
+    """Seconds to whole milliseconds, to the nearest; a positive timeout is at least 1 ms."""
+    if timeout != timeout:  # NaN
+        raise ValueError("timeout is not a number")
+    if timeout <= 0:
+        return 0
+    if math.isinf(timeout):
+        return 2**64 - 1
+    return max(1, min(round(timeout * 1000), 2**64 - 1))
+
+
+def request(
+    subject: str,
+    payload: Payload = b"",
+    headers: Union[Headers, Iterable[tuple[str, str]], dict, None] = None,
+    timeout: Optional[float] = None,
+) -> Reply:
+    """Sends a request to the NATS service on `subject` and waits for its `Reply`, as
+    ``await nc.request(...)`` does; the host keeps the input alive meanwhile. The manifest's
+    ``[request] allow`` must grant the subject.
+
+    `payload`: bytes or str (UTF-8). `headers`: a `Headers`, a dict or (name, value) pairs.
+    `timeout`: seconds to wait (None: the manifest's ``request.timeout``, 5 s by default), never
+    longer than what is left of the handler's deadline.
+
+    Raises `RequestTimeout`, `NoResponders`, `RequestDenied` or `RequestFailed`, all
+    `RequestError`.
+    """
+    wit_headers = Headers(headers.items() if isinstance(headers, dict) else headers)._to_wit()
+    timeout_ms = None if timeout is None else _timeout_ms(timeout)
+    try:
+        reply = _request.send(subject, wit_headers, _bytes(payload), timeout_ms)
+    except Err as e:
+        raise _request_error(subject, e.value) from None
+    return Reply(bytes(reply.payload), Headers._from_wit(reply.headers))
 
 
 Handler = Callable[[Message], Union[None, Output, Iterable[Output]]]

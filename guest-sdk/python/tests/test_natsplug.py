@@ -1,6 +1,10 @@
 """Native tests of the Python guest SDK and the example plugins, on stand-in bindings (the real
 ones only exist inside a componentize-py build). Run: python3 -m unittest discover guest-sdk/python/tests
 
+The stand-ins include an in-memory NATS KV with revisions and pages of keys (`Kv`, `FakeBucket`) and
+a table of request answers (`Requests`), so the KV and request wrappers and the tally and quote
+plugins run here too.
+
 rust_golden.jsonl holds what the Rust uppercase and slow plugins answer (from their own code,
 run natively with Rust 1.95), the Python ports must answer the same.
 """
@@ -81,6 +85,217 @@ class Host:
     refuse: str = ""
 
 
+@dataclass
+class Delivery:
+    stream: str
+    consumer: str
+    stream_sequence: int
+    consumer_sequence: int
+    delivered: int
+    pending: int
+    timestamp_ns: int
+
+
+# wasi:keyvalue/store, atomics, batch and natsplug:plugin/kv
+@dataclass
+class Error_NoSuchStore:
+    pass
+
+
+@dataclass
+class Error_AccessDenied:
+    pass
+
+
+@dataclass
+class Error_Other:
+    value: str
+
+
+@dataclass
+class KeyResponse:
+    keys: list
+    cursor: object
+
+
+@dataclass
+class Entry:
+    value: bytes
+    revision: int
+
+
+@dataclass
+class CasError_Conflict:
+    pass
+
+
+@dataclass
+class CasError_Store:
+    value: object
+
+
+class FakeBucket:
+    """A WIT bucket resource over `Kv.buckets[name]`: key -> (value, revision)."""
+
+    def __init__(self, name):
+        self.name, self.dropped = name, False
+        Kv.opened.append(self)
+
+    @property
+    def data(self):
+        return Kv.buckets[self.name]
+
+    def _check(self, write=False):
+        assert not self.dropped, "used after drop"
+        if Kv.fail:
+            raise Err(Kv.fail)
+        if write and self.name in Kv.read_only:
+            raise Err(Error_AccessDenied())
+
+    def get(self, key):
+        self._check()
+        return self.data[key][0] if key in self.data else None
+
+    def set(self, key, value):
+        self._check(write=True)
+        Kv.calls.append(("set", key, value))
+        Kv.revision += 1
+        self.data[key] = (bytes(value), Kv.revision)
+
+    def delete(self, key):
+        self._check(write=True)
+        self.data.pop(key, None)
+
+    def exists(self, key):
+        self._check()
+        return key in self.data
+
+    def list_keys(self, cursor):
+        """Pages of Kv.page_size keys; the cursor is the index of the next page's first key."""
+        self._check()
+        Kv.calls.append(("list_keys", cursor))
+        keys = sorted(self.data)
+        start = cursor or 0
+        end = start + Kv.page_size
+        return KeyResponse(keys[start:end], end if end < len(keys) else None)
+
+    def __exit__(self, *exc):
+        self.dropped = True
+
+
+class Kv:
+    buckets: dict = {}
+    read_only: set = set()
+    opened: list = []
+    calls: list = []
+    fail: object = None
+    revision: int = 0
+    page_size: int = 2
+
+    @classmethod
+    def reset(cls, **buckets):
+        cls.buckets = {name: dict(data) for name, data in buckets.items()}
+        cls.read_only, cls.opened, cls.calls, cls.fail, cls.revision = set(), [], [], None, 0
+        cls.page_size = 2
+
+
+def kv_open(name):
+    if Kv.fail:
+        raise Err(Kv.fail)
+    if name not in Kv.buckets:
+        raise Err(Error_AccessDenied())
+    return FakeBucket(name)
+
+
+def kv_increment(bucket, key, delta):
+    bucket._check(write=True)
+    value = int(bucket.data[key][0]) + delta if key in bucket.data else delta
+    bucket.set(key, str(value).encode())
+    return value
+
+
+def kv_get_many(bucket, keys):
+    bucket._check()
+    return [(k, bucket.data[k][0]) if k in bucket.data else None for k in keys]
+
+
+def kv_set_many(bucket, pairs):
+    for key, value in pairs:
+        bucket.set(key, value)
+
+
+def kv_delete_many(bucket, keys):
+    for key in keys:
+        bucket.delete(key)
+
+
+def kv_get_entry(bucket, key):
+    bucket._check()
+    if key not in bucket.data:
+        return None
+    value, revision = bucket.data[key]
+    return Entry(value, revision)
+
+
+def kv_compare_and_swap(bucket, key, value, revision):
+    try:
+        bucket._check(write=True)
+    except Err as e:
+        raise Err(CasError_Store(e.value)) from None
+    Kv.calls.append(("cas", key, value, revision))
+    current = bucket.data[key][1] if key in bucket.data else 0
+    if current != revision:
+        raise Err(CasError_Conflict())
+    Kv.revision += 1
+    bucket.data[key] = (bytes(value), Kv.revision)
+    return Kv.revision
+
+
+# natsplug:plugin/request
+@dataclass
+class Reply:
+    headers: list
+    payload: bytes
+
+
+@dataclass
+class RequestError_Denied:
+    value: str
+
+
+@dataclass
+class RequestError_Timeout:
+    pass
+
+
+@dataclass
+class RequestError_NoResponders:
+    pass
+
+
+@dataclass
+class RequestError_Failed:
+    value: str
+
+
+class Requests:
+    sent: list = []
+    # subject -> a Reply, or a RequestError_* to fail with
+    services: dict = {}
+
+    @classmethod
+    def reset(cls, **services):
+        cls.sent, cls.services = [], {s.replace("_", "."): a for s, a in services.items()}
+
+
+def request_send(subject, headers, payload, timeout_ms):
+    Requests.sent.append((subject, headers, payload, timeout_ms))
+    answer = Requests.services.get(subject, RequestError_NoResponders())
+    if not isinstance(answer, Reply):
+        raise Err(answer)
+    return answer
+
+
 def _install_fake_bindings():
     cpt = pytypes.ModuleType("componentize_py_types")
     cpt.Err = Err
@@ -105,12 +320,34 @@ def _install_fake_bindings():
         Host.published.append(output)
 
     host.publish = publish
+    store = pytypes.ModuleType("wit_world.imports.store")
+    for cls in (Error_NoSuchStore, Error_AccessDenied, Error_Other, KeyResponse):
+        setattr(store, cls.__name__, cls)
+    store.Bucket = FakeBucket
+    store.open = kv_open
+    atomics = pytypes.ModuleType("wit_world.imports.atomics")
+    atomics.increment = kv_increment
+    batch = pytypes.ModuleType("wit_world.imports.batch")
+    batch.get_many, batch.set_many, batch.delete_many = kv_get_many, kv_set_many, kv_delete_many
+    kv = pytypes.ModuleType("wit_world.imports.kv")
+    for cls in (Entry, CasError_Conflict, CasError_Store):
+        setattr(kv, cls.__name__, cls)
+    kv.get_entry, kv.compare_and_swap = kv_get_entry, kv_compare_and_swap
+    request = pytypes.ModuleType("wit_world.imports.request")
+    for cls in (Reply, RequestError_Denied, RequestError_Timeout, RequestError_NoResponders, RequestError_Failed):
+        setattr(request, cls.__name__, cls)
+    request.send = request_send
     sys.modules.update({
         "componentize_py_types": cpt,
         "wit_world": world,
         "wit_world.imports": imports,
         "wit_world.imports.types": types,
         "wit_world.imports.host": host,
+        "wit_world.imports.store": store,
+        "wit_world.imports.atomics": atomics,
+        "wit_world.imports.batch": batch,
+        "wit_world.imports.kv": kv,
+        "wit_world.imports.request": request,
     })
 
 
@@ -139,11 +376,15 @@ def load_app(lang_dir: str, name: str):
     return module
 
 
-def call(app, payload: bytes, subject="demo.in.x", headers=(), reply=None, config=None):
+def delivery(delivered: int) -> Delivery:
+    return Delivery("S", "c", 1, delivered, delivered, 0, 0)
+
+
+def call(app, payload: bytes, subject="demo.in.x", headers=(), reply=None, config=None, delivery=None):
     """The answer as the host sees it: ("ok", outputs) / ("retry", Retry) / ("reject", reason) /
     ("panic", message)."""
     Host.logs, Host.config, Host.published = [], dict(config or {}), []
-    message = Message(subject, reply, [Header(n, v) for n, v in headers], payload, None)
+    message = Message(subject, reply, [Header(n, v) for n, v in headers], payload, delivery)
     try:
         return "ok", app.WitWorld().handle(message)
     except Err as e:
@@ -291,6 +532,237 @@ class RustParityTest(unittest.TestCase):
         self.assertEqual(call(app, b"0.5"), ("ok", [Output("slow.done", [], b"slept 0.5")]))
         self.assertEqual(call(app, b"1", reply="r", config={"output": "o"}), ("ok", [Output("o", [], b"slept 1")]))
         self.assertEqual(self.slept, [0.5, 0.5, 1.0])
+
+
+kv = natsplug.kv
+
+
+class KvTest(unittest.TestCase):
+    def setUp(self):
+        Kv.reset(tally={"a": (b"1", 1)})
+        Kv.revision = 1
+
+    def test_get_set_delete_exists(self):
+        bucket = kv.open("tally")
+        self.assertEqual(bucket.name, "tally")
+        self.assertEqual(bucket.get("a"), b"1")
+        self.assertIsNone(bucket.get("b"))
+        bucket.set("b", "é")  # a str is stored as UTF-8
+        bucket.set("c", bytearray(b"\x00"))
+        self.assertEqual((bucket.get("b"), bucket.get("c")), ("é".encode(), b"\x00"))
+        self.assertTrue(bucket.exists("b"))
+        bucket.delete("b")
+        bucket.delete("never")
+        self.assertFalse(bucket.exists("b"))
+
+    def test_keys_follows_the_cursor_to_the_end(self):
+        Kv.reset(tally={k: (b"", 1) for k in "edcba"})
+        self.assertEqual(sorted(kv.open("tally").keys()), list("abcde"))
+        self.assertEqual([c for c in Kv.calls if c[0] == "list_keys"],
+                         [("list_keys", None), ("list_keys", 2), ("list_keys", 4)])
+        Kv.reset(tally={})
+        self.assertEqual(kv.open("tally").keys(), [])
+
+    def test_keys_refuses_a_cursor_that_does_not_move(self):
+        bucket = kv.open("tally")
+        bucket._bucket.list_keys = lambda cursor: KeyResponse(["a"], 7)
+        with self.assertRaisesRegex(kv.KvError, "cursor 7 twice"):
+            bucket.keys()
+
+    def test_increment_and_batches(self):
+        bucket = kv.open("tally")
+        self.assertEqual(bucket.increment("a"), 2)
+        self.assertEqual(bucket.increment("n", 5), 5)
+        self.assertEqual(bucket.increment("n", delta=0), 5)
+        with self.assertRaises(ValueError):
+            bucket.increment("n", -1)
+        bucket.set_many({"x": "1", "y": b"2"})
+        bucket.set_many([("z", "3")])
+        self.assertEqual(bucket.get_many(["x", "missing", "z", "y"]), {"x": b"1", "y": b"2", "z": b"3"})
+        bucket.delete_many(iter(["x", "y", "missing"]))
+        self.assertEqual(bucket.get_many(["x", "y", "z"]), {"z": b"3"})
+
+    def test_entry_and_compare_and_swap(self):
+        bucket = kv.open("tally")
+        self.assertEqual(bucket.entry("a"), kv.Entry(value=b"1", revision=1))
+        self.assertIsNone(bucket.entry("b"))
+        self.assertEqual(bucket.compare_and_swap("a", "2", 1), 2)
+        self.assertEqual(bucket.entry("a"), kv.Entry(b"2", 2))
+        with self.assertRaises(kv.Conflict) as caught:
+            bucket.compare_and_swap("a", "3", 1)
+        self.assertEqual((caught.exception.key, caught.exception.revision), ("a", 1))
+        self.assertEqual(str(caught.exception), "conflict: a is no longer at revision 1")
+        # Revision 0: only if the key has no value.
+        self.assertEqual(bucket.compare_and_swap("b", b"new", 0), 3)
+        with self.assertRaisesRegex(kv.Conflict, "^conflict: b already has a value$"):
+            bucket.compare_and_swap("b", b"again", 0)
+        self.assertEqual(bucket.get("b"), b"new")
+
+    def test_errors_are_translated(self):
+        with self.assertRaises(kv.AccessDenied) as caught:
+            kv.open("other")
+        self.assertEqual(str(caught.exception), "access denied")
+        Kv.fail = Error_NoSuchStore()
+        with self.assertRaisesRegex(kv.NoSuchStore, "^no such store$"):
+            kv.open("tally")
+        Kv.fail = None
+        bucket = kv.open("tally")
+        Kv.read_only.add("tally")
+        for write in (lambda: bucket.set("a", "x"), lambda: bucket.compare_and_swap("a", "x", 1),
+                      lambda: bucket.increment("a"), lambda: bucket.set_many({"a": "x"})):
+            with self.assertRaises(kv.AccessDenied):
+                write()
+        self.assertEqual(bucket.get("a"), b"1")
+        Kv.fail = Error_Other("connection lost")
+        for read in (lambda: bucket.get("a"), bucket.keys, lambda: bucket.entry("a"),
+                     lambda: bucket.exists("a"), lambda: bucket.get_many(["a"]),
+                     lambda: bucket.compare_and_swap("a", "x", 1)):
+            with self.assertRaises(kv.KvError) as caught:
+                read()
+            self.assertIs(type(caught.exception), kv.KvError)
+            self.assertEqual(str(caught.exception), "connection lost")
+            self.assertIsNone(caught.exception.__cause__)
+        for cls in (kv.AccessDenied, kv.NoSuchStore, kv.Conflict):
+            self.assertTrue(issubclass(cls, kv.KvError))
+
+    def test_close_releases_the_bucket(self):
+        with kv.open("tally") as bucket:
+            self.assertEqual(bucket.get("a"), b"1")
+        self.assertTrue(Kv.opened[-1].dropped)
+        with self.assertRaisesRegex(ValueError, "bucket tally is closed"):
+            bucket.get("a")
+        bucket.close()  # twice is fine
+
+
+class RequestTest(unittest.TestCase):
+    def test_a_reply(self):
+        Requests.reset(pricing_quote=Reply([Header("priced-by", "x"), Header("priced-by", "y")], b"42"))
+        reply = natsplug.request("pricing.quote", "é", headers={"h": "1"}, timeout=1.5)
+        self.assertEqual(reply, natsplug.Reply(b"42", natsplug.Headers([("priced-by", "x"), ("priced-by", "y")])))
+        self.assertEqual((reply.text(), reply.header("priced-by"), reply.headers.get_all("priced-by")),
+                         ("42", "x", ["x", "y"]))
+        self.assertEqual(Requests.sent, [("pricing.quote", [Header("h", "1")], "é".encode(), 1500)])
+
+    def test_headers_and_timeouts(self):
+        Requests.reset(s=Reply([], b"\xff"))
+        natsplug.request("s")
+        natsplug.request("s", b"", headers=natsplug.Headers([("a", "1"), ("a", "2")]), timeout=0.0001)
+        natsplug.request("s", b"", headers=[("b", "1")], timeout=0.007)
+        natsplug.request("s", b"", timeout=0)
+        natsplug.request("s", b"", timeout=-3)
+        natsplug.request("s", b"", timeout=float("inf"))
+        self.assertEqual(
+            [(h, t) for _, h, _, t in Requests.sent],
+            [([], None), ([Header("a", "1"), Header("a", "2")], 1), ([Header("b", "1")], 7),
+             ([], 0), ([], 0), ([], 2**64 - 1)],
+        )
+        with self.assertRaises(ValueError):
+            natsplug.request("s", timeout=float("nan"))
+        with self.assertRaises(natsplug.Utf8Error):
+            natsplug.request("s").text()
+
+    def test_errors_are_translated(self):
+        Requests.reset(a=RequestError_Denied("may not send a request to \"a\""), b=RequestError_Timeout(),
+                       d=RequestError_Failed("no connection"))
+        cases = [("a", natsplug.RequestDenied, 'may not send a request to "a"'),
+                 ("b", natsplug.RequestTimeout, "request timed out"),
+                 ("c", natsplug.NoResponders, "no responders"),
+                 ("d", natsplug.RequestFailed, "no connection")]
+        for subject, cls, message in cases:
+            with self.subTest(subject=subject):
+                with self.assertRaises(natsplug.RequestError) as caught:
+                    natsplug.request(subject, b"x")
+                self.assertIs(type(caught.exception), cls)
+                self.assertEqual((str(caught.exception), caught.exception.subject), (message, subject))
+
+
+class TallyTest(unittest.TestCase):
+    def setUp(self):
+        self.app = load_app("python", "tally")
+        Kv.reset(tally={})
+
+    def tally(self, key, headers=(), delivered=1, config=None):
+        return call(self.app, key, subject="tally.in", headers=headers, delivery=delivery(delivered), config=config)
+
+    @staticmethod
+    def out(count, key, revision):
+        return [Output("tally.out", [Header("key", key), Header("revision", str(revision))], str(count).encode())]
+
+    def test_counts_each_key(self):
+        self.assertEqual(self.tally(b"apple"), ("ok", self.out(1, "apple", 1)))
+        self.assertEqual(self.tally(b"apple"), ("ok", self.out(2, "apple", 2)))
+        self.assertEqual(self.tally(b"pear"), ("ok", self.out(1, "pear", 3)))
+        self.assertEqual(Kv.buckets["tally"], {"apple": (b"2", 2), "pear": (b"1", 3)})
+        self.assertEqual([c for c in Kv.calls if c[0] == "cas"],
+                         [("cas", "apple", b"1", 0), ("cas", "apple", b"2", 1), ("cas", "pear", b"1", 0)])
+        self.assertTrue(all(b.dropped for b in Kv.opened))
+
+    def test_a_rival_on_the_first_delivery_makes_a_conflict_then_the_retry_counts_over_it(self):
+        rival = [("tally-rival", "41")]
+        self.assertEqual(self.tally(b"k", rival, delivered=1), ("retry", Retry("conflict on k", 10)))
+        self.assertEqual(Kv.buckets["tally"], {"k": (b"41", 1)})  # the rival's write stands
+        self.assertEqual(self.tally(b"k", rival, delivered=2), ("ok", self.out(42, "k", 2)))
+        self.assertEqual([c[0] for c in Kv.calls], ["set", "cas", "cas"])
+        # Over an existing value too.
+        self.assertEqual(self.tally(b"k", [("tally-rival", "7")]), ("retry", Retry("conflict on k", 10)))
+        self.assertEqual(self.tally(b"k", [("tally-rival", "7")], delivered=3), ("ok", self.out(8, "k", 4)))
+
+    def test_the_rival_needs_a_jetstream_first_delivery(self):
+        answer = call(self.app, b"k", headers=[("tally-rival", "41")])  # core NATS: no delivery
+        self.assertEqual(answer, ("ok", self.out(1, "k", 1)))
+        self.assertEqual([c[0] for c in Kv.calls], ["cas"])
+
+    def test_the_bucket_comes_from_config(self):
+        Kv.reset(tally={}, other={"k": (b"9", 5)})
+        Kv.revision = 5
+        self.assertEqual(self.tally(b"k", config={"bucket": "other"}), ("ok", self.out(10, "k", 6)))
+
+    def test_errors(self):
+        self.assertEqual(self.tally(b"k", config={"bucket": "nope"}), ("reject", "access denied"))
+        Kv.read_only.add("tally")
+        self.assertEqual(self.tally(b"k"), ("reject", "access denied"))
+        Kv.read_only.clear()
+        Kv.fail = Error_NoSuchStore()
+        self.assertEqual(self.tally(b"k"), ("reject", "no such store"))
+        Kv.fail = Error_Other("\"a b\" is not a valid key")
+        self.assertEqual(self.tally(b"a b"), ("retry", Retry('"a b" is not a valid key', None)))
+        Kv.fail = None
+        Kv.buckets["tally"]["k"] = (b"many", 1)
+        self.assertEqual(self.tally(b"k"), ("reject", "the value of k is not a count: many"))
+        self.assertEqual(self.tally(b"\xff"), ("reject", "invalid utf-8 sequence of 1 bytes from index 0"))
+
+
+class QuoteTest(unittest.TestCase):
+    def setUp(self):
+        self.app = load_app("python", "quote")
+
+    def quote(self, config=None):
+        return call(self.app, b"widget", subject="quote.in.py", config=config)
+
+    def test_a_reply_becomes_the_output(self):
+        Requests.reset(pricing_quote=Reply([Header("priced-by", "rust"), Header("other", "x")], b"9.99"))
+        self.assertEqual(self.quote(), ("ok", [
+            Output("quote.out", [Header("quoted-by", "python"), Header("priced-by", "rust")], b"9.99")]))
+        self.assertEqual(Requests.sent, [("pricing.quote", [Header("quote-for", "quote.in.py")], b"widget", None)])
+        Requests.reset(pricing_quote=Reply([], b""))
+        self.assertEqual(self.quote(), ("ok", [Output("quote.out", [Header("quoted-by", "python")], b"")]))
+
+    def test_service_and_timeout_from_config(self):
+        Requests.reset(pricing_other=Reply([], b"1"))
+        self.assertEqual(self.quote({"service": "pricing.other", "timeout_ms": "7"})[0], "ok")
+        self.assertEqual(Requests.sent[0][0::3], ("pricing.other", 7))
+        self.assertEqual(self.quote({"timeout_ms": "soon"}),
+                         ("reject", "config timeout_ms is not a number of milliseconds: soon"))
+
+    def test_errors(self):
+        Requests.reset(pricing_quote=RequestError_Timeout())
+        self.assertEqual(self.quote(), ("retry", Retry("request timed out", 100)))
+        Requests.reset()
+        self.assertEqual(self.quote(), ("retry", Retry("no responders", 100)))
+        Requests.reset(pricing_quote=RequestError_Denied("not granted"))
+        self.assertEqual(self.quote(), ("reject", "not granted"))
+        Requests.reset(pricing_quote=RequestError_Failed("payload too big"))
+        self.assertEqual(self.quote(), ("retry", Retry("payload too big", None)))
 
 
 if __name__ == "__main__":
