@@ -52,7 +52,9 @@ build() {
     name="$(basename "$dir")-$suffix"
     out="$work/$name.wasm"
     stamp="$work/$name.stamp"
-    hash="$( (echo "$toolchain"; inputs_hash "${dir#"$root/"}" "$sdk" wit scripts/build-guests.sh) | sha256sum | cut -d' ' -f1)"
+    # The manifest's [http] decides whether a JS build enables fetch, so it is an input too.
+    hash="$( (echo "$toolchain"; grep -h '^\s*\[\s*http' "$dir"/*.toml 2>/dev/null || true
+      inputs_hash "${dir#"$root/"}" "$sdk" wit scripts/build-guests.sh) | sha256sum | cut -d' ' -f1)"
     if [ -f "$out" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$hash" ]; then
       skipped=$((skipped + 1))
     else

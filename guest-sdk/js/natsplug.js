@@ -20,6 +20,11 @@
 // - Anything else thrown is a crash, like a Rust panic: the host reports `panicked: Error: msg`
 //   and applies the manifest's `on_trap` policy (dead-letter by default). `throw new Panic(msg)`
 //   crashes with exactly `msg`.
+// - Capabilities, each refused unless the manifest grants it: `request(subject, payload)` asks a
+//   NATS service and returns its `Reply` (`[request] allow`; throws `RequestError`),
+//   `kv.open(name)` opens a NATS KV bucket (`[kv] buckets`; its methods throw `KvError`), and
+//   `fetch` reaches the origins of `[http] allow` (componentize.mjs builds it in only for a
+//   plugin whose manifest has `[http]`).
 //
 // Build with componentize-js against the natsplug WIT (scripts/build-guests.sh does it) and try
 // it offline with `natsplug call app.wasm --subject S --payload TEXT`.
@@ -34,6 +39,15 @@ import {
   log as hostLog,
   publish as hostPublish,
 } from 'natsplug:plugin/host@0.1.0';
+import { send as hostSend } from 'natsplug:plugin/request@0.1.0';
+import { open as storeOpen } from 'wasi:keyvalue/store@0.2.0-draft';
+import { increment as atomicIncrement } from 'wasi:keyvalue/atomics@0.2.0-draft';
+import {
+  deleteMany as batchDeleteMany,
+  getMany as batchGetMany,
+  setMany as batchSetMany,
+} from 'wasi:keyvalue/batch@0.2.0-draft';
+import { compareAndSwap as kvCompareAndSwap, getEntry as kvGetEntry } from 'natsplug:plugin/kv@0.1.0';
 
 const encoder = new TextEncoder();
 // ignoreBOM: keep a leading U+FEFF, as Rust's str::from_utf8 does. fatal: throw on invalid
@@ -182,6 +196,20 @@ function utf8Error(bytes) {
   return null;
 }
 
+/** `bytes` as UTF-8 text; throws Utf8Error when they are not. */
+function decodeUtf8(bytes) {
+  if (decoderIsStrict) {
+    try {
+      return decoder.decode(bytes);
+    } catch {
+      throw utf8Error(bytes) ?? new Utf8Error(0, 1);
+    }
+  }
+  const error = utf8Error(bytes);
+  if (error !== null) throw error;
+  return decoder.decode(bytes);
+}
+
 /** An incoming message. */
 export class Message {
   constructor({ subject, payload, headers, reply, delivery } = {}) {
@@ -199,16 +227,7 @@ export class Message {
 
   /** The payload as UTF-8 text; throws Utf8Error when it is not. */
   payloadStr() {
-    if (decoderIsStrict) {
-      try {
-        return decoder.decode(this.payload);
-      } catch {
-        throw utf8Error(this.payload) ?? new Utf8Error(0, 1);
-      }
-    }
-    const error = utf8Error(this.payload);
-    if (error !== null) throw error;
-    return decoder.decode(this.payload);
+    return decodeUtf8(this.payload);
   }
 
   /** The payload as UTF-8 text; invalid UTF-8 rejects the message (throws Reject), with the
@@ -355,6 +374,320 @@ export function config(key, fallback = undefined) {
   return value === undefined || value === null ? fallback : value;
 }
 
+// -- Capabilities: requests and NATS KV. Each is refused by the host unless the manifest grants
+// it (`[request] allow`, `[kv] buckets`). The generated import bindings throw an error whose
+// `payload` is the WIT error variant ({ tag, val }); the wrappers below turn it into a
+// RequestError or a KvError with a `kind`. Anything thrown without a `payload` is not an answer
+// of the host (a bug, a trap) and goes on as it is.
+
+/** The WIT error an import binding threw, or rethrows what it threw when it is not one. */
+function errorPayload(error) {
+  if (error !== null && typeof error === 'object' && Object.hasOwn(error, 'payload')) {
+    return error.payload;
+  }
+  throw error;
+}
+
+/** `value` (a Number or a BigInt) as a u64 BigInt; RangeError when it is not one. */
+function u64Arg(what, value) {
+  if (typeof value === 'bigint' && value >= 0n && value < 1n << 64n) return value;
+  if (Number.isSafeInteger(value) && value >= 0) return BigInt(value);
+  throw new RangeError(
+    `${what} is a non-negative integer (a safe Number or a u64 BigInt), not ${String(value)}`,
+  );
+}
+
+/** A u64 BigInt from the host as a Number; RangeError when a Number cannot hold it exactly. */
+function u64Number(what, value) {
+  const n = Number(value);
+  if (!Number.isSafeInteger(n)) {
+    throw new RangeError(`${what} ${value} is above Number.MAX_SAFE_INTEGER`);
+  }
+  return n;
+}
+
+/** Bytes to store: a string (encoded as UTF-8) or bytes; undefined and null are mistakes. */
+function valueBytes(value) {
+  if (value === undefined || value === null) {
+    throw new TypeError(`a value is a string or bytes, not ${value}`);
+  }
+  return toBytes(value);
+}
+
+/** The reply to a `request`. */
+export class Reply {
+  constructor({ headers, payload } = {}) {
+    /** Its headers. */
+    this.headers = headers instanceof Headers ? headers : new Headers(headers);
+    /** Its payload, a Uint8Array. */
+    this.payload = toBytes(payload);
+  }
+
+  /** The payload as UTF-8 text; throws Utf8Error when it is not (a crash, unless caught: the
+   * input is not at fault). */
+  text() {
+    return decodeUtf8(this.payload);
+  }
+
+  /** The first value of a header. */
+  header(name) {
+    return this.headers.get(name);
+  }
+
+  static fromWit(r) {
+    return new Reply({ headers: Headers.fromWit(r.headers), payload: r.payload });
+  }
+}
+
+/** A request got no reply. `kind` says why:
+ * - `'denied'`: the subject is not granted by `[request] allow` (or is reserved, or not a
+ *   subject), or the call's request budget is spent; `detail` says which.
+ * - `'timeout'`: no reply within the timeout.
+ * - `'no-responders'`: no service listens on the subject.
+ * - `'failed'`: it could not be sent (a bad header, a payload too big, no connection);
+ *   `detail` says why. */
+export class RequestError extends Error {
+  constructor(kind, subject, detail = undefined) {
+    const message = kind === 'timeout' ? `request to ${subject} timed out`
+      : kind === 'no-responders' ? `no responders on ${subject}`
+        : `request to ${subject} ${kind}: ${detail}`;
+    super(message);
+    this.name = 'RequestError';
+    this.kind = kind;
+    this.subject = subject;
+    this.detail = detail;
+  }
+
+  static fromWit(subject, e) {
+    const tag = e && e.tag;
+    if (tag === 'denied' || tag === 'timeout' || tag === 'no-responders') {
+      return new RequestError(tag, subject, e.val === undefined ? undefined : String(e.val));
+    }
+    return new RequestError('failed', subject, tag === 'failed' ? String(e.val) : `error ${tag}`);
+  }
+}
+
+/**
+ * Sends `payload` (a string or bytes) to `subject` and waits for the reply: a `Reply`. The call
+ * blocks the handler (the host keeps the input alive meanwhile). `headers` takes a `Headers`,
+ * an object or pairs; `timeoutMs` (a Number or a BigInt) defaults to the manifest's
+ * `[request] timeout` and never outlasts the handler's deadline. Throws a `RequestError`.
+ */
+export function request(subject, payload, { headers, timeoutMs } = {}) {
+  const to = String(subject);
+  const wait = timeoutMs === undefined || timeoutMs === null
+    ? undefined : u64Arg('timeoutMs', timeoutMs);
+  let reply;
+  try {
+    reply = hostSend(to, new Headers(headers).toWit(), toBytes(payload), wait);
+  } catch (e) {
+    throw RequestError.fromWit(to, errorPayload(e));
+  }
+  return Reply.fromWit(reply);
+}
+
+/** A KV call failed. `kind` says why:
+ * - `'access-denied'`: the manifest's `[kv] buckets` does not grant it (a bucket not named, or
+ *   a write to a `"read"` one).
+ * - `'no-such-store'`: the bucket does not exist.
+ * - `'other'`: the store failed; `detail` says how.
+ * - `'conflict'` (`compareAndSwap` only): the key is no longer at the revision given. */
+export class KvError extends Error {
+  constructor(kind, bucket, { key, detail, revision } = {}) {
+    const what = kind === 'access-denied' ? 'access denied'
+      : kind === 'no-such-store' ? 'no such store'
+        : kind === 'conflict' ? `key ${JSON.stringify(key)} is no longer at revision ${revision}`
+          : detail;
+    super(`kv bucket ${JSON.stringify(bucket)}: ${what}`);
+    this.name = 'KvError';
+    this.kind = kind;
+    this.bucket = bucket;
+    this.key = key;
+    this.detail = detail;
+  }
+
+  static fromWit(bucket, e, key = undefined) {
+    const tag = e && e.tag;
+    if (tag === 'access-denied' || tag === 'no-such-store') return new KvError(tag, bucket, { key });
+    const detail = tag === 'other' ? String(e.val) : `error ${tag}`;
+    return new KvError('other', bucket, { key, detail });
+  }
+}
+
+const disposeSymbol = Symbol.dispose ?? Symbol.for('dispose');
+// Buckets opened during the current call, closed when its handler returns: in a pooled
+// instance a bucket left open would hold its host resource for the instance's lifetime.
+const openBuckets = new Set();
+
+function closeBuckets() {
+  for (const bucket of openBuckets) bucket.close();
+}
+
+/**
+ * An open NATS KV bucket (`kv.open(name)`). Keys are strings; values are bytes (a string is
+ * stored as UTF-8). Numbers the host gives (counters, revisions) are Numbers; one above
+ * `Number.MAX_SAFE_INTEGER` throws a RangeError rather than lose digits. Every method throws a
+ * `KvError`. A bucket lasts for the call that opened it: the handler closes it on return.
+ */
+export class Bucket {
+  #inner;
+
+  /** @param {string} name @param {object} inner the `wasi:keyvalue/store` bucket resource */
+  constructor(name, inner) {
+    /** The bucket's name. */
+    this.name = name;
+    this.#inner = inner;
+    openBuckets.add(this);
+  }
+
+  /** The bucket resource; a KvError once closed. */
+  #resource(key) {
+    if (this.#inner === undefined) {
+      throw new KvError('other', this.name, { key, detail: 'bucket is closed' });
+    }
+    return this.#inner;
+  }
+
+  #call(key, fn) {
+    const inner = this.#resource(key);
+    try {
+      return fn(inner);
+    } catch (e) {
+      throw KvError.fromWit(this.name, errorPayload(e), key);
+    }
+  }
+
+  /** The key's value (a Uint8Array), or undefined when it has none. */
+  get(key) {
+    const k = String(key);
+    return this.#call(k, (b) => b.get(k)) ?? undefined;
+  }
+
+  /** Stores `value` (a string or bytes) under `key`. */
+  set(key, value) {
+    const k = String(key);
+    const bytes = valueBytes(value);
+    this.#call(k, (b) => b.set(k, bytes));
+  }
+
+  /** Removes the key; nothing happens when it has no value. */
+  delete(key) {
+    const k = String(key);
+    this.#call(k, (b) => b.delete(k));
+  }
+
+  /** Whether the key has a value. */
+  exists(key) {
+    const k = String(key);
+    return this.#call(k, (b) => b.exists(k));
+  }
+
+  /** Every key of the bucket (every page of `list-keys`, in the host's order). */
+  keys() {
+    const keys = [];
+    let cursor;
+    for (;;) {
+      const page = this.#call(undefined, (b) => b.listKeys(cursor));
+      keys.push(...page.keys);
+      if (page.cursor === undefined || page.cursor === null) return keys;
+      if (cursor !== undefined && page.cursor === cursor) {
+        const detail = `list-keys cursor ${cursor} did not move`;
+        throw new KvError('other', this.name, { detail });
+      }
+      cursor = page.cursor;
+    }
+  }
+
+  /** Adds `delta` (a Number or a BigInt, default 1) to the key's counter, atomically, and
+   * returns the new value, a Number. A key with no value counts from 0. */
+  increment(key, delta = 1) {
+    const k = String(key);
+    const by = u64Arg('delta', delta);
+    return u64Number('counter', this.#call(k, (b) => atomicIncrement(b, k, by)));
+  }
+
+  /** The values of `keys`, in their order: a Uint8Array, or undefined for a key with none. */
+  getMany(keys) {
+    const list = Array.from(keys, String);
+    const found = new Map();
+    for (const item of this.#call(undefined, (b) => batchGetMany(b, list))) {
+      if (item !== undefined && item !== null) found.set(item[0], item[1]);
+    }
+    return list.map((k) => found.get(k));
+  }
+
+  /** Stores several values: a Map, an object or [key, value] pairs (values strings or bytes). */
+  setMany(entries) {
+    const pairs = Symbol.iterator in Object(entries)
+      ? Array.from(entries) : Object.entries(entries);
+    const list = pairs.map(([k, v]) => [String(k), valueBytes(v)]);
+    this.#call(undefined, (b) => batchSetMany(b, list));
+  }
+
+  /** Removes several keys. */
+  deleteMany(keys) {
+    const list = Array.from(keys, String);
+    this.#call(undefined, (b) => batchDeleteMany(b, list));
+  }
+
+  /** The key's value and revision, `{ value, revision }` (a Uint8Array and a Number), or
+   * undefined when it has no value. */
+  entry(key) {
+    const k = String(key);
+    const e = this.#call(k, (b) => kvGetEntry(b, k));
+    if (e === undefined || e === null) return undefined;
+    return { value: e.value, revision: u64Number('revision', e.revision) };
+  }
+
+  /** Stores `value` only if the key is still at `revision` (0: only if it has no value) and
+   * returns the new revision, a Number. Throws a KvError of kind `'conflict'` when another
+   * writer got there first. */
+  compareAndSwap(key, value, revision) {
+    const k = String(key);
+    const bytes = valueBytes(value);
+    const rev = u64Arg('revision', revision);
+    const inner = this.#resource(k);
+    let next;
+    try {
+      next = kvCompareAndSwap(inner, k, bytes, rev);
+    } catch (e) {
+      const why = errorPayload(e);
+      if (why && why.tag === 'conflict') {
+        throw new KvError('conflict', this.name, { key: k, revision: rev });
+      }
+      throw KvError.fromWit(this.name, why && why.tag === 'store' ? why.val : why, k);
+    }
+    return u64Number('revision', next);
+  }
+
+  /** Gives the bucket back to the host; later calls throw. The handler does it on return. */
+  close() {
+    openBuckets.delete(this);
+    const inner = this.#inner;
+    this.#inner = undefined;
+    if (inner !== undefined && typeof inner[disposeSymbol] === 'function') inner[disposeSymbol]();
+  }
+
+  [disposeSymbol]() {
+    this.close();
+  }
+}
+
+/** NATS KV, through `wasi:keyvalue`: `kv.open(name)` opens a bucket the manifest's
+ * `[kv] buckets` grants, or throws a KvError (`'access-denied'`, `'no-such-store'`). */
+export const kv = Object.freeze({
+  open(name) {
+    const bucket = String(name);
+    let inner;
+    try {
+      inner = storeOpen(bucket);
+    } catch (e) {
+      throw KvError.fromWit(bucket, errorPayload(e));
+    }
+    return new Bucket(bucket, inner);
+  },
+});
+
 /** Resolves after `ms` milliseconds (any length; the host's deadline still applies). */
 export async function sleep(ms) {
   const DAY = 86_400_000;
@@ -416,6 +749,8 @@ export function handler(fn) {
       result = await fn(Message.fromWit(message));
     } catch (error) {
       throw failure(error);
+    } finally {
+      closeBuckets();
     }
     try {
       return outputsToWit(result);
@@ -442,6 +777,8 @@ export function batchHandler(fn) {
     } catch (error) {
       const why = failure(error);
       return msgs.map(() => ({ tag: 'err', val: why }));
+    } finally {
+      closeBuckets();
     }
     if (answers.length !== msgs.length) {
       crash(new TypeError(`a batch handler returns one answer per message: ${answers.length} for ${msgs.length}`));
