@@ -15,11 +15,13 @@
 //! - [`security`]: hostile requesters and guests: forged reply subjects, server-steering and
 //!   unsendable headers, output and log floods.
 //! - [`batch`]: batch calls: each input settled on its own result, heartbeats for all.
+//! - [`capabilities`]: KV, requests and outbound HTTP behind grants, and their denials.
 //! - [`stranded`]: every input ends acked, dead-lettered or back on the server: host panics,
 //!   oversize and unstorable dead letters, bound consumers' own limits, host faults, dedup ids.
 
 mod auth;
 mod batch;
+mod capabilities;
 mod deploy;
 mod engine;
 mod languages;

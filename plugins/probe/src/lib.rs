@@ -12,6 +12,10 @@
 //! - `log:COUNT:BYTES`, `stderr:COUNT:BYTES`: COUNT log lines of BYTES bytes, through `log` or
 //!   stderr.
 //! - `compute:MS`: computes (no sleeping) for MS milliseconds of wall time.
+//! - `request:SUBJECT`, `request-header:NAME=VALUE`: a request (to `pricing.quote` with that
+//!   header), and how it ended.
+//! - `kv-open:BUCKET`, `kv-get:BUCKET:KEY`, `kv-set:BUCKET:KEY`: a KV call, and how it ended.
+//! - `http:URL`: a GET, and how it ended.
 use std::io::Write as _;
 
 use natsplug_sdk::{Error, Message, Output, handler, log};
@@ -91,6 +95,38 @@ fn handle(msg: Message) -> natsplug_sdk::Result {
             }
             format!("computed {rounds} rounds")
         }
+        "request" | "request-header" => {
+            let (subject, header) = match probe {
+                "request" => (arg, None),
+                _ => (
+                    "pricing.quote",
+                    Some(arg.split_once('=').unwrap_or((arg, ""))),
+                ),
+            };
+            let mut request = natsplug_sdk::request::Request::to(subject).payload("probe");
+            if let Some((name, value)) = header {
+                request = request.header(name, value);
+            }
+            match request.send() {
+                Ok(reply) => format!("reply:{}", String::from_utf8_lossy(&reply.payload)),
+                Err(e) => format!("error:{e:?}"),
+            }
+        }
+        "kv-open" | "kv-get" | "kv-set" => {
+            let (bucket, key) = arg.split_once(':').unwrap_or((arg, "k"));
+            let answer = natsplug_sdk::kv::Bucket::open(bucket).and_then(|b| match probe {
+                "kv-get" => b
+                    .get(key)
+                    .map(|v| format!("got:{}", String::from_utf8_lossy(&v.unwrap_or_default()))),
+                "kv-set" => b.set(key, "probe").map(|()| "set".to_owned()),
+                _ => Ok("opened".to_owned()),
+            });
+            answer.unwrap_or_else(|e| format!("error:{e:?}"))
+        }
+        "http" => match natsplug_sdk::http::get(arg) {
+            Ok(response) => format!("status:{} bytes:{}", response.status, response.body.len()),
+            Err(e) => format!("error:{e:?}"),
+        },
         _ => format!("unknown probe {request:?}"),
     };
     Ok(vec![Output::to("probe.out").payload(answer)])
