@@ -20,7 +20,9 @@ use wasmtime_wasi_http::{
     Error, RequestOptions, WasiBody, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
-use super::{Ended, MAX_CALLS};
+use tokio::sync::Semaphore;
+
+use super::{Budget, Ended};
 use crate::manifest::HttpGrant;
 use crate::metrics::Metrics;
 use crate::policy::capabilities::refuse_origin;
@@ -54,6 +56,11 @@ impl Grant {
     }
 }
 
+/// HTTP requests one instance may have open at once: sent and not yet answered, or answered
+/// with a response or body the guest still holds. wasmtime-wasi-http sends each in a task of
+/// its own, so without it a guest could start thousands without waiting for one.
+pub const MAX_OPEN: usize = 16;
+
 /// The state `wasmtime-wasi-http` asks natsplug about, one per instance.
 pub(crate) struct Hooks {
     grant: Arc<Grant>,
@@ -61,22 +68,35 @@ pub(crate) struct Hooks {
     metrics: Option<Arc<Metrics>>,
     /// The handler's deadline, set for each call.
     pub(crate) deadline: Instant,
-    /// HTTP requests in this handler call.
-    pub(crate) calls: u32,
+    /// The handler call's capability calls, shared with the other capabilities.
+    budget: Budget,
+    /// A permit per open request, held by its response's body.
+    open: Arc<Semaphore>,
     /// Refused requests in this call, for `natsplug_policy_denials_total`.
     pub(crate) denied: Vec<Denied>,
 }
 
 impl Hooks {
-    pub(crate) fn new(grant: Arc<Grant>, plugin: Arc<str>, metrics: Option<Arc<Metrics>>) -> Self {
+    pub(crate) fn new(
+        grant: Arc<Grant>,
+        plugin: Arc<str>,
+        metrics: Option<Arc<Metrics>>,
+        budget: Budget,
+    ) -> Self {
         Self {
             grant,
             plugin,
             metrics,
             deadline: Instant::now(),
-            calls: 0,
+            budget,
+            open: Arc::new(Semaphore::new(MAX_OPEN)),
             denied: Vec::new(),
         }
+    }
+
+    /// HTTP requests open now (see [`MAX_OPEN`]).
+    pub(crate) fn open(&self) -> usize {
+        MAX_OPEN - self.open.available_permits()
     }
 
     fn count(&self, ended: Ended, took: Duration) {
@@ -132,11 +152,15 @@ impl WasiHttpHooks for Hooks {
     ) -> Sent {
         drop(fut);
         let refused = |error: Error| -> Sent { Box::new(std::future::ready(Err(error))) };
-        self.calls += 1;
-        if self.calls > MAX_CALLS {
+        if self.budget.spend(1).is_err() {
             self.count(Ended::Error, Duration::ZERO);
             return refused(Error::ConnectionLimitReached);
         }
+        let Ok(permit) = self.open.clone().try_acquire_owned() else {
+            tracing::warn!(plugin = %self.plugin, capability = "http", "more than {MAX_OPEN} HTTP requests open at once");
+            self.count(Ended::Error, Duration::ZERO);
+            return refused(Error::ConnectionLimitReached);
+        };
         if let Err(denied) = refuse_origin(request.uri(), &self.grant.allow) {
             tracing::warn!(plugin = %self.plugin, capability = "http", kind = denied.kind(), "{denied}");
             self.denied.push(denied);
@@ -205,12 +229,18 @@ impl WasiHttpHooks for Hooks {
             };
             count(metrics.as_deref(), &plugin, ended, started.elapsed());
             let (response, io) = sent?;
+            // The permit goes with the body: the request is open until the guest drops it.
             let response = response.map(|body| {
                 limited(
                     body.boxed_unsync(),
                     max_response,
                     Error::HttpResponseBodySize,
                 )
+                .map_frame(move |frame| {
+                    let _held = &permit;
+                    frame
+                })
+                .boxed_unsync()
             });
             Ok((response, Box::new(io) as Box<dyn Future<Output = _> + Send>))
         })

@@ -28,8 +28,12 @@ use crate::runtime::bindings::natsplug::plugin::kv::{self as revisions, CasError
 use crate::runtime::bindings::wasi::keyvalue::{atomics, batch, store};
 use store::{Error, KeyResponse};
 
-/// Keys one `list-keys` call returns; its cursor says where the next page starts.
+/// Keys one `list-keys` call returns (its cursor says where the next page starts), and the
+/// most keys one batch call (`get-many`, `set-many`, `delete-many`) takes.
 const PAGE: usize = 1000;
+/// Keys `list-keys` goes through, all pages together: every page walks the bucket from its
+/// first key, so a deeper cursor would cost the server more for each page.
+const MAX_LISTED: usize = 100_000;
 /// Rounds of read-then-compare-and-swap `increment` tries before it gives up on a key that
 /// other writers keep changing.
 const INCREMENT_TRIES: usize = 100;
@@ -121,7 +125,15 @@ impl Invocation {
         keys: &[&str],
         write: bool,
     ) -> wasmtime::Result<Result<(Call, Store), Error>> {
-        let call = match Call::start(self, "kv") {
+        // A batch counts each of its keys.
+        let calls = u32::try_from(keys.len().max(1)).unwrap_or(u32::MAX);
+        if keys.len() > PAGE {
+            return Ok(Err(Error::Other(format!(
+                "{} keys in one call; at most {PAGE}",
+                keys.len()
+            ))));
+        }
+        let call = match Call::start(self, "kv", calls) {
             Ok(call) => call,
             Err(reason) => return Ok(Err(Error::Other(reason))),
         };
@@ -164,7 +176,7 @@ impl store::Host for Invocation {
         &mut self,
         identifier: String,
     ) -> wasmtime::Result<Result<Resource<Bucket>, Error>> {
-        let call = match Call::start(self, "kv") {
+        let call = match Call::start(self, "kv", 1) {
             Ok(call) => call,
             Err(reason) => return Ok(Err(Error::Other(reason))),
         };
@@ -273,6 +285,13 @@ impl store::HostBucket for Invocation {
             Err(e) => return Ok(Err(e)),
         };
         let skip = usize::try_from(cursor.unwrap_or(0)).unwrap_or(usize::MAX);
+        // Each page walks the bucket's keys from the start.
+        if skip > MAX_LISTED {
+            let call_result = Err(Error::Other(format!(
+                "list-keys lists at most {MAX_LISTED} keys"
+            )));
+            return Ok(self.kv_end(call, call_result));
+        }
         let listed = wait(remaining(self), async {
             let mut keys = store.keys().await?.skip(skip).take(PAGE + 1);
             let mut page = Vec::with_capacity(PAGE);
@@ -383,10 +402,20 @@ impl batch::Host for Invocation {
             Ok(begun) => begun,
             Err(e) => return Ok(Err(e)),
         };
+        // What the values may add up to: the guest's own memory limit, as it must hold them.
+        let limit = self.plugin.manifest.limits.memory;
         let got = wait(remaining(self), async {
             let mut values = Vec::with_capacity(keys.len());
+            let mut bytes = 0u64;
             for key in keys {
                 let entry = live(store.entry(key.clone()).await?);
+                bytes += entry.as_ref().map_or(0, |e| e.value.len() as u64);
+                if bytes > limit {
+                    return Err(format!(
+                        "the values pass the plugin's limits.memory of {limit} bytes"
+                    )
+                    .into());
+                }
                 values.push(entry.map(|e| (key, e.value.to_vec())));
             }
             Ok::<_, async_nats::Error>(values)

@@ -22,6 +22,7 @@ pub mod request;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::manifest::Manifest;
@@ -107,6 +108,29 @@ impl Capabilities {
     }
 }
 
+/// The capability calls of one handler call, all capabilities together (HTTP's hooks count in
+/// the same budget). Shared by the instance's state and its HTTP hooks.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Budget(Arc<AtomicU32>);
+
+impl Budget {
+    /// Counts `calls` more; an error once the handler call's budget is spent.
+    pub(crate) fn spend(&self, calls: u32) -> Result<(), String> {
+        let before = self.0.fetch_add(calls, Ordering::Relaxed);
+        if before.saturating_add(calls) > MAX_CALLS {
+            return Err(format!(
+                "more than {MAX_CALLS} capability calls in one handler call"
+            ));
+        }
+        Ok(())
+    }
+
+    /// A fresh budget, for the next handler call.
+    pub(crate) fn reset(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+}
+
 /// How one capability call ended, for its metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ended {
@@ -123,14 +147,14 @@ pub(crate) struct Call {
 }
 
 impl Call {
-    /// Starts a call of `capability`, or refuses it when the handler call's budget is spent.
-    pub(crate) fn start(state: &mut Invocation, capability: &'static str) -> Result<Self, String> {
-        state.capability_calls += 1;
-        if state.capability_calls > MAX_CALLS {
-            return Err(format!(
-                "more than {MAX_CALLS} capability calls in one handler call"
-            ));
-        }
+    /// Starts a call of `capability` that counts as `calls` calls (a batch of keys counts
+    /// each), or refuses it when the handler call's budget is spent.
+    pub(crate) fn start(
+        state: &mut Invocation,
+        capability: &'static str,
+        calls: u32,
+    ) -> Result<Self, String> {
+        state.budget.spend(calls)?;
         Ok(Self {
             capability,
             started: Instant::now(),

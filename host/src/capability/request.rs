@@ -38,7 +38,7 @@ impl request::Host for Invocation {
         payload: Vec<u8>,
         timeout_ms: Option<u64>,
     ) -> Result<Reply, RequestError> {
-        let call = Call::start(self, "request").map_err(RequestError::Denied)?;
+        let call = Call::start(self, "request", 1).map_err(RequestError::Denied)?;
         if let Err(denied) = self.refuse_request(&subject, &headers) {
             let reason = denied.to_string();
             call.end(self, Ended::Denied, Some(&denied));

@@ -151,8 +151,14 @@ impl fmt::Display for Origin {
     }
 }
 
-/// Refuses a request URI whose origin is not in `allow`.
+/// Refuses a request URI whose origin is not in `allow`, or that carries a user
+/// (`user@host`): an origin is a scheme, a host and a port, nothing else.
 pub fn refuse_origin(uri: &http::Uri, allow: &[Origin]) -> Result<(), Denied> {
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(Denied::OriginNotGranted {
+            origin: shown(&format!("{uri} (a user in the authority)")),
+        });
+    }
     match Origin::of(uri) {
         Ok(origin) if allow.contains(&origin) => Ok(()),
         Ok(origin) => Err(Denied::OriginNotGranted {
@@ -270,6 +276,7 @@ mod tests {
             "https://evil.test/?api.example.com",
             "http://127.0.0.1:8081/",
             "http://localhost:8080/",
+            "http://user@127.0.0.1:8080/",
             "/relative",
         ] {
             assert!(

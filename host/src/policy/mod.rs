@@ -35,13 +35,23 @@ use crate::message::Output;
 /// requester cannot steer a reply into the host's own pull requests or API calls.
 pub const HOST_INBOX_PREFIX: &str = "_INBOX.natsplug";
 /// The inbox prefix of the connection handlers' requests and KV calls go out on
-/// ([`crate::capability`]). Not reserved: the services a guest asks, natsplug plugins among
-/// them, must be able to answer there; a forged answer would need the request's random token,
-/// and could only answer that request.
+/// ([`crate::capability`]). Reserved, but a reply may go there: the services a guest asks,
+/// natsplug plugins among them, answer there. A forged answer would need a pending request's
+/// token, which async-nats makes with a CSPRNG (its `nuid` feature is off), and could only
+/// answer that request.
 pub const CAPABILITY_INBOX_PREFIX: &str = "_INBOX.natsplug-requests";
 /// The host's own subjects and the server's routing prefixes (`_GR_.` and `_R_.` carry
 /// replies across gateways, where the prefix is stripped), besides the server's `$` space.
-const HOST_PREFIXES: &[&str] = &["natsplug.control.", "_INBOX.natsplug.", "_GR_.", "_R_."];
+/// The capabilities' inbox is among them: no output, request or subscription reaches it
+/// unless named, so no plugin can read or forge the answers other plugins' requests and KV
+/// calls get; only a reply goes there ([`refuse_reply`]), so that service plugins can answer.
+const HOST_PREFIXES: &[&str] = &[
+    "natsplug.control.",
+    "_INBOX.natsplug.",
+    "_INBOX.natsplug-requests.",
+    "_GR_.",
+    "_R_.",
+];
 /// The longest subject the host publishes to. The server's control line (`HPUB subject reply
 /// sizes`) is 4 KiB by default and a longer one closes the connection, failing every publish on
 /// it.
@@ -267,7 +277,9 @@ pub fn refuse_reply(reply: &str, allow: &[Pattern]) -> Result<(), Denied> {
     };
     refuse_invalid_subject(reply).map_err(|e| refused(e.to_string()))?;
     refuse_wildcard(reply).map_err(|e| refused(e.to_string()))?;
-    if let Some(prefix) = reserved_prefix(reply) {
+    if let Some(prefix) = reserved_prefix(reply)
+        && prefix != format!("{CAPABILITY_INBOX_PREFIX}.")
+    {
         return Err(refused(format!("{prefix} is reserved space")));
     }
     if !allow.iter().any(|p| p.matches(reply)) {
@@ -458,6 +470,10 @@ mod tests {
             ("$JS", "$JS."),
             ("natsplug.control.h1.reload", "natsplug.control."),
             ("_INBOX.natsplug.abc.1", "_INBOX.natsplug."),
+            (
+                "_INBOX.natsplug-requests.abc.1",
+                "_INBOX.natsplug-requests.",
+            ),
             ("_GR_.c1.s1.$JS.API.STREAM.DELETE.IN", "_GR_."),
             ("_R_.abc.x", "_R_."),
         ] {
@@ -470,6 +486,18 @@ mod tests {
         for free in ["out.x", "_INBOX.abc", "natsplug.dead.p", "JS.API", "a.$JS"] {
             assert_eq!(reserved_prefix(free), None, "{free}");
         }
+    }
+
+    #[test]
+    fn the_capabilities_inbox_takes_replies_and_nothing_else() {
+        let inbox = "_INBOX.natsplug-requests.Xk3.7";
+        assert_eq!(refuse_reply(inbox, &[Pattern::parse("_INBOX.>")]), Ok(()));
+        assert!(matches!(
+            grants(&[">", "_INBOX.>"]).refuse_subject(inbox),
+            Err(Denied::Reserved { .. })
+        ));
+        assert!(refuse_reserved_subscription("_INBOX.*.>").is_err());
+        assert!(capabilities::refuse_request(inbox, &[Pattern::parse(">")]).is_err());
     }
 
     #[test]

@@ -96,8 +96,8 @@ pub(crate) struct Invocation {
     /// `wasi:http`'s context and natsplug's hooks into it (`[http]`).
     pub(crate) http_ctx: wasmtime_wasi_http::WasiHttpCtx,
     pub(crate) http_hooks: crate::capability::http::Hooks,
-    /// Capability calls in this call (`capability::MAX_CALLS`).
-    pub(crate) capability_calls: u32,
+    /// Capability calls in this call (`capability::MAX_CALLS`), HTTP's included.
+    pub(crate) budget: crate::capability::Budget,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) deadline: Instant,
     pub(crate) stdout: GuestLog,
@@ -150,15 +150,17 @@ impl Invocation {
                 .allow_udp(true)
                 .allow_ip_name_lookup(true);
         }
+        let budget = crate::capability::Budget::default();
         let http_hooks = crate::capability::http::Hooks::new(
             plugin.capabilities.http.clone(),
             plugin.name.clone(),
             plugin.capabilities.services.metrics.clone(),
+            budget.clone(),
         );
         Ok(Self {
             http_ctx: wasmtime_wasi_http::WasiHttpCtx::new(),
             http_hooks,
-            capability_calls: 0,
+            budget,
             limiter: MemoryLimiter {
                 limit: plugin.manifest.limits.memory,
                 used: 0,
@@ -194,8 +196,7 @@ impl Invocation {
         self.refused = None;
         self.denials.clear();
         self.publish_calls = 0;
-        self.capability_calls = 0;
-        self.http_hooks.calls = 0;
+        self.budget.reset();
         self.http_hooks.deadline = deadline;
         self.log.reset();
     }

@@ -718,10 +718,14 @@ impl Plugin {
         store.data_mut().end();
         // An instance that trapped or was cut off is never used again.
         match result {
-            Err(_elapsed) => Err(HandlerError::Deadline {
-                plugin: plugin.name.to_string(),
-                deadline: limits.deadline,
-            }),
+            Err(_elapsed) => {
+                // What was refused before the deadline is counted all the same.
+                handled.denials = std::mem::take(&mut store.data_mut().denials);
+                Err(HandlerError::Deadline {
+                    plugin: plugin.name.to_string(),
+                    deadline: limits.deadline,
+                })
+            }
             Ok(Err(failed)) => {
                 let state = store.data_mut();
                 handled.denials = std::mem::take(&mut state.denials);

@@ -109,7 +109,12 @@ impl Pool {
     /// `max_invocations` or the pool is full; then it is dropped.
     pub(crate) fn park(&self, mut instance: Instance) {
         instance.uses += 1;
-        if !self.enabled || instance.uses >= self.max_invocations {
+        // An instance that still holds HTTP requests or responses (handles the guest kept in a
+        // global) is dropped with them, not parked with their sockets open.
+        if !self.enabled
+            || instance.uses >= self.max_invocations
+            || instance.store.data().http_hooks.open() > 0
+        {
             return;
         }
         let rejected = {

@@ -918,6 +918,13 @@ impl ConnectionHandler {
                     .out_messages
                     .add(1, Ordering::Relaxed);
 
+                // natsplug: a request whose caller gave up (a timeout) leaves its sender here
+                // until an answer comes, which may be never (nats-io/nats.rs#1617). Drop the
+                // closed ones whenever the map doubles, so it stays bounded by the requests
+                // really pending.
+                if multiplexer.senders.len() >= 64 && multiplexer.senders.len().is_power_of_two() {
+                    multiplexer.senders.retain(|_, s| !s.is_closed());
+                }
                 multiplexer.senders.insert(token.to_owned(), sender);
 
                 let respond: Subject = format!("{}{}", multiplexer.prefix, token).into();
