@@ -394,17 +394,31 @@ async fn what_no_grant_covers_fails_with_a_typed_error_and_is_counted() {
         js.get_stream("IN").await.is_ok(),
         "the stream is still there"
     );
+    // Floods: one batch of 1,001 keys; 20 HTTP requests started at once, of which 16 are open
+    // together at most (the rest refused at once, not queued).
+    let many = ask(&plugin, "kv-get-many:ro:1001").await;
+    assert!(
+        many.contains("1001 keys in one call; at most 1000"),
+        "{many}"
+    );
+    assert_eq!(ask(&plugin, "kv-get-many:ro:1000").await, "got:1000");
+    assert_eq!(
+        ask(&plugin, &format!("http-flood:20:http://{http}/slow/500")).await,
+        "answered:16 refused:4"
+    );
 
     let text = metrics.encode();
-    // Each KV probe opens its bucket first: three opens of `ro` and one read went through.
+    // Each KV probe opens its bucket first: five opens of `ro`, one read and a get-many of
+    // 1,000 went through.
     for (capability, result, count) in [
-        ("kv", "ok", 4.0),
+        ("kv", "ok", 7.0),
         ("kv", "denied", 3.0),
         ("request", "ok", 1.0),
         ("request", "denied", 3.0),
-        // The price, and the chunked response whose head came (its body failed later).
-        ("http", "ok", 2.0),
-        ("http", "error", 1.0),
+        // The price, the chunked response whose head came (its body failed later), and 16 of
+        // the flood; 4 refused and the response over its declared limit.
+        ("http", "ok", 18.0),
+        ("http", "error", 5.0),
         ("http", "denied", 1.0),
     ] {
         let series = format!(

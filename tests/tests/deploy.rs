@@ -99,6 +99,7 @@ fn exported() -> BTreeSet<String> {
     plugin.limit_hit("fuel");
     plugin.dead_letter("reject");
     plugin.denied("reply-subject", 1);
+    metrics.capability("p", "kv", "ok", std::time::Duration::from_millis(1));
     metrics
         .reloads
         .get_or_create(&ResultLabels {

@@ -15,7 +15,10 @@
 //! - `request:SUBJECT`, `request-header:NAME=VALUE`: a request (to `pricing.quote` with that
 //!   header), and how it ended.
 //! - `kv-open:BUCKET`, `kv-get:BUCKET:KEY`, `kv-set:BUCKET:KEY`: a KV call, and how it ended.
+//! - `kv-get-many:BUCKET:N`: one `get-many` of N keys.
 //! - `http:URL`: a GET, and how it ended.
+//! - `http-flood:N:URL`: starts N GETs without waiting, then waits for each: how many were
+//!   answered and how many refused.
 use std::io::Write as _;
 
 use natsplug_sdk::{Error, Message, Output, handler, log};
@@ -123,6 +126,19 @@ fn handle(msg: Message) -> natsplug_sdk::Result {
             });
             answer.unwrap_or_else(|e| format!("error:{e:?}"))
         }
+        "kv-get-many" => {
+            let (bucket, count) = arg.split_once(':').unwrap_or((arg, "1"));
+            let count: usize = count.parse().unwrap_or(1);
+            let keys: Vec<&str> = vec!["k"; count];
+            natsplug_sdk::kv::Bucket::open(bucket)
+                .and_then(|b| b.get_many(&keys))
+                .map(|values| format!("got:{}", values.len()))
+                .unwrap_or_else(|e| format!("error:{e:?}"))
+        }
+        "http-flood" => {
+            let (count, url) = arg.split_once(':').unwrap_or(("1", arg));
+            flood(count.parse().unwrap_or(1), url)
+        }
         "http" => match natsplug_sdk::http::get(arg) {
             Ok(response) => format!("status:{} bytes:{}", response.status, response.body.len()),
             Err(e) => format!("error:{e:?}"),
@@ -140,4 +156,30 @@ fn counts(arg: &str) -> Result<(usize, usize), Error> {
     };
     let (count, bytes) = arg.split_once(':').unwrap_or((arg, "0"));
     Ok((parse(count)?, parse(bytes)?))
+}
+
+/// Starts `count` GETs of `url` (`http://HOST:PORT/PATH`) at once, then waits for each.
+fn flood(count: usize, url: &str) -> String {
+    use wasip2::http::outgoing_handler;
+    use wasip2::http::types::{Fields, OutgoingRequest, Scheme};
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let pending: Vec<_> = (0..count)
+        .filter_map(|_| {
+            let request = OutgoingRequest::new(Fields::new());
+            request.set_scheme(Some(&Scheme::Http)).ok()?;
+            request.set_authority(Some(authority)).ok()?;
+            request.set_path_with_query(Some(path)).ok()?;
+            outgoing_handler::handle(request, None).ok()
+        })
+        .collect();
+    let (mut answered, mut refused) = (0, 0);
+    for response in &pending {
+        response.subscribe().block();
+        match response.get() {
+            Some(Ok(Ok(_))) => answered += 1,
+            _ => refused += 1,
+        }
+    }
+    format!("answered:{answered} refused:{refused}")
 }
