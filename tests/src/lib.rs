@@ -4,8 +4,10 @@
 //! Layout:
 //! - [`plugins_dir`], [`plugin_path`]: the example plugins, built by `build.rs`.
 //! - [`nats`]: start, stop and restart a `nats-server` on a free loopback port.
+//! - [`cluster`]: a 3-node JetStream cluster on loopback, for the fleet tests.
 //! - [`collector`]: an OTLP/HTTP trace collector that keeps the spans it receives.
 
+pub mod cluster;
 pub mod collector;
 pub mod nats;
 

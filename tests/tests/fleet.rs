@@ -1,0 +1,213 @@
+//! A fleet: `natsplug` hosts (the binary, so one can be SIGKILLed) on a 3-node JetStream
+//! cluster with R3 streams, all on one durable consumer. They share the work, and faults lose
+//! nothing: a host SIGKILLed under load, the stream leader's node killed under load and
+//! brought back (hosts connected to it move on to the others). Exact counts: every input gets
+//! exactly one stored output, nothing is dead-lettered, nothing is left pending.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use natsplug_tests::cluster::NatsCluster;
+use natsplug_tests::{HostProcess, PluginsDir, Stored, stream_count, stream_messages, wait_until};
+
+/// Creates an R3 stream.
+async fn create_r3(js: &jetstream::Context, name: &str, subject: &str) {
+    js.create_stream(jetstream::stream::Config {
+        name: name.into(),
+        subjects: vec![subject.into()],
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("cannot create {name}: {e}"));
+}
+
+/// Publishes with a message id, again and again (30 s at most) until the stream acks it: a
+/// leader election in the middle loses nothing and, thanks to the id, stores nothing twice.
+async fn publish_surely(js: &jetstream::Context, subject: &str, payload: String) {
+    let started = Instant::now();
+    loop {
+        let sent = js
+            .send_publish(
+                subject.to_owned(),
+                jetstream::message::PublishMessage::build()
+                    .message_id(payload.clone())
+                    .payload(payload.clone().into()),
+            )
+            .await;
+        let acked = match sent {
+            Ok(ack) => ack.await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match acked {
+            Ok(()) => return,
+            Err(_) if started.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot publish {payload}: {e}"),
+        }
+    }
+}
+
+/// One plugins folder per host: `uppercase` on the shared durable, marking its outputs with
+/// the host's name.
+fn host_plugins(host: &str) -> PluginsDir {
+    let plugins = PluginsDir::new();
+    plugins.add(
+        "uppercase",
+        "uppercase",
+        &format!(
+            "[subscribe]\nstream = \"IN\"\nsubjects = [\"in.fleet\"]\ndurable = \"fleet\"\n\
+             concurrency = 16\nack_wait = \"2s\"\nmax_deliver = -1\n\
+             [publish]\nallow = [\"out.fleet\"]\n\
+             [config]\noutput = \"out.fleet\"\nmarker = \"{host}\"\n"
+        ),
+    );
+    plugins
+}
+
+/// Waits until every input has its output and the consumer has nothing pending; checks that
+/// each input got exactly one output and nothing was dead-lettered. Gives the outputs.
+async fn all_handled_once(js: &jetstream::Context, inputs: usize) -> Vec<Stored> {
+    wait_until(Duration::from_secs(120), "every output", || async {
+        stream_count(js, "OUT").await >= inputs as u64
+    })
+    .await;
+    wait_until(Duration::from_secs(60), "nothing pending", || async {
+        let Ok(stream) = js.get_stream("IN").await else {
+            return false;
+        };
+        stream
+            .consumer_info("fleet")
+            .await
+            .is_ok_and(|i| i.num_pending == 0 && i.num_ack_pending == 0)
+    })
+    .await;
+    let outputs = stream_messages(js, "OUT").await;
+    assert_eq!(outputs.len(), inputs, "one output per input, no more");
+    let payloads: BTreeSet<String> = outputs.iter().map(|o| o.payload.clone()).collect();
+    let want: BTreeSet<String> = (0..inputs).map(|i| format!("M{i}")).collect();
+    assert_eq!(payloads, want);
+    assert_eq!(stream_count(js, "NATSPLUG_DEAD").await, 0, "no dead letter");
+    outputs
+}
+
+fn by_host(outputs: &[Stored]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for o in outputs {
+        *counts.entry(o.header("marker").to_owned()).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_share_one_durable_and_one_sigkilled_under_load_loses_nothing() {
+    natsplug_tests::init_tracing();
+    let cluster = NatsCluster::start().await;
+    let client = cluster.connect().await;
+    let js = jetstream::new(client);
+    create_r3(&js, "IN", "in.>").await;
+    create_r3(&js, "OUT", "out.>").await;
+    const INPUTS: usize = 3000;
+    for chunk in (0..INPUTS).collect::<Vec<_>>().chunks(500) {
+        let acks: Vec<_> = futures::future::join_all(
+            chunk
+                .iter()
+                .map(|i| js.publish("in.fleet", format!("m{i}").into())),
+        )
+        .await;
+        for ack in acks {
+            ack.unwrap().await.unwrap();
+        }
+    }
+    let folders: Vec<PluginsDir> = (0..3).map(|i| host_plugins(&format!("h{i}"))).collect();
+    let mut hosts: Vec<HostProcess> = (0..3)
+        .map(|i| HostProcess::spawn(&cluster.urls_from(i), folders[i].path(), &[]))
+        .collect();
+    wait_until(
+        Duration::from_secs(60),
+        "a third of the outputs",
+        || async { stream_count(&js, "OUT").await >= (INPUTS / 3) as u64 },
+    )
+    .await;
+    // SIGKILL one host mid-run: its unacked inputs come back after ack_wait to the others.
+    hosts[0].kill();
+    let outputs = all_handled_once(&js, INPUTS).await;
+    let shares = by_host(&outputs);
+    eprintln!("fleet: outputs by host {shares:?}");
+    assert_eq!(shares.values().sum::<usize>(), INPUTS);
+    for host in ["h1", "h2"] {
+        // Each surviving host did a real share: none starves behind the other.
+        assert!(
+            shares.get(host).copied().unwrap_or(0) >= INPUTS / 10,
+            "{host}: {shares:?}"
+        );
+    }
+    assert!(
+        shares.contains_key("h0"),
+        "h0 handled some before it died: {shares:?}"
+    );
+    drop(hosts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_leaders_node_killed_under_load_and_brought_back_loses_nothing() {
+    natsplug_tests::init_tracing();
+    let mut cluster = NatsCluster::start().await;
+    let client = cluster.connect().await;
+    let js = jetstream::new(client);
+    create_r3(&js, "IN", "in.>").await;
+    create_r3(&js, "OUT", "out.>").await;
+    let folders: Vec<PluginsDir> = (0..2).map(|i| host_plugins(&format!("h{i}"))).collect();
+    // Each host starts on a different node, so whichever node dies, one host loses its own.
+    let hosts: Vec<HostProcess> = (0..2)
+        .map(|i| HostProcess::spawn(&cluster.urls_from(i), folders[i].path(), &[]))
+        .collect();
+    const INPUTS: usize = 3000;
+    // Inputs go on arriving (about 1,000 a second) while the leader dies and comes back.
+    let publisher = {
+        let js = js.clone();
+        tokio::spawn(async move {
+            for i in 0..INPUTS {
+                publish_surely(&js, "in.fleet", format!("m{i}")).await;
+                if i % 50 == 0 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        })
+    };
+    wait_until(Duration::from_secs(60), "the first outputs", || async {
+        stream_count(&js, "OUT").await >= 500
+    })
+    .await;
+    let leader = js
+        .get_stream("IN")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .expect("the stream has a leader");
+    let node = cluster.index_of(&leader);
+    cluster.kill(node);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.restart(node);
+    publisher.await.unwrap();
+    let outputs = all_handled_once(&js, INPUTS).await;
+    let mut stored: Vec<_> = outputs.iter().map(|o| o.stored_at).collect();
+    stored.sort();
+    let gap = stored
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "fleet: leader {leader} killed for 3 s; longest gap between outputs {gap}; by host {:?}",
+        by_host(&outputs)
+    );
+    drop(hosts);
+}
