@@ -133,6 +133,10 @@ pub struct HostSection {
     /// dead-letter subject no stream captures. Default: none, and such a plugin is not served
     /// until a stream captures it (`natsplug list` says why). `natsplug dev` sets it.
     pub dead_letter_stream: Option<String>,
+    /// A NATS Object Store bucket the plugins come from (`natsplug push`, `rollout`,
+    /// `rollback`): each plugin's current version is mirrored into `plugins` (created if
+    /// missing) and hot-swapped from there. Default: none, the folder is the source.
+    pub bucket: Option<String>,
 }
 
 /// Publishing outputs and dead letters.
@@ -211,6 +215,7 @@ impl Default for HostSection {
             graceful_timeout: default_graceful_timeout(),
             id: None,
             dead_letter_stream: None,
+            bucket: None,
         }
     }
 }

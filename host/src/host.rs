@@ -20,7 +20,7 @@ use crate::plugins::{Change, Registry, SETTLE_TIME};
 use crate::runtime::Runtime;
 use crate::shutdown::Shutdown;
 use crate::traces::Traces;
-use crate::{connection, control, reload};
+use crate::{connection, control, reload, source};
 
 /// How long aborted messages get to send their nak after the graceful period.
 const ABORT_GRACE: Duration = Duration::from_secs(5);
@@ -52,11 +52,28 @@ async fn serve(config: HostConfig, shutdown: Shutdown, traces: Traces) -> anyhow
         None => None,
     };
     anyhow::ensure!(
-        config.host.plugins.is_dir(),
+        config.host.bucket.is_some() || config.host.plugins.is_dir(),
         "the plugins folder {:?} does not exist",
         config.host.plugins
     );
     let client = connection::connect_with(&config.nats, "consumer", Some(metrics.clone())).await?;
+    // With a bucket, its current versions go into the folder before anything loads, and every
+    // later change follows.
+    let mirror = match &config.host.bucket {
+        None => None,
+        Some(bucket) => {
+            let js = async_nats::jetstream::new(client.clone());
+            let store = source::open(&js, bucket, true).await?;
+            let mut served = std::collections::BTreeMap::new();
+            source::mirror_all(&store, &config.host.plugins, &mut served).await?;
+            Some(tokio::spawn(source::mirror(
+                store,
+                config.host.plugins.clone(),
+                served,
+                shutdown.clone(),
+            )))
+        }
+    };
     // Capabilities (`[request]`, `[kv]`) on a connection of their own: a guest waiting on a
     // slow service never holds up the consumer's pulls, heartbeats and acks.
     let capabilities = connection::connect_with(
@@ -137,6 +154,9 @@ async fn serve(config: HostConfig, shutdown: Shutdown, traces: Traces) -> anyhow
         }
     }
     let _ = tokio::join!(watcher, control);
+    if let Some(mirror) = mirror {
+        let _ = mirror.await;
+    }
     publisher.close().await;
     cores.close().await;
     if let Err(e) = client.drain().await {

@@ -15,6 +15,7 @@
 //! - [`connection`]: NATS connections by role (consumer, publisher-N).
 //! - [`plugins`]: the plugins folder and the registry of served versions.
 //! - [`reload`]: watches the folder and hot-swaps plugins.
+//! - [`source`]: plugins from a NATS Object Store bucket: push, rollout, rollback, the mirror.
 //! - [`control`]: the control plane over NATS (`natsplug list|reload|status`).
 //! - [`admin`]: the admin HTTP listener: `/metrics`, `/healthz`, `/readyz`.
 //! - [`metrics`]: Prometheus metrics; per-plugin handles the control plane reads too.
@@ -22,6 +23,7 @@
 //! - [`delivery`]: the message path, pull to settle: consumers, pull requests, heartbeats,
 //!   settlement (every input acked with its outputs stored, dead-lettered, or back on the
 //!   server), the publisher pool, the core threads.
+//! - [`capability`]: KV, requests and outbound HTTP for handlers, behind grants.
 //! - [`backoff`]: the exponential backoff of reconnects, publish retries and set-up pauses.
 //! - [`traces`]: W3C trace context through a message, spans exported over OTLP/HTTP.
 //! - [`shutdown`]: the two-stage shutdown signal.
@@ -47,4 +49,5 @@ pub mod reload;
 pub mod runtime;
 pub mod scaffold;
 pub mod shutdown;
+pub mod source;
 pub mod traces;

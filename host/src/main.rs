@@ -73,6 +73,29 @@ impl HostArgs {
     }
 }
 
+/// The plugins bucket and how to reach it.
+#[derive(Args)]
+struct BucketArgs {
+    #[command(flatten)]
+    host: HostArgs,
+    /// The Object Store bucket (overrides host.bucket; default "natsplug-plugins").
+    #[arg(long)]
+    bucket: Option<String>,
+}
+
+impl BucketArgs {
+    async fn open(&self) -> anyhow::Result<async_nats::jetstream::object_store::ObjectStore> {
+        let config = self.host.load()?;
+        let bucket = self
+            .bucket
+            .clone()
+            .or(config.host.bucket.clone())
+            .unwrap_or_else(|| "natsplug-plugins".into());
+        let client = natsplug::connection::connect(&config.nats, "push").await?;
+        natsplug::source::open(&async_nats::jetstream::new(client), &bucket, true).await
+    }
+}
+
 /// Options of the control commands.
 #[derive(Args)]
 struct ControlArgs {
@@ -102,6 +125,33 @@ enum Command {
         plugin: Option<String>,
         #[command(flatten)]
         control: ControlArgs,
+    },
+    /// Store a plugin version in the plugins bucket (checked first: it must load) and make it
+    /// the one every host with `host.bucket` serves. Prints the version.
+    Push {
+        /// The plugin component (NAME.wasm; NAME.toml beside it is its manifest).
+        plugin: PathBuf,
+        /// A manifest file to use instead of the one beside the plugin.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        #[command(flatten)]
+        bucket: BucketArgs,
+    },
+    /// Make a stored version of a plugin the one every host serves.
+    Rollout {
+        /// The plugin's name.
+        name: String,
+        /// The version (as `push` and `natsplug list` print it).
+        version: String,
+        #[command(flatten)]
+        bucket: BucketArgs,
+    },
+    /// Make the version stored before the current one current again. Prints it.
+    Rollback {
+        /// The plugin's name.
+        name: String,
+        #[command(flatten)]
+        bucket: BucketArgs,
     },
     /// Create a plugin project: a handler, a manifest and a test through the real runtime.
     New {
@@ -327,6 +377,52 @@ async fn run(command: Command) -> ExitCode {
             report(control(&c, "reload", &body, show_reload).await)
         }
         Command::Status { control: c } => report(control(&c, "status", &(), show_status).await),
+        Command::Push {
+            plugin,
+            manifest,
+            bucket,
+        } => report(
+            async {
+                // Nothing is stored unless it loads here as it would on a host.
+                let (_, loaded) = offline::load(&plugin, manifest.as_deref())?;
+                let manifest_path = manifest.unwrap_or_else(|| plugin.with_extension("toml"));
+                let manifest_text = match std::fs::read_to_string(&manifest_path) {
+                    Ok(text) => Some(text),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(e.into()),
+                };
+                let wasm = std::fs::read(&plugin)?;
+                let store = bucket.open().await?;
+                let version =
+                    natsplug::source::push(&store, loaded.name(), &wasm, manifest_text.as_deref())
+                        .await?;
+                println!("{} {version}", loaded.name());
+                Ok(())
+            }
+            .await,
+        ),
+        Command::Rollout {
+            name,
+            version,
+            bucket,
+        } => report(
+            async {
+                let store = bucket.open().await?;
+                natsplug::source::rollout(&store, &name, &version).await?;
+                println!("{name} {version}");
+                Ok(())
+            }
+            .await,
+        ),
+        Command::Rollback { name, bucket } => report(
+            async {
+                let store = bucket.open().await?;
+                let version = natsplug::source::rollback(&store, &name).await?;
+                println!("{name} {version}");
+                Ok(())
+            }
+            .await,
+        ),
         Command::New { name, lang, dir } => {
             report(natsplug::scaffold::new(&dir, &name, lang).map(|path| {
                 use natsplug::scaffold::Lang;

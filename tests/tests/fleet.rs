@@ -1,8 +1,10 @@
 //! A fleet: `natsplug` hosts (the binary, so one can be SIGKILLed) on a 3-node JetStream
 //! cluster with R3 streams, all on one durable consumer. They share the work, and faults lose
 //! nothing: a host SIGKILLed under load, the stream leader's node killed under load and
-//! brought back (hosts connected to it move on to the others). Exact counts: every input gets
-//! exactly one stored output, nothing is dead-lettered, nothing is left pending.
+//! brought back (hosts connected to it move on to the others). And plugins shipped through a
+//! NATS Object Store bucket: pushed, rolled out and rolled back on every host under load.
+//! Exact counts: every input gets exactly one stored output, nothing is dead-lettered,
+//! nothing is left pending.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -209,5 +211,110 @@ async fn the_stream_leaders_node_killed_under_load_and_brought_back_loses_nothin
         "fleet: leader {leader} killed for 3 s; longest gap between outputs {gap}; by host {:?}",
         by_host(&outputs)
     );
+    drop(hosts);
+}
+
+/// Writes `uppercase` as plugin `up` with the marker `marker` into `dir`; its component path.
+fn up_version(dir: &std::path::Path, marker: &str) -> std::path::PathBuf {
+    let wasm = dir.join("up.wasm");
+    std::fs::copy(natsplug_tests::plugin_path("uppercase"), &wasm).unwrap();
+    std::fs::write(
+        dir.join("up.toml"),
+        format!(
+            "[subscribe]\nstream = \"IN\"\nsubjects = [\"in.bucket\"]\ndurable = \"up\"\n\
+             ack_wait = \"5s\"\n[publish]\nallow = [\"out.bucket\"]\n\
+             [config]\noutput = \"out.bucket\"\nmarker = \"{marker}\"\n"
+        ),
+    )
+    .unwrap();
+    wasm
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_pushed_to_a_bucket_roll_out_and_back_under_load_each_input_handled_once() {
+    let (server, _client, js) = natsplug_tests::jetstream_setup().await;
+    let url = server.url();
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("natsplug.toml");
+    std::fs::write(&config, "[host]\nbucket = \"natsplug-plugins\"\n").unwrap();
+    let v1 = up_version(work.path(), "v1");
+    let pushed = natsplug_tests::natsplug_cli(&["push", v1.to_str().unwrap(), "--server", &url]);
+    let version1 = pushed.split_whitespace().nth(1).unwrap().to_owned();
+    // Nothing is stored that would not load: a file that is not a component is refused.
+    let broken = work.path().join("broken.wasm");
+    std::fs::write(&broken, b"not wasm").unwrap();
+    assert!(
+        natsplug_tests::try_natsplug_cli(&["push", broken.to_str().unwrap(), "--server", &url])
+            .is_none()
+    );
+
+    // Two hosts, each with an empty folder the bucket fills.
+    let folders: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let args = ["--config", config.to_str().unwrap()];
+    let hosts: Vec<HostProcess> = folders
+        .iter()
+        .map(|f| HostProcess::spawn(&url, f.path(), &args))
+        .collect();
+    const INPUTS: usize = 2000;
+    let publisher = {
+        let js = js.clone();
+        tokio::spawn(async move {
+            for i in 0..INPUTS {
+                publish_surely(&js, "in.bucket", format!("m{i}")).await;
+                if i % 20 == 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        })
+    };
+    let markers = |outputs: Vec<Stored>| -> Vec<String> {
+        let mut outputs = outputs;
+        outputs.sort_by_key(|o| o.stored_at);
+        outputs
+            .iter()
+            .map(|o| o.header("marker").to_owned())
+            .collect()
+    };
+    wait_until(Duration::from_secs(60), "outputs of v1", || async {
+        stream_count(&js, "OUT").await >= 200
+    })
+    .await;
+    // A new version, pushed while inputs arrive: the hosts swap to it.
+    let v2 = up_version(work.path(), "v2");
+    let pushed = natsplug_tests::natsplug_cli(&["push", v2.to_str().unwrap(), "--server", &url]);
+    let version2 = pushed.split_whitespace().nth(1).unwrap().to_owned();
+    assert_ne!(version1, version2);
+    wait_until(Duration::from_secs(60), "outputs of v2", || async {
+        markers(stream_messages(&js, "OUT").await)
+            .iter()
+            .rev()
+            .take(20)
+            .all(|m| m == "v2")
+    })
+    .await;
+    // And back: the version before the current one serves again.
+    let back = natsplug_tests::natsplug_cli(&["rollback", "up", "--server", &url]);
+    assert_eq!(back.trim(), format!("up {version1}"));
+    wait_until(Duration::from_secs(60), "outputs of v1 again", || async {
+        markers(stream_messages(&js, "OUT").await)
+            .iter()
+            .rev()
+            .take(20)
+            .all(|m| m == "v1")
+    })
+    .await;
+    publisher.await.unwrap();
+
+    wait_until(Duration::from_secs(60), "every output", || async {
+        stream_count(&js, "OUT").await >= INPUTS as u64
+    })
+    .await;
+    let outputs = stream_messages(&js, "OUT").await;
+    assert_eq!(outputs.len(), INPUTS, "one output per input");
+    let payloads: BTreeSet<String> = outputs.iter().map(|o| o.payload.clone()).collect();
+    assert_eq!(payloads.len(), INPUTS);
+    let seen: BTreeSet<String> = markers(outputs).into_iter().collect();
+    assert_eq!(seen, BTreeSet::from(["v1".to_owned(), "v2".to_owned()]));
+    assert_eq!(stream_count(&js, "DEAD").await, 0);
     drop(hosts);
 }

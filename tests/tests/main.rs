@@ -7,7 +7,7 @@
 //! - [`runtime`]: the sandboxed runtime without NATS: every limit, bad plugins, isolation.
 //! - [`engine`]: the JetStream engine: exact counts, retries, dead letters, restarts, replies.
 //! - [`fleet`]: several hosts on a 3-node JetStream cluster: shared work, a host and the stream
-//!   leader's node killed under load.
+//!   leader's node killed under load; plugins pushed, rolled out and back through a bucket.
 //! - [`observability`]: metrics, health, traces and logs.
 //! - [`process`]: the `natsplug` binary as a process: SIGKILL and SIGTERM mid-run.
 //! - [`reload`]: hot reload under load and the control plane.

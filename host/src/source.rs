@@ -1,0 +1,287 @@
+//! Where a fleet's plugins come from: a NATS Object Store bucket (`host.bucket`). `natsplug
+//! push` stores a plugin version, its component and manifest named by their content hash (the
+//! version `natsplug list` shows), and makes it the current one; `natsplug rollout` and
+//! `natsplug rollback` move the current pointer among the stored versions. A host mirrors each
+//! plugin's current version into its plugins folder ([`mirror`]), so the folder's watcher
+//! hot-swaps it with the same zero-loss swap as a local change, and a version that fails to
+//! load leaves the old one serving (`natsplug list` says why).
+//!
+//! The bucket, for a plugin NAME:
+//! - `NAME/VERSION.wasm` and `NAME/VERSION.toml`: each stored version, the last [`HISTORY`];
+//! - `NAME/history`: those versions, oldest first, one per line;
+//! - `NAME/current`: the version hosts serve (deleted: the plugin is removed from every host).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, object_store::ObjectStore};
+use futures::StreamExt as _;
+use tokio::io::AsyncReadExt as _;
+
+use crate::plugins::version_of;
+use crate::shutdown::Shutdown;
+
+/// Versions of a plugin a bucket keeps; older ones are deleted at push.
+pub const HISTORY: usize = 10;
+
+/// Opens the bucket, creating it (R1, file storage) when `create` and missing.
+pub async fn open(
+    js: &jetstream::Context,
+    bucket: &str,
+    create: bool,
+) -> anyhow::Result<ObjectStore> {
+    match js.get_object_store(bucket).await {
+        Ok(store) => Ok(store),
+        Err(_) if create => js
+            .create_object_store(jetstream::object_store::Config {
+                bucket: bucket.to_owned(),
+                description: Some("natsplug plugins".into()),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("cannot create the plugins bucket {bucket:?}")),
+        Err(e) => Err(e).with_context(|| format!("cannot open the plugins bucket {bucket:?}")),
+    }
+}
+
+async fn read(store: &ObjectStore, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    let mut object = match store.get(name).await {
+        Ok(object) => object,
+        Err(e) if e.kind() == jetstream::object_store::GetErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {name:?}")),
+    };
+    let mut bytes = Vec::new();
+    object
+        .read_to_end(&mut bytes)
+        .await
+        .with_context(|| format!("cannot read {name:?}"))?;
+    Ok(Some(bytes))
+}
+
+async fn write(store: &ObjectStore, name: &str, mut bytes: &[u8]) -> anyhow::Result<()> {
+    store
+        .put(name, &mut bytes)
+        .await
+        .with_context(|| format!("cannot store {name:?}"))?;
+    Ok(())
+}
+
+async fn history(store: &ObjectStore, plugin: &str) -> anyhow::Result<Vec<String>> {
+    let text = read(store, &format!("{plugin}/history"))
+        .await?
+        .unwrap_or_default();
+    Ok(String::from_utf8_lossy(&text)
+        .lines()
+        .map(str::to_owned)
+        .filter(|l| !l.is_empty())
+        .collect())
+}
+
+/// The version a plugin's hosts serve, if it has one.
+pub async fn current(store: &ObjectStore, plugin: &str) -> anyhow::Result<Option<String>> {
+    Ok(read(store, &format!("{plugin}/current"))
+        .await?
+        .map(|v| String::from_utf8_lossy(&v).trim().to_owned()))
+}
+
+/// Stores a version of `plugin` (checked by the caller: it loads) and makes it current;
+/// returns its version. Storing a version again keeps one copy and makes it current.
+pub async fn push(
+    store: &ObjectStore,
+    plugin: &str,
+    wasm: &[u8],
+    manifest: Option<&str>,
+) -> anyhow::Result<String> {
+    crate::policy::refuse_invalid_name("the plugin name", plugin).map_err(anyhow::Error::msg)?;
+    let version = version_of(wasm, manifest);
+    // The manifest first: a host that sees the component finds its manifest already there.
+    if let Some(manifest) = manifest {
+        write(
+            store,
+            &format!("{plugin}/{version}.toml"),
+            manifest.as_bytes(),
+        )
+        .await?;
+    }
+    write(store, &format!("{plugin}/{version}.wasm"), wasm).await?;
+    let mut versions = history(store, plugin).await?;
+    versions.retain(|v| v != &version);
+    versions.push(version.clone());
+    while versions.len() > HISTORY {
+        let old = versions.remove(0);
+        for ext in ["wasm", "toml"] {
+            let _ = store.delete(format!("{plugin}/{old}.{ext}")).await;
+        }
+    }
+    write(
+        store,
+        &format!("{plugin}/history"),
+        versions.join("\n").as_bytes(),
+    )
+    .await?;
+    write(store, &format!("{plugin}/current"), version.as_bytes()).await?;
+    Ok(version)
+}
+
+/// Makes a stored `version` of `plugin` the current one.
+pub async fn rollout(store: &ObjectStore, plugin: &str, version: &str) -> anyhow::Result<()> {
+    let versions = history(store, plugin).await?;
+    anyhow::ensure!(
+        versions.iter().any(|v| v == version),
+        "{plugin} has no stored version {version:?} (stored: {})",
+        versions.join(", ")
+    );
+    write(store, &format!("{plugin}/current"), version.as_bytes()).await
+}
+
+/// Makes the version stored before the current one current again; returns it.
+pub async fn rollback(store: &ObjectStore, plugin: &str) -> anyhow::Result<String> {
+    let versions = history(store, plugin).await?;
+    let now = current(store, plugin)
+        .await?
+        .context("the plugin has no current version")?;
+    let at = versions
+        .iter()
+        .position(|v| v == &now)
+        .context("the current version is not in the history")?;
+    let previous = at
+        .checked_sub(1)
+        .map(|i| versions[i].clone())
+        .with_context(|| format!("{plugin} has no version before {now}"))?;
+    rollout(store, plugin, &previous).await?;
+    Ok(previous)
+}
+
+/// Writes `bytes` to `path` through a temporary name and a rename, so the folder's watcher
+/// never sees half a file.
+fn install(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Brings `dir` in line with the current version of `plugin` in the bucket; `served` remembers
+/// what was written last.
+async fn sync_one(
+    store: &ObjectStore,
+    dir: &Path,
+    plugin: &str,
+    served: &mut BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    let wasm_path = dir.join(format!("{plugin}.wasm"));
+    let toml_path = dir.join(format!("{plugin}.toml"));
+    let Some(version) = current(store, plugin).await? else {
+        if served.remove(plugin).is_some() {
+            let _ = std::fs::remove_file(&wasm_path);
+            let _ = std::fs::remove_file(&toml_path);
+            tracing::info!(plugin, "plugin removed from the bucket");
+        }
+        return Ok(());
+    };
+    if served.get(plugin) == Some(&version) {
+        return Ok(());
+    }
+    let wasm = read(store, &format!("{plugin}/{version}.wasm"))
+        .await?
+        .with_context(|| format!("{plugin}: version {version} has no component"))?;
+    match read(store, &format!("{plugin}/{version}.toml")).await? {
+        Some(manifest) => install(&toml_path, &manifest)?,
+        None => {
+            let _ = std::fs::remove_file(&toml_path);
+        }
+    }
+    install(&wasm_path, &wasm)?;
+    tracing::info!(plugin, %version, "plugin version mirrored from the bucket");
+    served.insert(plugin.to_owned(), version);
+    Ok(())
+}
+
+/// The plugin a bucket object belongs to, if its name is `PLUGIN/current`.
+fn plugin_of(object: &str) -> Option<&str> {
+    object.strip_suffix("/current").filter(|p| !p.contains('/'))
+}
+
+/// Mirrors every plugin's current version into `dir` once: what a host does before it loads.
+pub async fn mirror_all(
+    store: &ObjectStore,
+    dir: &Path,
+    served: &mut BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut list = store
+        .list()
+        .await
+        .context("cannot list the plugins bucket")?;
+    let mut plugins = Vec::new();
+    while let Some(info) = list.next().await {
+        let info = info.context("cannot list the plugins bucket")?;
+        if let Some(plugin) = plugin_of(&info.name) {
+            plugins.push(plugin.to_owned());
+        }
+    }
+    for plugin in plugins {
+        if let Err(e) = sync_one(store, dir, &plugin, served).await {
+            tracing::error!(
+                plugin,
+                error = format!("{e:#}"),
+                "cannot mirror the plugin from the bucket"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Follows the bucket until shutdown: every change of a plugin's current version is mirrored
+/// into `dir`, where the folder's watcher picks it up.
+pub async fn mirror(
+    store: ObjectStore,
+    dir: std::path::PathBuf,
+    mut served: BTreeMap<String, String>,
+    shutdown: Shutdown,
+) {
+    loop {
+        let mut watch = match store.watch().await {
+            Ok(watch) => watch,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the plugins bucket; trying again");
+                tokio::select! {
+                    () = shutdown.stopping() => return,
+                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        // What changed while no watch was open.
+        if let Err(e) = mirror_all(&store, &dir, &mut served).await {
+            tracing::warn!(error = format!("{e:#}"), "cannot mirror the plugins bucket");
+        }
+        loop {
+            let event = tokio::select! {
+                () = shutdown.stopping() => return,
+                event = watch.next() => event,
+            };
+            match event {
+                Some(Ok(info)) => {
+                    if let Some(plugin) = plugin_of(&info.name)
+                        && let Err(e) = sync_one(&store, &dir, plugin, &mut served).await
+                    {
+                        tracing::error!(
+                            plugin,
+                            error = format!("{e:#}"),
+                            "cannot mirror the plugin from the bucket"
+                        );
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "the plugins bucket's watch failed; watching again");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+}
