@@ -18,8 +18,8 @@ fn deploy(file: &str) -> String {
     .unwrap()
 }
 
-fn documents() -> Vec<serde_yaml::Value> {
-    let text = deploy("kubernetes.yaml");
+fn documents(file: &str) -> Vec<serde_yaml::Value> {
+    let text = deploy(file);
     serde_yaml::Deserializer::from_str(&text)
         .map(|d| serde_yaml::Value::deserialize(d).expect("valid YAML"))
         .collect()
@@ -32,8 +32,40 @@ fn kind<'a>(docs: &'a [serde_yaml::Value], kind: &str) -> &'a serde_yaml::Value 
 }
 
 #[test]
-fn the_kubernetes_manifest_matches_the_host() {
-    let docs = documents();
+fn the_kubernetes_manifests_match_the_host() {
+    for file in ["kubernetes.yaml", "kubernetes-bucket.yaml"] {
+        the_manifest_matches_the_host(file);
+    }
+}
+
+/// The plugins come from the bucket into a volume the host may write (no claim).
+#[test]
+fn the_bucket_variant_mirrors_into_a_volume_of_its_own() {
+    let docs = documents("kubernetes-bucket.yaml");
+    let config_text = kind(&docs, "ConfigMap")["data"]["natsplug.toml"]
+        .as_str()
+        .unwrap();
+    let config = HostConfig::parse(config_text, "ConfigMap natsplug.toml", Vec::new()).unwrap();
+    assert_eq!(config.host.bucket.as_deref(), Some("natsplug-plugins"));
+    let pod = &kind(&docs, "Deployment")["spec"]["template"]["spec"];
+    let plugins = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "plugins")
+        .unwrap();
+    assert!(plugins.get("emptyDir").is_some(), "{plugins:?}");
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "plugins")
+        .unwrap();
+    assert!(mount.get("readOnly").is_none(), "the mirror writes there");
+}
+
+fn the_manifest_matches_the_host(file: &str) {
+    let docs = documents(file);
     let config_text = kind(&docs, "ConfigMap")["data"]["natsplug.toml"]
         .as_str()
         .unwrap();

@@ -161,10 +161,22 @@ async fn the_stream_leaders_node_killed_under_load_and_brought_back_loses_nothin
     let js = jetstream::new(client);
     create_r3(&js, "IN", "in.>").await;
     create_r3(&js, "OUT", "out.>").await;
+    let leader = js
+        .get_stream("IN")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .expect("the stream has a leader");
+    let node = cluster.index_of(&leader);
     let folders: Vec<PluginsDir> = (0..2).map(|i| host_plugins(&format!("h{i}"))).collect();
-    // Each host starts on a different node, so whichever node dies, one host loses its own.
+    // h0 is connected to the leader's node, which dies; h1 to another node.
     let hosts: Vec<HostProcess> = (0..2)
-        .map(|i| HostProcess::spawn(&cluster.urls_from(i), folders[i].path(), &[]))
+        .map(|i| HostProcess::spawn(&cluster.urls_from(node + i), folders[i].path(), &[]))
         .collect();
     const INPUTS: usize = 3000;
     // Inputs go on arriving (about 1,000 a second) while the leader dies and comes back.
@@ -183,19 +195,8 @@ async fn the_stream_leaders_node_killed_under_load_and_brought_back_loses_nothin
         stream_count(&js, "OUT").await >= 500
     })
     .await;
-    let leader = js
-        .get_stream("IN")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .cluster
-        .as_ref()
-        .and_then(|c| c.leader.clone())
-        .expect("the stream has a leader");
-    let node = cluster.index_of(&leader);
     cluster.kill(node);
+    let killed_at = time::OffsetDateTime::now_utc();
     tokio::time::sleep(Duration::from_secs(3)).await;
     cluster.restart(node);
     publisher.await.unwrap();
@@ -211,6 +212,12 @@ async fn the_stream_leaders_node_killed_under_load_and_brought_back_loses_nothin
         "fleet: leader {leader} killed for 3 s; longest gap between outputs {gap}; by host {:?}",
         by_host(&outputs)
     );
+    // The host whose server died moved on to another and went on handling.
+    let after = outputs
+        .iter()
+        .filter(|o| o.header("marker") == "h0" && o.stored_at > killed_at)
+        .count();
+    assert!(after > 0, "h0 handled nothing after its server died");
     drop(hosts);
 }
 
