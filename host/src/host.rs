@@ -65,10 +65,11 @@ async fn serve(config: HostConfig, shutdown: Shutdown, traces: Traces) -> anyhow
             let js = async_nats::jetstream::new(client.clone());
             let store = source::open(&js, bucket, true).await?;
             let mut served = std::collections::BTreeMap::new();
-            source::mirror_all(&store, &config.host.plugins, &mut served).await?;
+            source::mirror_all(&store, &config.host.plugins, &host_id, &mut served).await?;
             Some(tokio::spawn(source::mirror(
                 store,
                 config.host.plugins.clone(),
+                host_id.clone(),
                 served,
                 shutdown.clone(),
             )))

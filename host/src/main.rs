@@ -134,22 +134,33 @@ enum Command {
         /// A manifest file to use instead of the one beside the plugin.
         #[arg(long)]
         manifest: Option<PathBuf>,
+        /// Serve it on this host only (a canary), not on every host.
+        #[arg(long = "host-id")]
+        host_id: Option<String>,
         #[command(flatten)]
         bucket: BucketArgs,
     },
-    /// Make a stored version of a plugin the one every host serves.
+    /// Make a stored version of a plugin the one every host serves (removing the hosts' pins),
+    /// or pin it on one host.
     Rollout {
         /// The plugin's name.
         name: String,
         /// The version (as `push` and `natsplug list` print it).
         version: String,
+        /// Serve it on this host only (a canary).
+        #[arg(long = "host-id")]
+        host_id: Option<String>,
         #[command(flatten)]
         bucket: BucketArgs,
     },
-    /// Make the version stored before the current one current again. Prints it.
+    /// Make the version stored before the current one current again on every host, and print
+    /// it; with --host-id, remove that host's pin instead.
     Rollback {
         /// The plugin's name.
         name: String,
+        /// Remove this host's pin: it serves the fleet's version again.
+        #[arg(long = "host-id")]
+        host_id: Option<String>,
         #[command(flatten)]
         bucket: BucketArgs,
     },
@@ -380,6 +391,7 @@ async fn run(command: Command) -> ExitCode {
         Command::Push {
             plugin,
             manifest,
+            host_id,
             bucket,
         } => report(
             async {
@@ -393,9 +405,14 @@ async fn run(command: Command) -> ExitCode {
                 };
                 let wasm = std::fs::read(&plugin)?;
                 let store = bucket.open().await?;
-                let version =
-                    natsplug::source::push(&store, loaded.name(), &wasm, manifest_text.as_deref())
-                        .await?;
+                let version = natsplug::source::push(
+                    &store,
+                    loaded.name(),
+                    &wasm,
+                    manifest_text.as_deref(),
+                    host_id.as_deref(),
+                )
+                .await?;
                 println!("{} {version}", loaded.name());
                 Ok(())
             }
@@ -404,21 +421,34 @@ async fn run(command: Command) -> ExitCode {
         Command::Rollout {
             name,
             version,
+            host_id,
             bucket,
         } => report(
             async {
                 let store = bucket.open().await?;
-                natsplug::source::rollout(&store, &name, &version).await?;
+                natsplug::source::rollout(&store, &name, &version, host_id.as_deref()).await?;
                 println!("{name} {version}");
                 Ok(())
             }
             .await,
         ),
-        Command::Rollback { name, bucket } => report(
+        Command::Rollback {
+            name,
+            host_id,
+            bucket,
+        } => report(
             async {
                 let store = bucket.open().await?;
-                let version = natsplug::source::rollback(&store, &name).await?;
-                println!("{name} {version}");
+                match host_id {
+                    Some(host) => {
+                        natsplug::source::unpin(&store, &name, &host).await?;
+                        println!("{name} unpinned on {host}");
+                    }
+                    None => {
+                        let version = natsplug::source::rollback(&store, &name).await?;
+                        println!("{name} {version}");
+                    }
+                }
                 Ok(())
             }
             .await,

@@ -9,7 +9,9 @@
 //! The bucket, for a plugin NAME:
 //! - `NAME/VERSION.wasm` and `NAME/VERSION.toml`: each stored version, the last [`HISTORY`];
 //! - `NAME/history`: those versions, oldest first, one per line;
-//! - `NAME/current`: the version hosts serve (deleted: the plugin is removed from every host).
+//! - `NAME/current`: the version hosts serve (deleted: the plugin is removed from every host);
+//! - `NAME/current@HOST_ID`: a version pinned on one host (a canary), served there instead;
+//!   a rollout to all hosts removes the pins.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -85,13 +87,54 @@ pub async fn current(store: &ObjectStore, plugin: &str) -> anyhow::Result<Option
         .map(|v| String::from_utf8_lossy(&v).trim().to_owned()))
 }
 
-/// Stores a version of `plugin` (checked by the caller: it loads) and makes it current;
-/// returns its version. Storing a version again keeps one copy and makes it current.
+/// The version host `host_id` serves: its pin, else the plugin's current one.
+pub async fn current_on(
+    store: &ObjectStore,
+    plugin: &str,
+    host_id: &str,
+) -> anyhow::Result<Option<String>> {
+    match read(store, &pin(plugin, host_id)).await? {
+        Some(v) => Ok(Some(String::from_utf8_lossy(&v).trim().to_owned())),
+        None => current(store, plugin).await,
+    }
+}
+
+fn pin(plugin: &str, host_id: &str) -> String {
+    format!("{plugin}/current@{host_id}")
+}
+
+/// Removes every host's pin of `plugin`.
+async fn unpin_all(store: &ObjectStore, plugin: &str) -> anyhow::Result<()> {
+    let prefix = format!("{plugin}/current@");
+    let mut list = store
+        .list()
+        .await
+        .context("cannot list the plugins bucket")?;
+    let mut pins = Vec::new();
+    while let Some(info) = list.next().await {
+        let info = info.context("cannot list the plugins bucket")?;
+        if info.name.starts_with(&prefix) {
+            pins.push(info.name);
+        }
+    }
+    for name in pins {
+        store
+            .delete(&name)
+            .await
+            .with_context(|| format!("cannot delete {name:?}"))?;
+    }
+    Ok(())
+}
+
+/// Stores a version of `plugin` (checked by the caller: it loads) and rolls it out (see
+/// [`rollout`]: to every host, or pinned on `host_id`); returns its version. Storing a version
+/// again keeps one copy.
 pub async fn push(
     store: &ObjectStore,
     plugin: &str,
     wasm: &[u8],
     manifest: Option<&str>,
+    host_id: Option<&str>,
 ) -> anyhow::Result<String> {
     crate::policy::refuse_invalid_name("the plugin name", plugin).map_err(anyhow::Error::msg)?;
     let version = version_of(wasm, manifest);
@@ -120,19 +163,39 @@ pub async fn push(
         versions.join("\n").as_bytes(),
     )
     .await?;
-    write(store, &format!("{plugin}/current"), version.as_bytes()).await?;
+    rollout(store, plugin, &version, host_id).await?;
     Ok(version)
 }
 
-/// Makes a stored `version` of `plugin` the current one.
-pub async fn rollout(store: &ObjectStore, plugin: &str, version: &str) -> anyhow::Result<()> {
+/// Makes a stored `version` of `plugin` the one every host serves (removing the hosts' pins),
+/// or pins it on `host_id` alone.
+pub async fn rollout(
+    store: &ObjectStore,
+    plugin: &str,
+    version: &str,
+    host_id: Option<&str>,
+) -> anyhow::Result<()> {
     let versions = history(store, plugin).await?;
     anyhow::ensure!(
         versions.iter().any(|v| v == version),
         "{plugin} has no stored version {version:?} (stored: {})",
         versions.join(", ")
     );
-    write(store, &format!("{plugin}/current"), version.as_bytes()).await
+    match host_id {
+        Some(host) => write(store, &pin(plugin, host), version.as_bytes()).await,
+        None => {
+            write(store, &format!("{plugin}/current"), version.as_bytes()).await?;
+            unpin_all(store, plugin).await
+        }
+    }
+}
+
+/// Removes the pin of `plugin` on `host_id`: the host serves the fleet's version again.
+pub async fn unpin(store: &ObjectStore, plugin: &str, host_id: &str) -> anyhow::Result<()> {
+    store
+        .delete(pin(plugin, host_id))
+        .await
+        .with_context(|| format!("{plugin} has no pin on {host_id:?}"))
 }
 
 /// Makes the version stored before the current one current again; returns it.
@@ -149,7 +212,7 @@ pub async fn rollback(store: &ObjectStore, plugin: &str) -> anyhow::Result<Strin
         .checked_sub(1)
         .map(|i| versions[i].clone())
         .with_context(|| format!("{plugin} has no version before {now}"))?;
-    rollout(store, plugin, &previous).await?;
+    rollout(store, plugin, &previous, None).await?;
     Ok(previous)
 }
 
@@ -170,12 +233,13 @@ fn install(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 async fn sync_one(
     store: &ObjectStore,
     dir: &Path,
+    host_id: &str,
     plugin: &str,
     served: &mut BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
     let wasm_path = dir.join(format!("{plugin}.wasm"));
     let toml_path = dir.join(format!("{plugin}.toml"));
-    let Some(version) = current(store, plugin).await? else {
+    let Some(version) = current_on(store, plugin, host_id).await? else {
         if served.remove(plugin).is_some() {
             let _ = std::fs::remove_file(&wasm_path);
             let _ = std::fs::remove_file(&toml_path);
@@ -201,15 +265,18 @@ async fn sync_one(
     Ok(())
 }
 
-/// The plugin a bucket object belongs to, if its name is `PLUGIN/current`.
+/// The plugin a bucket object belongs to, if it is a pointer: `PLUGIN/current` or a pin
+/// `PLUGIN/current@HOST_ID`.
 fn plugin_of(object: &str) -> Option<&str> {
-    object.strip_suffix("/current").filter(|p| !p.contains('/'))
+    let (plugin, pointer) = object.split_once('/')?;
+    (pointer == "current" || pointer.starts_with("current@")).then_some(plugin)
 }
 
 /// Mirrors every plugin's current version into `dir` once: what a host does before it loads.
 pub async fn mirror_all(
     store: &ObjectStore,
     dir: &Path,
+    host_id: &str,
     served: &mut BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -224,8 +291,9 @@ pub async fn mirror_all(
             plugins.push(plugin.to_owned());
         }
     }
+    plugins.dedup();
     for plugin in plugins {
-        if let Err(e) = sync_one(store, dir, &plugin, served).await {
+        if let Err(e) = sync_one(store, dir, host_id, &plugin, served).await {
             tracing::error!(
                 plugin,
                 error = format!("{e:#}"),
@@ -241,6 +309,7 @@ pub async fn mirror_all(
 pub async fn mirror(
     store: ObjectStore,
     dir: std::path::PathBuf,
+    host_id: String,
     mut served: BTreeMap<String, String>,
     shutdown: Shutdown,
 ) {
@@ -256,7 +325,7 @@ pub async fn mirror(
             }
         };
         // What changed while no watch was open.
-        if let Err(e) = mirror_all(&store, &dir, &mut served).await {
+        if let Err(e) = mirror_all(&store, &dir, &host_id, &mut served).await {
             tracing::warn!(error = format!("{e:#}"), "cannot mirror the plugins bucket");
         }
         loop {
@@ -267,7 +336,7 @@ pub async fn mirror(
             match event {
                 Some(Ok(info)) => {
                     if let Some(plugin) = plugin_of(&info.name)
-                        && let Err(e) = sync_one(&store, &dir, plugin, &mut served).await
+                        && let Err(e) = sync_one(&store, &dir, &host_id, plugin, &mut served).await
                     {
                         tracing::error!(
                             plugin,

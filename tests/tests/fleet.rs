@@ -238,12 +238,22 @@ fn up_version(dir: &std::path::Path, marker: &str) -> std::path::PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plugins_pushed_to_a_bucket_roll_out_and_back_under_load_each_input_handled_once() {
+async fn plugins_pushed_to_a_bucket_go_to_a_canary_then_all_then_back_under_load_each_input_once() {
     let (server, _client, js) = natsplug_tests::jetstream_setup().await;
     let url = server.url();
     let work = tempfile::tempdir().unwrap();
-    let config = work.path().join("natsplug.toml");
-    std::fs::write(&config, "[host]\nbucket = \"natsplug-plugins\"\n").unwrap();
+    let configs: Vec<std::path::PathBuf> = ["canary", "stable"]
+        .iter()
+        .map(|id| {
+            let config = work.path().join(format!("{id}.toml"));
+            std::fs::write(
+                &config,
+                format!("[host]\nbucket = \"natsplug-plugins\"\nid = \"{id}\"\n"),
+            )
+            .unwrap();
+            config
+        })
+        .collect();
     let v1 = up_version(work.path(), "v1");
     let pushed = natsplug_tests::natsplug_cli(&["push", v1.to_str().unwrap(), "--server", &url]);
     let version1 = pushed.split_whitespace().nth(1).unwrap().to_owned();
@@ -257,18 +267,19 @@ async fn plugins_pushed_to_a_bucket_roll_out_and_back_under_load_each_input_hand
 
     // Two hosts, each with an empty folder the bucket fills.
     let folders: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let args = ["--config", config.to_str().unwrap()];
     let hosts: Vec<HostProcess> = folders
         .iter()
-        .map(|f| HostProcess::spawn(&url, f.path(), &args))
+        .zip(&configs)
+        .map(|(f, c)| HostProcess::spawn(&url, f.path(), &["--config", c.to_str().unwrap()]))
         .collect();
-    const INPUTS: usize = 2000;
+    // About 6 s of inputs: every stage below happens while they arrive.
+    const INPUTS: usize = 3000;
     let publisher = {
         let js = js.clone();
         tokio::spawn(async move {
             for i in 0..INPUTS {
                 publish_surely(&js, "in.bucket", format!("m{i}")).await;
-                if i % 20 == 0 {
+                if i % 10 == 0 {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
@@ -282,32 +293,49 @@ async fn plugins_pushed_to_a_bucket_roll_out_and_back_under_load_each_input_hand
             .map(|o| o.header("marker").to_owned())
             .collect()
     };
+    let latest = |n: usize| {
+        let js = js.clone();
+        async move {
+            let all = markers(stream_messages(&js, "OUT").await);
+            all[all.len().saturating_sub(n)..].to_vec()
+        }
+    };
     wait_until(Duration::from_secs(60), "outputs of v1", || async {
         stream_count(&js, "OUT").await >= 200
     })
     .await;
-    // A new version, pushed while inputs arrive: the hosts swap to it.
+    // A new version on the canary host only: both versions serve side by side.
     let v2 = up_version(work.path(), "v2");
-    let pushed = natsplug_tests::natsplug_cli(&["push", v2.to_str().unwrap(), "--server", &url]);
+    let pushed = natsplug_tests::natsplug_cli(&[
+        "push",
+        v2.to_str().unwrap(),
+        "--host-id",
+        "canary",
+        "--server",
+        &url,
+    ]);
     let version2 = pushed.split_whitespace().nth(1).unwrap().to_owned();
     assert_ne!(version1, version2);
-    wait_until(Duration::from_secs(60), "outputs of v2", || async {
-        markers(stream_messages(&js, "OUT").await)
-            .iter()
-            .rev()
-            .take(20)
-            .all(|m| m == "v2")
+    wait_until(
+        Duration::from_secs(60),
+        "v1 and v2 side by side",
+        || async {
+            let recent = latest(60).await;
+            recent.iter().any(|m| m == "v1") && recent.iter().any(|m| m == "v2")
+        },
+    )
+    .await;
+    // Then on every host.
+    natsplug_tests::natsplug_cli(&["rollout", "up", &version2, "--server", &url]);
+    wait_until(Duration::from_secs(60), "outputs of v2 only", || async {
+        latest(40).await.iter().all(|m| m == "v2")
     })
     .await;
     // And back: the version before the current one serves again.
     let back = natsplug_tests::natsplug_cli(&["rollback", "up", "--server", &url]);
     assert_eq!(back.trim(), format!("up {version1}"));
     wait_until(Duration::from_secs(60), "outputs of v1 again", || async {
-        markers(stream_messages(&js, "OUT").await)
-            .iter()
-            .rev()
-            .take(20)
-            .all(|m| m == "v1")
+        latest(40).await.iter().all(|m| m == "v1")
     })
     .await;
     publisher.await.unwrap();
