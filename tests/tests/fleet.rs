@@ -353,3 +353,51 @@ async fn plugins_pushed_to_a_bucket_go_to_a_canary_then_all_then_back_under_load
     assert_eq!(stream_count(&js, "DEAD").await, 0);
     drop(hosts);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_version_that_fails_on_a_host_leaves_the_old_one_serving_and_list_says_why() {
+    let (server, _client, js) = natsplug_tests::jetstream_setup().await;
+    let url = server.url();
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("natsplug.toml");
+    std::fs::write(
+        &config,
+        "[host]\nbucket = \"natsplug-plugins\"\nid = \"h\"\n",
+    )
+    .unwrap();
+    let v1 = up_version(work.path(), "v1");
+    natsplug_tests::natsplug_cli(&["push", v1.to_str().unwrap(), "--server", &url]);
+    let folder = tempfile::tempdir().unwrap();
+    let _host = HostProcess::spawn(&url, folder.path(), &["--config", config.to_str().unwrap()]);
+    publish_surely(&js, "in.bucket", "m0".into()).await;
+    wait_until(Duration::from_secs(60), "v1's output", || async {
+        stream_count(&js, "OUT").await == 1
+    })
+    .await;
+    // v2 loads offline (push checks that), but its bucket is not on the server: the host
+    // cannot serve it.
+    let v2 = up_version(work.path(), "v2");
+    let manifest = work.path().join("up.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        format!("{text}[kv]\nbuckets = {{ nowhere = \"read\" }}\n"),
+    )
+    .unwrap();
+    natsplug_tests::natsplug_cli(&["push", v2.to_str().unwrap(), "--server", &url]);
+    let list = || natsplug_tests::natsplug_cli(&["list", "--server", &url, "--json"]);
+    wait_until(
+        Duration::from_secs(60),
+        "the load error in natsplug list",
+        || async { list().contains("nowhere") },
+    )
+    .await;
+    publish_surely(&js, "in.bucket", "m1".into()).await;
+    wait_until(Duration::from_secs(30), "the second output", || async {
+        stream_count(&js, "OUT").await == 2
+    })
+    .await;
+    let outputs = stream_messages(&js, "OUT").await;
+    let markers: Vec<&str> = outputs.iter().map(|o| o.header("marker")).collect();
+    assert_eq!(markers, ["v1", "v1"], "the old version goes on serving");
+}
