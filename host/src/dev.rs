@@ -20,7 +20,13 @@ pub const DEMO_STREAMS: &[(&str, &[&str])] = &[
     ("DEMO_IN", &["demo.in.>"]),
     ("DEMO_OUT", &["demo.out.>"]),
     ("DEAD_LETTERS", &["demo.dead.>", "natsplug.dead.>"]),
+    // What the other example plugins consume, so that every one of them loads in the demo.
+    ("BATCH", &["batch.in.>"]),
+    ("TALLY", &["tally.in"]),
 ];
+
+/// The KV buckets the example plugins are granted (`tally`).
+pub const DEMO_BUCKETS: &[&str] = &["tally"];
 
 /// Sample messages: (subject, payload).
 pub const SAMPLES: &[(&str, &str)] = &[
@@ -145,7 +151,7 @@ pub fn answers_info(port: u16) -> bool {
     stream.read_exact(&mut banner).is_ok() && &banner == b"INFO "
 }
 
-/// Creates the demo streams (idempotent).
+/// Creates the demo streams and buckets (idempotent).
 pub async fn create_demo_streams(js: &jetstream::Context) -> anyhow::Result<()> {
     for (name, subjects) in DEMO_STREAMS {
         js.get_or_create_stream(stream::Config {
@@ -155,6 +161,16 @@ pub async fn create_demo_streams(js: &jetstream::Context) -> anyhow::Result<()> 
         })
         .await
         .map_err(|e| anyhow::anyhow!("cannot create stream {name}: {e}"))?;
+    }
+    for bucket in DEMO_BUCKETS {
+        if js.get_key_value(*bucket).await.is_err() {
+            js.create_key_value(jetstream::kv::Config {
+                bucket: (*bucket).to_owned(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot create the KV bucket {bucket}: {e}"))?;
+        }
     }
     Ok(())
 }
