@@ -103,20 +103,26 @@ fn pin(plugin: &str, host_id: &str) -> String {
     format!("{plugin}/current@{host_id}")
 }
 
-/// Removes every host's pin of `plugin`.
-async fn unpin_all(store: &ObjectStore, plugin: &str) -> anyhow::Result<()> {
-    let prefix = format!("{plugin}/current@");
+/// The name of every object in the bucket.
+async fn names(store: &ObjectStore) -> anyhow::Result<Vec<String>> {
     let mut list = store
         .list()
         .await
         .context("cannot list the plugins bucket")?;
-    let mut pins = Vec::new();
+    let mut names = Vec::new();
     while let Some(info) = list.next().await {
-        let info = info.context("cannot list the plugins bucket")?;
-        if info.name.starts_with(&prefix) {
-            pins.push(info.name);
-        }
+        names.push(info.context("cannot list the plugins bucket")?.name);
     }
+    Ok(names)
+}
+
+/// Removes every host's pin of `plugin`.
+async fn unpin_all(store: &ObjectStore, plugin: &str) -> anyhow::Result<()> {
+    let prefix = format!("{plugin}/current@");
+    let pins = names(store)
+        .await?
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix));
     for name in pins {
         store
             .delete(&name)
@@ -280,18 +286,12 @@ pub async fn mirror_all(
     served: &mut BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut list = store
-        .list()
-        .await
-        .context("cannot list the plugins bucket")?;
-    let mut plugins = Vec::new();
-    while let Some(info) = list.next().await {
-        let info = info.context("cannot list the plugins bucket")?;
-        if let Some(plugin) = plugin_of(&info.name) {
-            plugins.push(plugin.to_owned());
-        }
-    }
-    plugins.dedup();
+    // A plugin's pointer and its pins name it once.
+    let plugins: std::collections::BTreeSet<String> = names(store)
+        .await?
+        .iter()
+        .filter_map(|n| plugin_of(n).map(str::to_owned))
+        .collect();
     for plugin in plugins {
         if let Err(e) = sync_one(store, dir, host_id, &plugin, served).await {
             tracing::error!(

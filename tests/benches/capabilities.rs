@@ -12,13 +12,12 @@ use std::path::Path;
 use std::time::Instant;
 
 use async_nats::jetstream::{self, kv};
-use futures::StreamExt as _;
 use natsplug::capability::Services;
 use natsplug::manifest::Manifest;
 use natsplug::message::Message;
 use natsplug::runtime::{Hooks, Outcome, Plugin, Runtime, RuntimeConfig};
 use natsplug_tests::nats::NatsServer;
-use natsplug_tests::plugin_path;
+use natsplug_tests::{bench_arg, plugin_path};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Per-call microseconds of `rounds` rounds of `calls` calls: (median, min, max).
@@ -68,17 +67,9 @@ async fn native_get(addr: SocketAddr) {
     assert!(response.ends_with(b"42"));
 }
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1)?.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    let calls = arg("--calls", 2000);
-    let rounds = arg("--rounds", 5);
+    let calls = bench_arg("--calls", 2000);
+    let rounds = bench_arg("--rounds", 5);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -96,15 +87,7 @@ fn main() {
             .await
             .unwrap();
         bucket.put("k", "v".into()).await.unwrap();
-        let mut service = client.subscribe("pricing.quote").await.unwrap();
-        let responder = client.clone();
-        tokio::spawn(async move {
-            while let Some(m) = service.next().await {
-                if let Some(reply) = m.reply {
-                    let _ = responder.publish(reply, "quoted".into()).await;
-                }
-            }
-        });
+        natsplug_tests::answer_requests(&client, "pricing.quote", "quoted").await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = listener.local_addr().unwrap();
         let app = axum::Router::new().route("/price", axum::routing::get(|| async { "42" }));

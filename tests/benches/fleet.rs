@@ -12,15 +12,9 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use natsplug_tests::cluster::NatsCluster;
 use natsplug_tests::nats::NatsServer;
-use natsplug_tests::{HostProcess, PluginsDir, stream_count, stream_messages};
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1)?.parse().ok())
-        .unwrap_or(default)
-}
+use natsplug_tests::{
+    HostProcess, PluginsDir, bench_arg, publish_all, stream_count, stream_messages,
+};
 
 async fn streams(js: &jetstream::Context, replicas: usize, inputs: usize) {
     for (name, subject) in [("IN", "in.>"), ("OUT", "out.>")] {
@@ -33,17 +27,8 @@ async fn streams(js: &jetstream::Context, replicas: usize, inputs: usize) {
         .await
         .unwrap();
     }
-    for chunk in (0..inputs).collect::<Vec<_>>().chunks(1000) {
-        let acks = futures::future::join_all(
-            chunk
-                .iter()
-                .map(|i| js.publish("in.fleet", format!("m{i}").into())),
-        )
-        .await;
-        for ack in acks {
-            ack.unwrap().await.unwrap();
-        }
-    }
+    let payloads: Vec<String> = (0..inputs).map(|i| format!("m{i}")).collect();
+    publish_all(js, "in.fleet", &payloads).await;
 }
 
 fn plugins(host: &str) -> PluginsDir {
@@ -96,8 +81,8 @@ async fn run(
 }
 
 fn main() {
-    let inputs = arg("--inputs", 20_000);
-    let runs = arg("--runs", 3);
+    let inputs = bench_arg("--inputs", 20_000);
+    let runs = bench_arg("--runs", 3);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

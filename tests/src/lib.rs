@@ -363,6 +363,34 @@ where
     }
 }
 
+/// Answers every request on `subject` with `answer`, until the connection closes: a stand-in
+/// service. Subscribed (and flushed) when this returns.
+pub async fn answer_requests(client: &async_nats::Client, subject: &str, answer: &'static str) {
+    use futures::StreamExt as _;
+    let mut requests = client
+        .subscribe(subject.to_owned())
+        .await
+        .expect("subscribe");
+    let responder = client.clone();
+    tokio::spawn(async move {
+        while let Some(m) = requests.next().await {
+            if let Some(reply) = m.reply {
+                let _ = responder.publish(reply, answer.into()).await;
+            }
+        }
+    });
+    client.flush().await.expect("flush");
+}
+
+/// A benchmark's `--name N` argument, else `default`.
+pub fn bench_arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A GET on a host's admin listener: (status code, body).
 pub async fn admin_get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};

@@ -328,17 +328,7 @@ async fn what_no_grant_covers_fails_with_a_typed_error_and_is_counted() {
     .await
     .unwrap();
     // The pricing service, answered by hand.
-    let mut service = client.subscribe("pricing.quote").await.unwrap();
-    let responder = client.clone();
-    tokio::spawn(async move {
-        use futures::StreamExt as _;
-        while let Some(m) = service.next().await {
-            if let Some(reply) = m.reply {
-                let _ = responder.publish(reply, "quoted".into()).await;
-            }
-        }
-    });
-    client.flush().await.unwrap();
+    natsplug_tests::answer_requests(&client, "pricing.quote", "quoted").await;
     let (plugin, metrics) = probe(
         &server.url(),
         &format!(

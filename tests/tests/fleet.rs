@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use natsplug_tests::cluster::NatsCluster;
-use natsplug_tests::{HostProcess, PluginsDir, Stored, stream_count, stream_messages, wait_until};
+use natsplug_tests::{
+    HostProcess, PluginsDir, Stored, publish_all, stream_count, stream_messages, wait_until,
+};
 
 /// Creates an R3 stream.
 async fn create_r3(js: &jetstream::Context, name: &str, subject: &str) {
@@ -50,6 +52,26 @@ async fn publish_surely(js: &jetstream::Context, subject: &str, payload: String)
             Err(e) => panic!("cannot publish {payload}: {e}"),
         }
     }
+}
+
+/// Publishes `m0`..`m{inputs-1}` to `subject` in a task, surely (see [`publish_surely`]),
+/// pausing `pause` after every `every` of them: inputs that go on arriving while a test acts.
+fn publish_paced(
+    js: &jetstream::Context,
+    subject: &'static str,
+    inputs: usize,
+    every: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let js = js.clone();
+    tokio::spawn(async move {
+        for i in 0..inputs {
+            publish_surely(&js, subject, format!("m{i}")).await;
+            if i % every == 0 {
+                tokio::time::sleep(pause).await;
+            }
+        }
+    })
 }
 
 /// One plugins folder per host: `uppercase` on the shared durable, marking its outputs with
@@ -112,17 +134,8 @@ async fn three_hosts_share_one_durable_and_one_sigkilled_under_load_loses_nothin
     create_r3(&js, "IN", "in.>").await;
     create_r3(&js, "OUT", "out.>").await;
     const INPUTS: usize = 3000;
-    for chunk in (0..INPUTS).collect::<Vec<_>>().chunks(500) {
-        let acks: Vec<_> = futures::future::join_all(
-            chunk
-                .iter()
-                .map(|i| js.publish("in.fleet", format!("m{i}").into())),
-        )
-        .await;
-        for ack in acks {
-            ack.unwrap().await.unwrap();
-        }
-    }
+    let payloads: Vec<String> = (0..INPUTS).map(|i| format!("m{i}")).collect();
+    publish_all(&js, "in.fleet", &payloads).await;
     let folders: Vec<PluginsDir> = (0..3).map(|i| host_plugins(&format!("h{i}"))).collect();
     let mut hosts: Vec<HostProcess> = (0..3)
         .map(|i| HostProcess::spawn(&cluster.urls_from(i), folders[i].path(), &[]))
@@ -180,17 +193,7 @@ async fn the_stream_leaders_node_killed_under_load_and_brought_back_loses_nothin
         .collect();
     const INPUTS: usize = 3000;
     // Inputs go on arriving (about 1,000 a second) while the leader dies and comes back.
-    let publisher = {
-        let js = js.clone();
-        tokio::spawn(async move {
-            for i in 0..INPUTS {
-                publish_surely(&js, "in.fleet", format!("m{i}")).await;
-                if i % 50 == 0 {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        })
-    };
+    let publisher = publish_paced(&js, "in.fleet", INPUTS, 50, Duration::from_millis(50));
     wait_until(Duration::from_secs(60), "the first outputs", || async {
         stream_count(&js, "OUT").await >= 500
     })
@@ -274,17 +277,7 @@ async fn plugins_pushed_to_a_bucket_go_to_a_canary_then_all_then_back_under_load
         .collect();
     // About 6 s of inputs: every stage below happens while they arrive.
     const INPUTS: usize = 3000;
-    let publisher = {
-        let js = js.clone();
-        tokio::spawn(async move {
-            for i in 0..INPUTS {
-                publish_surely(&js, "in.bucket", format!("m{i}")).await;
-                if i % 10 == 0 {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        })
-    };
+    let publisher = publish_paced(&js, "in.bucket", INPUTS, 10, Duration::from_millis(20));
     let markers = |outputs: Vec<Stored>| -> Vec<String> {
         let mut outputs = outputs;
         outputs.sort_by_key(|o| o.stored_at);

@@ -106,12 +106,7 @@ impl Hooks {
 
 fn count(metrics: Option<&Metrics>, plugin: &str, ended: Ended, took: Duration) {
     if let Some(metrics) = metrics {
-        let result = match ended {
-            Ended::Ok => "ok",
-            Ended::Error => "error",
-            Ended::Denied => "denied",
-        };
-        metrics.capability(plugin, "http", result, took);
+        metrics.capability(plugin, "http", ended.label(), took);
     }
 }
 
@@ -222,11 +217,7 @@ impl WasiHttpHooks for Hooks {
                         None => Ok((response, io)),
                     }
                 });
-            let ended = if sent.is_ok() {
-                Ended::Ok
-            } else {
-                Ended::Error
-            };
+            let ended = Ended::of(&sent);
             count(metrics.as_deref(), &plugin, ended, started.elapsed());
             let (response, io) = sent?;
             // The permit goes with the body: the request is open until the guest drops it.

@@ -104,16 +104,30 @@ fn live(entry: Option<nats_kv::Entry>) -> Option<nats_kv::Entry> {
     entry.filter(|e| e.operation == Operation::Put)
 }
 
-/// Waits for a NATS call, at most until the handler's deadline.
+/// What a call cut at the handler's deadline answers.
+fn deadline_passed() -> Error {
+    Error::Other("the handler's deadline passed".into())
+}
+
+/// Waits for a call that answers a store error, at most until the handler's deadline.
+async fn within<T>(
+    limit: Duration,
+    call: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::time::timeout(limit, call)
+        .await
+        .unwrap_or_else(|_| Err(deadline_passed()))
+}
+
+/// Waits for a NATS call, at most until the handler's deadline; its error becomes `other`.
 async fn wait<T, E: std::fmt::Display>(
     limit: Duration,
     call: impl Future<Output = Result<T, E>>,
 ) -> Result<T, Error> {
-    match tokio::time::timeout(limit, call).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(Error::Other(e.to_string())),
-        Err(_) => Err(Error::Other("the handler's deadline passed".into())),
-    }
+    within(limit, async {
+        call.await.map_err(|e| Error::Other(e.to_string()))
+    })
+    .await
 }
 
 impl Invocation {
@@ -161,12 +175,7 @@ impl Invocation {
 
     /// Ends a KV call with its result.
     fn kv_end<T>(&mut self, call: Call, result: Result<T, Error>) -> Result<T, Error> {
-        let ended = if result.is_ok() {
-            Ended::Ok
-        } else {
-            Ended::Error
-        };
-        call.end(self, ended, None);
+        call.end(self, Ended::of(&result), None);
         result
     }
 }
@@ -199,14 +208,16 @@ impl store::Host for Invocation {
         };
         let opened = match plugin.capabilities.services.nats() {
             Err(reason) => Err(Error::Other(reason)),
-            Ok(nats) => match tokio::time::timeout(remaining(self), granted.store(nats)).await {
-                Ok(Ok(store)) => Ok(store),
-                Ok(Err(reason)) => {
-                    tracing::warn!(plugin = %plugin.name, "{reason}");
-                    Err(Error::NoSuchStore)
-                }
-                Err(_) => Err(Error::Other("the handler's deadline passed".into())),
-            },
+            Ok(nats) => {
+                let opened = granted.store(nats);
+                within(remaining(self), async {
+                    opened.await.map_err(|reason| {
+                        tracing::warn!(plugin = %plugin.name, "{reason}");
+                        Error::NoSuchStore
+                    })
+                })
+                .await
+            }
         };
         let opened = self.kv_end(call, opened);
         Ok(match opened {
@@ -382,11 +393,7 @@ impl atomics::Host for Invocation {
             Ok(begun) => begun,
             Err(e) => return Ok(Err(e)),
         };
-        let limit = remaining(self);
-        let added = match tokio::time::timeout(limit, increment(&store, &key, delta)).await {
-            Ok(added) => added,
-            Err(_) => Err(Error::Other("the handler's deadline passed".into())),
-        };
+        let added = within(remaining(self), increment(&store, &key, delta)).await;
         Ok(self.kv_end(call, added))
     }
 }
@@ -503,9 +510,7 @@ impl revisions::Host for Invocation {
         .await
         {
             Ok(swapped) => swapped,
-            Err(_) => Err(CasError::Store(Error::Other(
-                "the handler's deadline passed".into(),
-            ))),
+            Err(_) => Err(CasError::Store(deadline_passed())),
         };
         // A conflict is an answer, not a failure of the store.
         let ended = match &swapped {

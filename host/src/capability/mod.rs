@@ -139,6 +139,26 @@ pub(crate) enum Ended {
     Denied,
 }
 
+impl Ended {
+    /// `Ok` or `Error`, as the call's result is.
+    pub(crate) fn of<T, E>(result: &Result<T, E>) -> Self {
+        if result.is_ok() {
+            Self::Ok
+        } else {
+            Self::Error
+        }
+    }
+
+    /// The `result` label of `natsplug_capability_calls_total`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+            Self::Denied => "denied",
+        }
+    }
+}
+
 /// One capability call in progress: started by [`Call::start`] (which counts it against
 /// [`MAX_CALLS`]), ended by [`Call::end`] (which counts it in the metrics).
 pub(crate) struct Call {
@@ -168,15 +188,10 @@ impl Call {
             tracing::warn!(plugin = %state.plugin.name, capability = self.capability, kind = denied.kind(), "{denied}");
         }
         if let Some(metrics) = &state.plugin.capabilities.services.metrics {
-            let result = match result {
-                Ended::Ok => "ok",
-                Ended::Error => "error",
-                Ended::Denied => "denied",
-            };
             metrics.capability(
                 &state.plugin.name,
                 self.capability,
-                result,
+                result.label(),
                 self.started.elapsed(),
             );
         }

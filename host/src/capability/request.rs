@@ -91,12 +91,7 @@ impl request::Host for Invocation {
                 }),
             }
         };
-        let ended = if sent.is_ok() {
-            Ended::Ok
-        } else {
-            Ended::Error
-        };
-        call.end(self, ended, None);
+        call.end(self, Ended::of(&sent), None);
         sent
     }
 }
