@@ -366,6 +366,19 @@ async fn what_no_grant_covers_fails_with_a_typed_error_and_is_counted() {
         steering.starts_with("error:Denied(") && steering.contains("steers the server"),
         "{steering}"
     );
+    // Header names and values the protocol cannot carry: refused before async-nats sees them.
+    for header in ["bad name=x", "X-Split=a\r\nb", "caf\u{e9}=x"] {
+        let refused = ask(&plugin, &format!("request-header:{header}")).await;
+        assert!(
+            refused.starts_with("error:Denied(") && refused.contains("is invalid"),
+            "{header:?}: {refused}"
+        );
+    }
+    // A payload over the server's max_payload (1 MiB): a typed failure, not a dropped
+    // connection: the next request goes through.
+    let oversize = ask(&plugin, &format!("request-bytes:{}", 2 << 20)).await;
+    assert!(oversize.starts_with("error:Failed("), "{oversize}");
+    assert_eq!(ask(&plugin, "request:pricing.quote").await, "reply:quoted");
     // An origin not granted, and a response over the limit.
     let other = free_port_origin();
     assert_eq!(
@@ -403,8 +416,9 @@ async fn what_no_grant_covers_fails_with_a_typed_error_and_is_counted() {
     for (capability, result, count) in [
         ("kv", "ok", 7.0),
         ("kv", "denied", 3.0),
-        ("request", "ok", 1.0),
-        ("request", "denied", 3.0),
+        ("request", "ok", 2.0),
+        ("request", "denied", 6.0),
+        ("request", "error", 1.0),
         // The price, the chunked response whose head came (its body failed later), and 16 of
         // the flood; 4 refused and the response over its declared limit.
         ("http", "ok", 18.0),

@@ -12,8 +12,8 @@
 //! - `log:COUNT:BYTES`, `stderr:COUNT:BYTES`: COUNT log lines of BYTES bytes, through `log` or
 //!   stderr.
 //! - `compute:MS`: computes (no sleeping) for MS milliseconds of wall time.
-//! - `request:SUBJECT`, `request-header:NAME=VALUE`: a request (to `pricing.quote` with that
-//!   header), and how it ended.
+//! - `request:SUBJECT`, `request-header:NAME=VALUE`, `request-bytes:N`: a request (to
+//!   `pricing.quote` with that header, or with N bytes of payload), and how it ended.
 //! - `kv-open:BUCKET`, `kv-get:BUCKET:KEY`, `kv-set:BUCKET:KEY`: a KV call, and how it ended.
 //! - `kv-get-many:BUCKET:N`: one `get-many` of N keys.
 //! - `http:URL`: a GET, and how it ended.
@@ -98,15 +98,20 @@ fn handle(msg: Message) -> natsplug_sdk::Result {
             }
             format!("computed {rounds} rounds")
         }
-        "request" | "request-header" => {
+        "request" | "request-header" | "request-bytes" => {
             let (subject, header) = match probe {
                 "request" => (arg, None),
+                "request-bytes" => ("pricing.quote", None),
                 _ => (
                     "pricing.quote",
                     Some(arg.split_once('=').unwrap_or((arg, ""))),
                 ),
             };
-            let mut request = natsplug_sdk::request::Request::to(subject).payload("probe");
+            let payload = match probe {
+                "request-bytes" => vec![b'r'; arg.parse().unwrap_or(0)],
+                _ => b"probe".to_vec(),
+            };
+            let mut request = natsplug_sdk::request::Request::to(subject).payload(payload);
             if let Some((name, value)) = header {
                 request = request.header(name, value);
             }
