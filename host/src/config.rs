@@ -4,7 +4,8 @@
 //! exporter. Every key has a default and
 //! can be overridden by an environment variable `NATSPLUG_<SECTION>_<KEY>` (e.g.
 //! `NATSPLUG_NATS_SERVERS=nats://a:4222,nats://b:4222`, `NATSPLUG_HOST_GRACEFUL_TIMEOUT=20s`,
-//! `NATSPLUG_NATS_TLS_CA=/etc/ca.pem`); the most used ones are also CLI flags.
+//! `NATSPLUG_NATS_TLS_CA=/etc/ca.pem`), each value typed by the field it sets; the most used
+//! ones are also CLI flags.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -304,14 +305,20 @@ impl HostConfig {
         Self::parse(&text, &shown, std::env::vars())
     }
 
-    /// Parses TOML text and applies overrides from `env` (name, value) pairs.
+    /// Parses TOML text and layers the overrides from `env` (name, value) pairs on top.
+    ///
+    /// The layering is the `config` crate's: an environment value stays text until the field it
+    /// sets reads it, so `NATSPLUG_NATS_PASSWORD=123456` is the string "123456" and
+    /// `NATSPLUG_PUBLISHER_CONNECTIONS=4` the number 4. (A provider that types values by how
+    /// they look, as figment's `Env` does, turns such a password into a number and fails.)
+    /// Errors keep the parser's own layout: line, caret and expected fields on their own lines.
     pub fn parse(
         text: &str,
         shown: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> anyhow::Result<Self> {
-        let mut table: toml::Table = toml::from_str(text)
-            .map_err(|e| anyhow::anyhow!("invalid config {shown}: {}", one_line(&e)))?;
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml));
         let mut overridden = Vec::new();
         for (name, value) in env {
             let Some(rest) = name.strip_prefix("NATSPLUG_") else {
@@ -321,53 +328,36 @@ impl HostConfig {
                 continue;
             };
             let key = rest[prefix.len()..].to_ascii_lowercase();
-            let mut section = &mut table;
-            for part in *path {
-                section = section
-                    .entry(part.to_string())
-                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                    .as_table_mut()
-                    .ok_or_else(|| anyhow::anyhow!("config {shown}: [{part}] is not a table"))?;
+            let at = format!("{}.{key}", path.join("."));
+            builder = if LIST_KEYS.contains(&key.as_str()) {
+                let items: Vec<String> = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                builder.set_override(at, items)
+            } else {
+                builder.set_override(at, value)
             }
-            section.insert(key.clone(), env_value(&key, &value));
+            .with_context(|| format!("invalid config override {name}"))?;
             overridden.push(name);
         }
-        let config: Self = toml::Value::Table(table).try_into().map_err(|e| {
-            let from = if overridden.is_empty() {
-                String::new()
-            } else {
-                format!(" (with overrides from {})", overridden.join(", "))
-            };
-            anyhow::anyhow!("invalid config {shown}{from}: {}", one_line(&e))
-        })?;
-        Ok(config)
+        let from = if overridden.is_empty() {
+            String::new()
+        } else {
+            format!(" (with overrides from {})", overridden.join(", "))
+        };
+        builder
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "invalid config {shown}{from}:\n{}",
+                    e.to_string().trim_end()
+                )
+            })
     }
-}
-
-/// An environment value as TOML: lists for list keys, numbers and booleans as such, the rest
-/// as strings (durations and paths are strings).
-fn env_value(key: &str, value: &str) -> toml::Value {
-    if LIST_KEYS.contains(&key) {
-        return toml::Value::Array(
-            value
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| toml::Value::String(s.to_owned()))
-                .collect(),
-        );
-    }
-    if let Ok(n) = value.parse::<i64>() {
-        return toml::Value::Integer(n);
-    }
-    if let Ok(b) = value.parse::<bool>() {
-        return toml::Value::Boolean(b);
-    }
-    toml::Value::String(value.to_owned())
-}
-
-fn one_line(e: &impl std::fmt::Display) -> String {
-    e.to_string().trim_end().replace('\n', " | ")
 }
 
 fn default_name() -> String {
@@ -468,6 +458,52 @@ mod tests {
             Some("http://collector:4318")
         );
         assert_eq!(c.tracing.service_name, "natsplug");
+    }
+
+    #[test]
+    fn an_environment_value_is_typed_by_the_field_it_sets() {
+        let c = HostConfig::parse(
+            "",
+            "x",
+            env(&[
+                // A numeric password, a boolean-looking user, a token with commas: strings,
+                // because the fields are strings.
+                ("NATSPLUG_NATS_PASSWORD", "123456"),
+                ("NATSPLUG_NATS_USER", "true"),
+                ("NATSPLUG_NATS_TOKEN", "a,b, c"),
+                ("NATSPLUG_HOST_ID", "007"),
+                // Numbers and booleans where the fields are numbers and booleans.
+                ("NATSPLUG_PUBLISHER_MAX_ATTEMPTS", "7"),
+                ("NATSPLUG_RUNTIME_CACHE", "false"),
+                ("NATSPLUG_NATS_TLS_REQUIRED", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.nats.password.as_deref(), Some("123456"));
+        assert_eq!(c.nats.user.as_deref(), Some("true"));
+        assert_eq!(c.nats.token.as_deref(), Some("a,b, c"));
+        assert_eq!(c.host.id.as_deref(), Some("007"));
+        assert_eq!(c.publisher.max_attempts, 7);
+        assert!(!c.runtime.cache);
+        assert!(c.nats.tls.required);
+        // A number field given text says which variable and which key.
+        let err = HostConfig::parse("", "x", env(&[("NATSPLUG_PUBLISHER_CONNECTIONS", "four")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("NATSPLUG_PUBLISHER_CONNECTIONS") && err.contains("publisher.connections"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_file_error_keeps_the_parser_layout() {
+        let err = HostConfig::parse("[nats]\nservers = [\n", "natsplug.toml", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("invalid config natsplug.toml:\n"), "{err}");
+        assert!(err.lines().count() >= 3, "line, source and caret: {err}");
+        assert!(err.contains('^'), "{err}");
     }
 
     #[test]

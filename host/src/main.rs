@@ -175,6 +175,21 @@ enum Command {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+    /// Write a guest SDK as a package of its own into DIR: the `natsplug-sdk` crate, Python
+    /// package (`pip install DIR`) or npm package (`npm install DIR`).
+    Sdk {
+        /// Which SDK.
+        #[arg(value_enum)]
+        lang: natsplug::sdk::Package,
+        /// Where to write it (created; nothing in it is overwritten).
+        dir: PathBuf,
+    },
+    /// Print the WIT contract plugins are built against, or write it (with its deps) into DIR.
+    Wit {
+        /// Write `natsplug.wit` and `deps/` here instead of printing.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// The status of every host.
     Status {
         #[command(flatten)]
@@ -341,7 +356,9 @@ fn show_plugins(plugins: &natsplug::control::ListAnswer) -> String {
             p.stats.retried,
             p.stats.dead_lettered,
             p.stats.redelivered,
-            p.error.as_deref().unwrap_or(""),
+            // A parser's error keeps its layout: the first line in the column, the rest
+            // (source line, caret, expected fields) indented below the row.
+            p.error.as_deref().unwrap_or("").replace('\n', "\n      "),
         ));
     }
     out
@@ -456,25 +473,28 @@ async fn run(command: Command) -> ExitCode {
         Command::New { name, lang, dir } => {
             report(natsplug::scaffold::new(&dir, &name, lang).map(|path| {
                 use natsplug::scaffold::Lang;
+                // The tests call `natsplug` on PATH (or NATSPLUG_BIN).
                 let (build, test) = match lang {
-                    Lang::Rust => (
-                        "cargo build --release --target wasm32-wasip2",
-                        "NATSPLUG_BIN=$(command -v natsplug) cargo test",
-                    ),
-                    Lang::Python => (
-                        "./build.sh",
-                        "NATSPLUG_BIN=$(command -v natsplug) python3 -m unittest",
-                    ),
-                    Lang::Js => (
-                        "node build.mjs",
-                        "NATSPLUG_BIN=$(command -v natsplug) node --test",
-                    ),
+                    Lang::Rust => ("cargo build --release --target wasm32-wasip2", "cargo test"),
+                    Lang::Python => ("./build.sh", "python3 -m unittest"),
+                    Lang::Js => ("npm install && npm run build", "npm test"),
                 };
                 println!("created {}", path.display());
                 println!("build: {build}");
                 println!("test:  {test}");
             }))
         }
+        Command::Sdk { lang, dir } => report(
+            natsplug::sdk::write(&dir, lang.files()).map(|()| println!("wrote {}", dir.display())),
+        ),
+        Command::Wit { dir: None } => {
+            print!("{}", natsplug::sdk::main_wit());
+            ExitCode::SUCCESS
+        }
+        Command::Wit { dir: Some(dir) } => report(
+            natsplug::sdk::write(&dir, natsplug::sdk::wit())
+                .map(|()| println!("wrote {}", dir.display())),
+        ),
         Command::Run { host } => report(
             async {
                 let config = host.load()?;

@@ -581,8 +581,8 @@ impl Manifest {
             path: path.to_owned(),
             message,
         };
-        let manifest: Self = toml::from_str(text)
-            .map_err(|e| invalid(e.to_string().trim_end().replace('\n', " | ")))?;
+        let manifest: Self =
+            toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_owned()))?;
         manifest.refuse_reserved().map_err(invalid)?;
         manifest.refuse_out_of_range().map_err(invalid)?;
         Ok(manifest)
