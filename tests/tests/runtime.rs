@@ -392,20 +392,19 @@ fn an_invalid_component_is_a_typed_load_error() {
 #[test]
 fn a_component_of_another_world_is_a_typed_load_error() {
     let rt = runtime();
-    // A component that exports nothing: no `handle`.
-    let wat = "(component)";
-    let err = rt
-        .load("empty", wat.as_bytes(), Manifest::default())
-        .unwrap_err();
+    // A component that exports nothing: no `handle`. The components here are written as
+    // bytes (from `wasm-tools parse`): the host is built without wasmtime's text format.
+    let empty = b"\0asm\x0d\0\x01\0"; // (component)
+    let err = rt.load("empty", empty, Manifest::default()).unwrap_err();
     assert!(
         matches!(&err, LoadError::WrongWorld { plugin, reason } if plugin == "empty" && reason.contains("handle")),
         "{err}"
     );
     // A component that imports something the host does not offer.
-    let wat = r#"(component (import "acme:db/query@1.0.0" (instance (export "run" (func)))))"#;
-    let err = rt
-        .load("db", wat.as_bytes(), Manifest::default())
-        .unwrap_err();
+    // (component (import "acme:db/query@1.0.0" (instance (export "run" (func)))))
+    let db = b"\0asm\x0d\0\x01\0\x07\x10\x01\x42\x02\x01\x40\x00\x01\x00\x04\x00\x03run\x01\x00\
+               \x0a\x18\x01\x00\x13acme:db/query@1.0.0\x05\x00";
+    let err = rt.load("db", db, Manifest::default()).unwrap_err();
     assert!(
         matches!(&err, LoadError::WrongWorld { reason, .. } if reason.contains("acme:db/query")),
         "{err}"
@@ -839,7 +838,7 @@ async fn a_batch_manifest_needs_a_component_that_exports_handle_batch() {
     let err = rt
         .load(
             "plain",
-            b"(component)",
+            b"\0asm\x0d\0\x01\0", // (component), as bytes: no text format in the host
             Manifest::parse(BATCH, Path::new("m.toml")).unwrap(),
         )
         .unwrap_err();
