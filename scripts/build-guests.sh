@@ -54,7 +54,7 @@ build() {
     stamp="$work/$name.stamp"
     # The manifest's [http] decides whether a JS build enables fetch, so it is an input too.
     hash="$( (echo "$toolchain"; grep -h '^\s*\[\s*http' "$dir"/*.toml 2>/dev/null || true
-      inputs_hash "${dir#"$root/"}" "$sdk" wit scripts/build-guests.sh) | sha256sum | cut -d' ' -f1)"
+      inputs_hash "${dir#"$root/"}" "$sdk" guest-sdk/wit scripts/build-guests.sh) | sha256sum | cut -d' ' -f1)"
     if [ -f "$out" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$hash" ]; then
       skipped=$((skipped + 1))
     else
@@ -67,7 +67,7 @@ build() {
           rm -rf "$work/src/$name" && mkdir -p "$work/src/$name"
           mkdir "$work/src/$name/sdk" && cp -R "$sdk/natsplug" "$work/src/$name/sdk/"
           cp -R "$dir" "$work/src/$name/app"
-          env -u VIRTUAL_ENV "$componentize_py" --quiet -d wit -w batch-plugin componentize \
+          env -u VIRTUAL_ENV "$componentize_py" --quiet -d guest-sdk/wit -w batch-plugin componentize \
             -p "$work/src/$name/sdk" -p "$work/src/$name/app" "${app%.py}" -o "$tmp" ;;
         js) node guest-sdk/js/componentize.mjs "$dir/$app" "$tmp" ;;
       esac

@@ -9,7 +9,7 @@ fn main() {
     let root = Path::new(&manifest_dir)
         .parent()
         .expect("tests/ has a parent");
-    for watched in ["plugins", "guest-sdk", "wit", "scripts/build-plugins.sh"] {
+    for watched in ["plugins", "guest-sdk", "scripts/build-plugins.sh"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let output = Command::new("bash")

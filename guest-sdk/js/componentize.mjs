@@ -77,7 +77,7 @@ export const handleBatch = app.handleBatch ?? eachOf(app.handle);
 process.chdir(root);
 const { component } = await componentize({
   sourcePath,
-  witPath: join(root, 'wit'),
+  witPath: join(root, 'guest-sdk', 'wit'),
   worldName: 'batch-plugin',
   disableFeatures: http ? ['fetch-event'] : ['http', 'fetch-event'],
 });

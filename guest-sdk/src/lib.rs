@@ -43,7 +43,7 @@ use std::time::Duration;
 #[allow(missing_docs, unsafe_code)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "natsplug:plugin/batch-plugin",
         pub_export_macro: true,
         export_macro_name: "__export_plugin",

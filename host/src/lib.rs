@@ -20,6 +20,7 @@
 //! - [`admin`]: the admin HTTP listener: `/metrics`, `/healthz`, `/readyz`.
 //! - [`metrics`]: Prometheus metrics; per-plugin handles the control plane reads too.
 //! - [`scaffold`]: `natsplug new`, a plugin project with a test through the real runtime.
+//! - [`sdk`]: the WIT contract and the guest SDKs, embedded in the binary.
 //! - [`delivery`]: the message path, pull to settle: consumers, pull requests, heartbeats,
 //!   settlement (every input acked with its outputs stored, dead-lettered, or back on the
 //!   server), the publisher pool, the core threads.
@@ -48,6 +49,7 @@ pub mod policy;
 pub mod reload;
 pub mod runtime;
 pub mod scaffold;
+pub mod sdk;
 pub mod shutdown;
 pub mod source;
 pub mod traces;

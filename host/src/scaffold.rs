@@ -1,9 +1,17 @@
 //! `natsplug new NAME`: a new plugin project with a handler, a manifest and a test that builds
 //! the component and runs it through the real runtime with `natsplug call`.
+//!
+//! A project holds everything it builds from: the SDK as a package of its own
+//! (`natsplug-sdk/`, written from the copy embedded in this binary, see [`crate::sdk`]) and, for
+//! Python and JavaScript, the WIT contract (`wit/`). Its build finds the toolchain on PATH (or
+//! installs the pinned version itself), so a project never points back at the machine that
+//! built natsplug.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+
+use crate::sdk::{self, Package};
 
 /// The languages `natsplug new` scaffolds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -16,17 +24,8 @@ pub enum Lang {
     Js,
 }
 
-/// This natsplug checkout: its `guest-sdk/`, `wit/` and `.tools/` serve the new project (the
-/// SDKs are not published to the package registries yet).
-fn checkout() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    std::fs::canonicalize(&root).unwrap_or(root)
-}
-
-/// Where the Rust SDK is.
-pub fn sdk_path() -> PathBuf {
-    checkout().join("guest-sdk")
-}
+/// Where a project keeps its copy of the SDK.
+const SDK_DIR: &str = "natsplug-sdk";
 
 /// Creates the project `name` in `parent/name`; returns its folder.
 pub fn new(parent: &Path, name: &str, lang: Lang) -> anyhow::Result<PathBuf> {
@@ -40,13 +39,12 @@ pub fn new(parent: &Path, name: &str, lang: Lang) -> anyhow::Result<PathBuf> {
     );
     let dir = parent.join(name);
     anyhow::ensure!(!dir.exists(), "{} already exists", dir.display());
-    let files: Vec<(PathBuf, String)> = match lang {
-        Lang::Rust => rust_files(name),
-        Lang::Python => python_files(name),
-        Lang::Js => js_files(name)?,
+    let (files, package) = match lang {
+        Lang::Rust => (rust_files(name), Package::Rust),
+        Lang::Python => (python_files(name), Package::Python),
+        Lang::Js => (js_files(name), Package::Js),
     };
-    for (path, text) in files {
-        let executable = path.extension().is_some_and(|e| e == "sh");
+    for (path, text) in &files {
         let path = dir.join(path);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
@@ -54,20 +52,26 @@ pub fn new(parent: &Path, name: &str, lang: Lang) -> anyhow::Result<PathBuf> {
         }
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
         #[cfg(unix)]
-        if executable {
+        if path.extension().is_some_and(|e| e == "sh") {
             use std::os::unix::fs::PermissionsExt as _;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
         }
     }
+    sdk::write(&dir.join(SDK_DIR), package.files())?;
+    // The Rust crate carries the WIT; componentize-py and componentize-js read it from here.
+    if lang != Lang::Rust {
+        sdk::write(&dir.join("wit"), sdk::wit())?;
+    }
     Ok(dir)
 }
 
-/// Fills `{name}`, `{file}` (the name with `_`), `{root}` (this checkout) in a template.
+/// Fills `{name}`, `{file}` (the name with `_`) and the pinned toolchain versions in a template.
 fn fill(template: &str, name: &str) -> String {
     template
         .replace("{name}", name)
         .replace("{file}", &name.replace('-', "_"))
-        .replace("{root}", &checkout().display().to_string())
+        .replace("{componentize_py}", sdk::COMPONENTIZE_PY_VERSION)
+        .replace("{componentize_js}", sdk::COMPONENTIZE_JS_VERSION)
 }
 
 fn python_files(name: &str) -> Vec<(PathBuf, String)> {
@@ -81,51 +85,34 @@ fn python_files(name: &str) -> Vec<(PathBuf, String)> {
         (PathBuf::from("test_call.py"), fill(PYTHON_TEST, name)),
         (
             PathBuf::from(".gitignore"),
-            "*.wasm\n__pycache__/\n".to_owned(),
+            "*.wasm\n__pycache__/\n.venv/\n".to_owned(),
         ),
     ]
 }
 
-fn js_files(name: &str) -> anyhow::Result<Vec<(PathBuf, String)>> {
-    // componentize-js sees only the project folder: the SDK is copied into it.
-    let sdk = checkout().join("guest-sdk/js");
-    let read = |file: &str| {
-        std::fs::read_to_string(sdk.join(file)).with_context(|| {
-            format!(
-                "cannot read the JavaScript SDK {}",
-                sdk.join(file).display()
-            )
-        })
-    };
-    Ok(vec![
+fn js_files(name: &str) -> Vec<(PathBuf, String)> {
+    vec![
         (PathBuf::from("app.js"), fill(JS_APP, name)),
-        (PathBuf::from("natsplug/natsplug.js"), read("natsplug.js")?),
-        (PathBuf::from("natsplug/rust.js"), read("rust.js")?),
         (PathBuf::from("build.mjs"), fill(JS_BUILD, name)),
+        (PathBuf::from("package.json"), fill(JS_PACKAGE, name)),
         (
             PathBuf::from(format!("{name}.toml")),
             fill(GUEST_MANIFEST, name),
         ),
         (PathBuf::from("call.test.mjs"), fill(JS_TEST, name)),
-        (PathBuf::from(".gitignore"), "*.wasm\n".to_owned()),
-    ])
+        (
+            PathBuf::from(".gitignore"),
+            "*.wasm\n.entry.js\nnode_modules/\n".to_owned(),
+        ),
+    ]
 }
 
 fn rust_files(name: &str) -> Vec<(PathBuf, String)> {
-    let sdk = sdk_path();
-    let sdk = std::fs::canonicalize(&sdk).unwrap_or(sdk);
-    let file = name.replace('-', "_");
-    let fill = |template: &str| {
-        template
-            .replace("{name}", name)
-            .replace("{file}", &file)
-            .replace("{sdk}", &sdk.display().to_string())
-    };
     vec![
-        (PathBuf::from("Cargo.toml"), fill(RUST_CARGO)),
-        (PathBuf::from("src/lib.rs"), fill(RUST_LIB)),
-        (PathBuf::from(format!("{name}.toml")), fill(MANIFEST)),
-        (PathBuf::from("tests/call.rs"), fill(RUST_TEST)),
+        (PathBuf::from("Cargo.toml"), fill(RUST_CARGO, name)),
+        (PathBuf::from("src/lib.rs"), fill(RUST_LIB, name)),
+        (PathBuf::from(format!("{name}.toml")), fill(MANIFEST, name)),
+        (PathBuf::from("tests/call.rs"), fill(RUST_TEST, name)),
         (PathBuf::from(".gitignore"), "target/\n".to_owned()),
     ]
 }
@@ -142,7 +129,12 @@ edition = "2024"
 crate-type = ["cdylib"]
 
 [dependencies]
-natsplug-sdk = { path = "{sdk}" }
+natsplug-sdk = "0.1"
+
+# natsplug-sdk is not on crates.io yet: this is the copy `natsplug new` wrote into the project
+# (`natsplug sdk rust DIR` writes it again). Remove the patch once the crate is published.
+[patch.crates-io]
+natsplug-sdk = { path = "natsplug-sdk" }
 "#;
 
 const RUST_LIB: &str = r#"//! The `{name}` natsplug plugin: answers every message with its payload upper-cased, to the
@@ -174,14 +166,18 @@ output = "out.{name}"
 "#;
 
 const RUST_TEST: &str = r##"//! Builds the plugin for wasm32-wasip2 and runs it through the real natsplug runtime with
-//! `natsplug call` (the binary from NATSPLUG_BIN, else `natsplug` on PATH).
-use std::path::Path;
+//! `natsplug call` (the binary from NATSPLUG_BIN, else `natsplug` on PATH). Needs the target:
+//! `rustup target add wasm32-wasip2`.
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 #[test]
 fn upper_cases_the_payload_in_the_real_runtime() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = root.join("target/natsplug-test");
+    // A target folder of its own: the one running this test is locked by cargo.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), PathBuf::from)
+        .join("natsplug-test");
     let status = Command::new(env!("CARGO"))
         .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
         .arg(&target)
@@ -224,11 +220,27 @@ def handle(msg: Message) -> list[Output]:
 "#;
 
 const PYTHON_BUILD: &str = r#"#!/usr/bin/env bash
-# Builds {name}.wasm from app.py with componentize-py (installed by natsplug's scripts/setup.sh).
+# Builds {name}.wasm from app.py with componentize-py {componentize_py}: $COMPONENTIZE_PY, else
+# componentize-py on PATH, else a copy this script installs once into .venv/ (from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")"
-"${COMPONENTIZE_PY:-{root}/.tools/venv/bin/componentize-py}" --quiet -d "{root}/wit" -w batch-plugin \
-  componentize -p "{root}/guest-sdk/python" -p . app -o {name}.wasm
+pinned={componentize_py}
+componentize_py="${COMPONENTIZE_PY:-$(command -v componentize-py || true)}"
+if [ -z "$componentize_py" ]; then
+  if [ ! -x .venv/bin/componentize-py ]; then
+    echo "build: componentize-py is not on PATH; installing componentize-py==$pinned into .venv/" >&2
+    python3 -m venv .venv
+    .venv/bin/pip install --quiet --disable-pip-version-check "componentize-py==$pinned"
+  fi
+  componentize_py=.venv/bin/componentize-py
+fi
+found="$("$componentize_py" --version | awk '{print $2}')"
+if [ "$found" != "$pinned" ]; then
+  echo "build: warning: $componentize_py is componentize-py $found; this project is tested with $pinned" >&2
+fi
+# The SDK (natsplug-sdk/natsplug) and the app (.) on the path, the contract from wit/.
+env -u VIRTUAL_ENV "$componentize_py" --quiet -d wit -w batch-plugin \
+  componentize -p natsplug-sdk -p . app -o {name}.wasm
 "#;
 
 const PYTHON_TEST: &str = r#""""Builds the plugin and runs it through the real natsplug runtime with `natsplug call` (the
@@ -263,7 +275,7 @@ if __name__ == "__main__":
 
 const JS_APP: &str = r#"// The `{name}` natsplug plugin: answers every message with its payload upper-cased, to the
 // subject named by the `output` config value.
-import { Output, Reject, config, handler } from './natsplug/natsplug.js';
+import { Output, Reject, config, handler } from './natsplug-sdk/natsplug.js';
 
 export const handle = handler((msg) => {
   const subject = config('output');
@@ -275,23 +287,54 @@ export const handle = handler((msg) => {
 });
 "#;
 
-const JS_BUILD: &str = r#"// Builds {name}.wasm from app.js with componentize-js (installed by natsplug's
-// scripts/setup.sh): node build.mjs
+const JS_PACKAGE: &str = r#"{
+  "name": "{name}",
+  "version": "0.1.0",
+  "private": true,
+  "type": "module",
+  "scripts": {
+    "build": "node build.mjs",
+    "test": "node --test"
+  },
+  "dependencies": {
+    "natsplug-sdk": "file:./natsplug-sdk"
+  },
+  "devDependencies": {
+    "@bytecodealliance/componentize-js": "{componentize_js}"
+  }
+}
+"#;
+
+const JS_BUILD: &str = r#"// Builds {name}.wasm from app.js with componentize-js {componentize_js}: the one `npm install`
+// puts in node_modules/, else the one in $GUEST_NODE_MODULES. `node build.mjs` or `npm run build`.
 import { writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
-const modules = process.env.GUEST_NODE_MODULES ?? '{root}/.tools/node/node_modules';
-const entry = join(modules, '@bytecodealliance', 'componentize-js', 'src', 'componentize.js');
-const { componentize } = await import(pathToFileURL(entry).href);
+
+async function componentizeJs() {
+  try {
+    return await import('@bytecodealliance/componentize-js');
+  } catch (e) {
+    if (e.code !== 'ERR_MODULE_NOT_FOUND') throw e;
+  }
+  const modules = process.env.GUEST_NODE_MODULES;
+  if (modules) {
+    const entry = join(modules, '@bytecodealliance', 'componentize-js', 'src', 'componentize.js');
+    return import(pathToFileURL(entry).href);
+  }
+  throw new Error(`componentize-js is missing: run \`npm install\` in ${here} (or set GUEST_NODE_MODULES)`);
+}
+
+const { componentize } = await componentizeJs();
 // Built against the `batch-plugin` world, so the manifest's [batch] works: this entry module
 // exports the app's `handle` and `handleBatch`, making the one it leaves out from the other.
 const sourcePath = join(here, '.entry.js');
 await writeFile(
   sourcePath,
   `import * as app from './app.js';
-import { eachOf, oneOf } from './natsplug/natsplug.js';
+import { eachOf, oneOf } from './natsplug-sdk/natsplug.js';
 export const handle = app.handle ?? oneOf(app.handleBatch);
 export const handleBatch = app.handleBatch ?? eachOf(app.handle);
 `,
@@ -300,7 +343,7 @@ export const handleBatch = app.handleBatch ?? eachOf(app.handle);
 process.chdir(here);
 const { component } = await componentize({
   sourcePath,
-  witPath: '{root}/wit',
+  witPath: join(here, 'wit'),
   worldName: 'batch-plugin',
   disableFeatures: ['http', 'fetch-event'],
 });
@@ -308,7 +351,7 @@ await writeFile(join(here, '{name}.wasm'), component);
 "#;
 
 const JS_TEST: &str = r#"// Builds the plugin and runs it through the real natsplug runtime with `natsplug call` (the
-// binary from NATSPLUG_BIN, else `natsplug` on PATH): node --test
+// binary from NATSPLUG_BIN, else `natsplug` on PATH): node --test, or npm test
 import { execFileSync } from 'node:child_process';
 import { strict as assert } from 'node:assert';
 import { dirname, join } from 'node:path';

@@ -38,6 +38,57 @@ fn the_kubernetes_manifests_match_the_host() {
     }
 }
 
+/// The image both manifests run is the one the Containerfile builds: its name, the admin port
+/// they probe, a non-root user, volumes for the plugins and the cache, which the pods mount where
+/// their config says.
+#[test]
+fn the_manifests_run_the_image_the_containerfile_builds() {
+    let containerfile =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Containerfile"))
+            .unwrap();
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        containerfile.contains(&format!("-t natsplug:{version}")),
+        "{containerfile}"
+    );
+    for line in [
+        r#"VOLUME ["/plugins", "/var/cache/natsplug"]"#,
+        "EXPOSE 9090",
+        "USER 10001",
+        r#"ENTRYPOINT ["natsplug"]"#,
+    ] {
+        assert!(containerfile.lines().any(|l| l == line), "no {line:?}");
+    }
+    for file in ["kubernetes.yaml", "kubernetes-bucket.yaml"] {
+        let docs = documents(file);
+        let container = &kind(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(
+            container["image"],
+            format!("natsplug:{version}").as_str(),
+            "{file}"
+        );
+        assert_eq!(container["ports"][0]["containerPort"], 9090, "{file}");
+        let mounts: BTreeSet<&str> = container["volumeMounts"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["mountPath"].as_str())
+            .collect();
+        // The folder and the cache the shipped config names are volumes in the pod.
+        let config_text = kind(&docs, "ConfigMap")["data"]["natsplug.toml"]
+            .as_str()
+            .unwrap();
+        let config = HostConfig::parse(config_text, file, Vec::new()).unwrap();
+        let cache = config.runtime.cache_dir.unwrap();
+        for path in [
+            config.host.plugins.to_str().unwrap(),
+            cache.to_str().unwrap(),
+        ] {
+            assert!(mounts.contains(path), "{file}: {path} not in {mounts:?}");
+        }
+    }
+}
+
 /// The plugins come from the bucket into a volume the host may write (no claim).
 #[test]
 fn the_bucket_variant_mirrors_into_a_volume_of_its_own() {

@@ -40,11 +40,11 @@ use crate::message::{Headers, Message, Output};
 use crate::policy::Grants;
 use bindings::natsplug::plugin::types as wit;
 
-/// The bindings generated from `wit/natsplug.wit`.
+/// The bindings generated from `guest-sdk/wit/natsplug.wit`.
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         world: "natsplug:plugin/plugin",
-        path: "../wit",
+        path: "../guest-sdk/wit",
         imports: {
             // `publish` traps when an output's headers or bytes are refused, so a guest cannot
             // ignore the refusal and go on.
