@@ -30,8 +30,7 @@
 // it offline with `natsplug call app.wasm --subject S --payload TEXT`.
 //
 // Numbers: u64/s64 fields of the contract (Delivery's) are BigInts; `msg.delivered` is a Number.
-// `./rust.js` reproduces Rust's string and number semantics, for ports of Rust plugins that must
-// answer byte for byte the same.
+// Strings and numbers are JavaScript's own: `toUpperCase()`, `trim()`, `Number()`.
 
 import {
   config as hostConfig,

@@ -11,8 +11,10 @@
 //! - [`observability`]: metrics, health, traces and logs.
 //! - [`process`]: the `natsplug` binary as a process: SIGKILL and SIGTERM mid-run.
 //! - [`reload`]: hot reload under load and the control plane.
-//! - [`deploy`]: the deployment files (Kubernetes manifest, Grafana dashboard).
+//! - [`deploy`]: the deployment files (Kubernetes manifest, Containerfile, Grafana dashboard).
+//! - [`package`]: the release tarball outside the checkout: `natsplug new` for each language.
 //! - [`languages`]: the same handler in Rust, Python and JavaScript.
+//! - [`sdks`]: the Python and JavaScript SDKs inside real components, feature by feature.
 //! - [`auth`]: TLS, user/password, nkey and creds file end to end; the documented permissions.
 //! - [`security`]: hostile requesters and guests: forged reply subjects, server-steering and
 //!   unsendable headers, output and log floods.
@@ -29,8 +31,10 @@ mod engine;
 mod fleet;
 mod languages;
 mod observability;
+mod package;
 mod process;
 mod reload;
 mod runtime;
+mod sdks;
 mod security;
 mod stranded;

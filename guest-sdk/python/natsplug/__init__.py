@@ -9,7 +9,7 @@ dead-letter::
 
     @handler
     def handle(msg: Message) -> list[Output]:
-        text = msg.payload_str()          # raises Reject on invalid UTF-8
+        text = msg.text()                 # raises Reject on invalid UTF-8
         log.info(f"upper-casing {len(text)} bytes")
         subject = config("output") or "out"
         return [Output.to(subject, text.upper())]
@@ -31,7 +31,7 @@ in order; a `Retry` or `Reject` *returned* in its place settles that message alo
 
 Build with componentize-py against the natsplug WIT (``scripts/build-guests.sh`` does it)::
 
-    componentize-py -d wit -w batch-plugin componentize -p guest-sdk/python -p DIR app -o app.wasm
+    componentize-py -d guest-sdk/wit -w batch-plugin componentize -p guest-sdk/python -p DIR app -o app.wasm
 
 and try it offline with ``natsplug call app.wasm --subject S --payload TEXT``.
 
@@ -48,8 +48,9 @@ Layout:
   revisions: entry, compare_and_swap); errors are `kv.KvError` (`NoSuchStore`, `AccessDenied`,
   `Conflict`).
 - `handler`: makes a function the plugin's handler (``batch=True``: its batch handler).
-- `natsplug.rust`: helpers that reproduce Rust's string and number semantics, for ports of Rust
-  plugins that must answer byte for byte the same.
+
+Text is Python's own: ``msg.payload_str()`` is ``payload.decode("utf-8")`` and raises the
+stdlib's `UnicodeDecodeError` (a `ValueError`); ``msg.text()`` turns that into a `Reject`.
 """
 
 from __future__ import annotations
@@ -85,7 +86,6 @@ __all__ = [
     "RequestFailed",
     "RequestTimeout",
     "Retry",
-    "Utf8Error",
     "config",
     "handler",
     "in_progress",
@@ -198,54 +198,6 @@ class Delivery:
     """When the stream stored the message, in nanoseconds since the Unix epoch."""
 
 
-class Utf8Error(ValueError):
-    """The payload is not valid UTF-8. The message is the Rust SDK's, word for word."""
-
-    def __init__(self, valid_up_to: int, error_len: Optional[int]) -> None:
-        self.valid_up_to = valid_up_to
-        self.error_len = error_len
-        if error_len is None:
-            text = f"incomplete utf-8 byte sequence from index {valid_up_to}"
-        else:
-            text = f"invalid utf-8 sequence of {error_len} bytes from index {valid_up_to}"
-        super().__init__(text)
-
-
-def _utf8_error(data: bytes) -> Utf8Error:
-    """Where and how `data` stops being UTF-8, exactly as Rust's `str::from_utf8` reports it."""
-    i, n = 0, len(data)
-    while i < n:
-        start = i
-        first = data[i]
-        if first < 0x80:
-            i += 1
-            continue
-        width = 2 if 0xC2 <= first <= 0xDF else 3 if 0xE0 <= first <= 0xEF else 4 if 0xF0 <= first <= 0xF4 else 0
-        if width == 0:
-            return Utf8Error(start, 1)
-        if i + 1 >= n:
-            return Utf8Error(start, None)
-        second = data[i + 1]
-        if width == 2:
-            if not 0x80 <= second <= 0xBF:
-                return Utf8Error(start, 1)
-            i += 2
-            continue
-        if width == 3:
-            low, high = (0xA0, 0xBF) if first == 0xE0 else (0x80, 0x9F) if first == 0xED else (0x80, 0xBF)
-        else:
-            low, high = (0x90, 0xBF) if first == 0xF0 else (0x80, 0x8F) if first == 0xF4 else (0x80, 0xBF)
-        if not low <= second <= high:
-            return Utf8Error(start, 1)
-        for k in range(2, width):
-            if i + k >= n:
-                return Utf8Error(start, None)
-            if not 0x80 <= data[i + k] <= 0xBF:
-                return Utf8Error(start, k)
-        i += width
-    raise AssertionError("valid UTF-8")  # pragma: no cover
-
-
 class Message:
     """An incoming message."""
 
@@ -271,19 +223,17 @@ class Message:
         """JetStream facts; None for a core NATS message."""
 
     def payload_str(self) -> str:
-        """The payload as UTF-8 text. Raises `Utf8Error` (a `ValueError`) when it is not."""
-        try:
-            return self.payload.decode("utf-8")
-        except UnicodeDecodeError:
-            raise _utf8_error(self.payload) from None
+        """The payload as UTF-8 text: ``payload.decode("utf-8")``, which raises the stdlib's
+        `UnicodeDecodeError` (a `ValueError`; `start`, `end` and `reason` say where and why)."""
+        return self.payload.decode("utf-8")
 
     def text(self) -> str:
-        """The payload as UTF-8 text; invalid UTF-8 rejects the message (`Reject`), with the
-        same reason the Rust SDK's `payload_str().map_err(Error::reject)?` gives."""
+        """The payload as UTF-8 text; invalid UTF-8 rejects the message (raises `Reject`, e.g.
+        ``payload is not UTF-8: invalid start byte at byte 0``): the input itself is at fault."""
         try:
             return self.payload_str()
-        except Utf8Error as e:
-            raise Reject(str(e)) from None
+        except UnicodeDecodeError as e:
+            raise Reject(f"payload is not UTF-8: {e.reason} at byte {e.start}") from None
 
     def header(self, name: str) -> Optional[str]:
         """The first value of a header."""
@@ -455,11 +405,9 @@ class Reply:
         """Its payload."""
 
     def text(self) -> str:
-        """The payload as UTF-8 text. Raises `Utf8Error` (a `ValueError`) when it is not."""
-        try:
-            return self.payload.decode("utf-8")
-        except UnicodeDecodeError:
-            raise _utf8_error(self.payload) from None
+        """The payload as UTF-8 text: ``payload.decode("utf-8")``, which raises the stdlib's
+        `UnicodeDecodeError` when it is not (a crash, unless caught: the input is not at fault)."""
+        return self.payload.decode("utf-8")
 
     def header(self, name: str) -> Optional[str]:
         """The first value of a header."""

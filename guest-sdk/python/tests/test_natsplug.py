@@ -3,16 +3,14 @@ ones only exist inside a componentize-py build). Run: python3 -m unittest discov
 
 The stand-ins include an in-memory NATS KV with revisions and pages of keys (`Kv`, `FakeBucket`) and
 a table of request answers (`Requests`), so the KV and request wrappers and the tally and quote
-plugins run here too.
-
-rust_golden.jsonl holds what the Rust uppercase and slow plugins answer (from their own code,
-run natively with Rust 1.95), the Python ports must answer the same.
+plugins run here too. They are fast but prove nothing about the real bindings: the sdk-check
+plugin (plugins/python/sdk-check) runs the SDK inside a real component, in tests/tests/sdks.rs.
 """
 import importlib.util
-import json
 import sys
 import types as pytypes
 import unittest
+from unittest import mock
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -354,7 +352,6 @@ def _install_fake_bindings():
 _install_fake_bindings()
 sys.path.insert(0, str(ROOT / "guest-sdk" / "python"))
 import natsplug  # noqa: E402
-from natsplug import rust  # noqa: E402
 
 
 class Crashed(Exception):
@@ -402,6 +399,17 @@ class SdkTest(unittest.TestCase):
         self.assertEqual(h.get_all("a"), ["1", "3"])
         h.insert("a", "4")
         self.assertEqual(h.items(), [("b", "2"), ("a", "4")])
+
+    def test_payload_str_is_the_stdlib_decode_and_text_rejects(self):
+        self.assertEqual(natsplug.Message("s", "é").payload_str(), "é")
+        with self.assertRaises(UnicodeDecodeError) as caught:
+            natsplug.Message("s", b"ab\xc3(").payload_str()
+        self.assertIsInstance(caught.exception, ValueError)
+        self.assertEqual((caught.exception.start, caught.exception.end, caught.exception.reason),
+                         (2, 3, "invalid continuation byte"))
+        with self.assertRaises(natsplug.Reject) as rejected:
+            natsplug.Message("s", b"ab\xc3(").text()
+        self.assertEqual(rejected.exception.reason, "payload is not UTF-8: invalid continuation byte at byte 2")
 
     def test_answers_map_to_the_contract(self):
         @natsplug.handler
@@ -484,47 +492,53 @@ class SdkTest(unittest.TestCase):
         Host.refuse = ""
 
 
-class RustParityTest(unittest.TestCase):
-    """The ports answer what the Rust plugins answer."""
+class ExamplesTest(unittest.TestCase):
+    """The uppercase and slow examples, in Python's own idiom."""
 
     def setUp(self):
-        # A fake clock: no real sleeping.
-        self.slept, self.now = [], 0.0
+        # No real sleeping: record what slow asks time.sleep for.
+        self.slept = []
+        patcher = mock.patch("time.sleep", self.slept.append)
+        patcher.start()
+        self.addCleanup(patcher.stop)
 
-        def sleep(secs):
-            self.slept.append(secs)
-            self.now += secs
+    def test_uppercase_upper_cases_with_str_upper(self):
+        app = load_app("python", "uppercase")
+        for text, upper in [("hello, wasm!", "HELLO, WASM!"), ("ÀÉÎõü straße ǆ", "ÀÉÎÕÜ STRASSE Ǆ"), ("", "")]:
+            with self.subTest(text=text):
+                self.assertEqual(call(app, text.encode()),
+                                 ("ok", [Output("demo.in.x.upper", [], upper.encode())]))
 
-        self.real_time = rust.time
-        rust.time = pytypes.SimpleNamespace(sleep=sleep, monotonic=lambda: self.now)
-
-    def tearDown(self):
-        rust.time = self.real_time
-
-    def test_examples_answer_like_the_rust_plugins(self):
-        uppercase, slow = load_app("python", "uppercase"), load_app("python", "slow")
-        for line in (Path(__file__).parent / "rust_golden.jsonl").read_text(encoding="utf-8").split("\n"):
-            if not line:
-                continue
-            case = json.loads(line)
-            payload = bytes.fromhex(case["payload"])
-            with self.subTest(payload=payload):
-                kind, value = call(uppercase, payload)
-                self.assertEqual({"ok": value[0].payload.decode()} if kind == "ok" else {kind: value}, case["upper"])
-                kind, value = call(slow, payload, config={"output": "demo.out.slow"})
-                if kind == "ok":
-                    got = {"log": Host.logs[0][1], "out": value[0].payload.decode()}
-                elif kind == "panic":
-                    got = {"log": Host.logs[0][1], "panic": value}
-                else:
-                    got = {kind: value}
-                self.assertEqual(got, case["slow"])
+    def test_uppercase_rejects_invalid_utf8_saying_where(self):
+        app = load_app("python", "uppercase")
+        self.assertEqual(call(app, b"\xff\xfeA"), ("reject", "payload is not UTF-8: invalid start byte at byte 0"))
+        self.assertEqual(call(app, b"ok\xe2\x82"), ("reject", "payload is not UTF-8: unexpected end of data at byte 2"))
 
     def test_uppercase_carries_headers_and_sets_the_marker(self):
         app = load_app("python", "uppercase")
         kind, outputs = call(app, b"hi", headers=[("marker", "a"), ("t", "1"), ("marker", "b")], config={"marker": "m"})
         self.assertEqual(kind, "ok")
         self.assertEqual(outputs, [Output("demo.in.x.upper", [Header("t", "1"), Header("marker", "m")], b"HI")])
+
+    def test_slow_sleeps_what_float_reads_and_logs_it(self):
+        app = load_app("python", "slow")
+        cases = [(b"0.5", "slept 0.5", 0.5, "sleeping 0.5 s"), (b" 2\n", "slept 2", 2.0, "sleeping 2.0 s"),
+                 (b"1e1", "slept 1e1", 10.0, "sleeping 10.0 s"), (b"-3", "slept -3", 0.0, "sleeping -3.0 s")]
+        for payload, out, slept, line in cases:
+            with self.subTest(payload=payload):
+                self.slept.clear()
+                self.assertEqual(call(app, payload, config={"output": "o"}), ("ok", [Output("o", [], out.encode())]))
+                self.assertEqual(self.slept, [slept])
+                self.assertEqual(Host.logs, [(Level.INFO, line)])
+
+    def test_slow_rejects_what_is_not_a_finite_number(self):
+        app = load_app("python", "slow")
+        for payload in (b"soon", b"", b"nan", b"inf", b"1 2"):
+            with self.subTest(payload=payload):
+                text = payload.decode()
+                self.assertEqual(call(app, payload), ("reject", f"payload {text!r} is not a number of seconds"))
+        self.assertEqual(call(app, b"\xff"), ("reject", "payload is not UTF-8: invalid start byte at byte 0"))
+        self.assertEqual(self.slept, [])
 
     def test_slow_answers_the_request_without_an_output_config(self):
         app = load_app("python", "slow")
@@ -658,8 +672,9 @@ class RequestTest(unittest.TestCase):
         )
         with self.assertRaises(ValueError):
             natsplug.request("s", timeout=float("nan"))
-        with self.assertRaises(natsplug.Utf8Error):
+        with self.assertRaises(UnicodeDecodeError) as caught:
             natsplug.request("s").text()
+        self.assertEqual((caught.exception.start, caught.exception.reason), (0, "invalid start byte"))
 
     def test_errors_are_translated(self):
         Requests.reset(a=RequestError_Denied("may not send a request to \"a\""), b=RequestError_Timeout(),
@@ -729,7 +744,7 @@ class TallyTest(unittest.TestCase):
         Kv.fail = None
         Kv.buckets["tally"]["k"] = (b"many", 1)
         self.assertEqual(self.tally(b"k"), ("reject", "the value of k is not a count: many"))
-        self.assertEqual(self.tally(b"\xff"), ("reject", "invalid utf-8 sequence of 1 bytes from index 0"))
+        self.assertEqual(self.tally(b"\xff"), ("reject", "payload is not UTF-8: invalid start byte at byte 0"))
 
 
 class QuoteTest(unittest.TestCase):

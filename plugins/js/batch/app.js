@@ -21,7 +21,8 @@ export const handleBatch = batchHandler((msgs) => {
   });
 });
 
-/** The bytes with a-z upper-cased, like Rust's `to_ascii_uppercase`. */
+/** The bytes with a-z upper-cased and every other byte as it is (ASCII only, as the Python
+ * twin's `bytes.upper()`), so a payload that is not UTF-8 goes through too. */
 function asciiUpper(bytes) {
   return Uint8Array.from(bytes, (b) => (b >= 0x61 && b <= 0x7a ? b - 0x20 : b));
 }

@@ -35,8 +35,8 @@ export const handle = handler((msg) => {
   return [out];
 });
 
-/** The `timeout_ms` config value (a u64, parsed as Rust's `str::parse` does), or undefined; one
- * that is not a number of milliseconds rejects, with the Rust twin's reason. */
+/** The `timeout_ms` config value (decimal digits, below 2^64), as a BigInt, or undefined; one
+ * that is not a number of milliseconds rejects. */
 function timeoutMs() {
   const text = config('timeout_ms');
   if (text === undefined) return undefined;

@@ -36,8 +36,8 @@ export const handle = handler((msg) => {
   }
 });
 
-/** The count a value holds (a u64, parsed as Rust's `str::parse` does, from the value read
- * lossily); one that is not a count rejects, with the Rust twin's reason. */
+/** The count a value holds (decimal digits, read lossily as UTF-8, at most
+ * Number.MAX_SAFE_INTEGER); one that is not a count rejects. */
 function countOf(key, value) {
   const text = new TextDecoder().decode(value);
   if (!/^\+?[0-9]+$/.test(text) || !Number.isSafeInteger(Number(text))) {

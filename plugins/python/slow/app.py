@@ -1,22 +1,29 @@
-"""`slow`: sleeps as many seconds as the payload says (a decimal number), then answers with
-`slept SECONDS` to the `output` config subject (default `slow.done`), or to the request's reply.
-The long-handler case of the NATS timeout problem: the host must keep the message alive.
+"""`slow`: sleeps as many seconds as the payload says (a number, as `float()` reads it, spaces
+around it stripped), then answers with `slept SECONDS` to the `output` config subject (default
+`slow.done`), or to the request's reply. A negative number sleeps 0 s; a payload that is not a
+finite number (or not UTF-8) is rejected. The long-handler case of the NATS timeout problem: the
+host must keep the message alive.
 
-The Python twin of plugins/slow: same config keys, same answers, byte for byte (numbers are
-parsed and printed with Rust's rules through `natsplug.rust`).
+The Python twin of plugins/slow: the same config keys and outputs; its reject reasons and log
+line are worded the Python way.
 """
-from natsplug import Message, Output, Reject, config, handler, log, rust
+import math
+import time
+
+from natsplug import Message, Output, Reject, config, handler, log
 
 
 @handler
 def handle(msg: Message) -> list[Output]:
-    text = rust.trim(msg.text())
+    text = msg.text().strip()
     try:
-        secs = rust.parse_f64(text)
-    except rust.ParseFloatError as e:
-        raise Reject(f"payload {rust.debug_str(text)} is not a number of seconds: {e}") from None
-    log.info(f"sleeping {rust.display_f64(secs)} s")
-    rust.sleep(secs if secs > 0 else 0.0)  # Rust's secs.max(0.0): a NaN sleeps 0 s
+        secs = float(text)
+    except ValueError:
+        raise Reject(f"payload {text!r} is not a number of seconds") from None
+    if not math.isfinite(secs):
+        raise Reject(f"payload {text!r} is not a number of seconds")
+    log.info(f"sleeping {secs} s")
+    time.sleep(max(secs, 0.0))
     payload = f"slept {text}"
     subject = config("output")
     if subject is None and msg.reply is not None:
