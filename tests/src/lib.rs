@@ -23,6 +23,21 @@ pub fn plugin_path(name: &str) -> PathBuf {
     plugins_dir().join(format!("{name}.wasm"))
 }
 
+/// The compile cache the tests share: a Python or JavaScript component takes seconds to compile,
+/// so each is compiled once per build of the plugins, whichever test loads it first.
+pub fn compile_cache_dir() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-compile-cache")
+}
+
+/// A runtime with the default bounds and the shared [`compile_cache_dir`].
+pub fn cached_runtime() -> natsplug::runtime::Runtime {
+    natsplug::runtime::Runtime::new(natsplug::runtime::RuntimeConfig {
+        cache_dir: Some(compile_cache_dir()),
+        ..natsplug::runtime::RuntimeConfig::default()
+    })
+    .expect("runtime")
+}
+
 /// Turns on test logging once (RUST_LOG decides; default warn).
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()

@@ -47,8 +47,7 @@ async fn a_batch_of_mixed_outcomes_settles_each_input_on_its_own_in_every_langua
     let mut config = TestHost::config(&server.url(), plugins.path());
     // The compile cache the language tests share: two components that take seconds each.
     config.runtime.cache = true;
-    config.runtime.cache_dir =
-        Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-compile-cache"));
+    config.runtime.cache_dir = Some(natsplug_tests::compile_cache_dir());
     let host = TestHost::start(config);
 
     for (_, lang) in languages {

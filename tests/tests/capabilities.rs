@@ -20,15 +20,10 @@ use natsplug_tests::{
     stream_messages, wait_until,
 };
 
-/// The compile cache the language tests share (Python and JavaScript take seconds each).
-fn cache_dir() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-compile-cache")
-}
-
 fn cached_config(url: &str, plugins: &Path) -> natsplug::config::HostConfig {
     let mut config = TestHost::config(url, plugins);
     config.runtime.cache = true;
-    config.runtime.cache_dir = Some(cache_dir());
+    config.runtime.cache_dir = Some(natsplug_tests::compile_cache_dir());
     config
 }
 

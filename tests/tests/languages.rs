@@ -7,32 +7,20 @@
 //! seconds to compile: every test here shares one compile cache under target/.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use natsplug::manifest::Manifest;
 use natsplug::message::Message;
 use natsplug::message::Output;
-use natsplug::runtime::{Hooks, Outcome, Plugin, Runtime, RuntimeConfig};
+use natsplug::runtime::{Hooks, Outcome, Plugin, Runtime};
 use natsplug_tests::{
-    PluginsDir, TestHost, consumer_info, jetstream_setup, plugin_path, publish_all, stream_count,
-    stream_messages, wait_until,
+    PluginsDir, TestHost, cached_runtime, compile_cache_dir, consumer_info, jetstream_setup,
+    plugin_path, publish_all, stream_count, stream_messages, wait_until,
 };
 
 const LANGUAGES: [&str; 3] = ["uppercase", "uppercase-py", "uppercase-js"];
 const SLOW: [&str; 3] = ["slow", "slow-py", "slow-js"];
-
-fn cache_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-compile-cache")
-}
-
-fn runtime() -> Runtime {
-    Runtime::new(RuntimeConfig {
-        cache_dir: Some(cache_dir()),
-        ..RuntimeConfig::default()
-    })
-    .unwrap()
-}
 
 fn load(rt: &Runtime, name: &str, manifest: &str) -> Plugin {
     let manifest = Manifest::parse(manifest, Path::new("test.toml")).unwrap();
@@ -60,7 +48,7 @@ fn agreeing_inputs() -> Vec<(Message, &'static str)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uppercase_in_rust_python_and_javascript_agrees_where_their_unicode_tables_do() {
-    let rt = runtime();
+    let rt = cached_runtime();
     let manifest =
         "[publish]\nallow = [\"out.upper\"]\n[config]\noutput = \"out.upper\"\nmarker = \"m\"\n";
     let plugins: Vec<Plugin> = LANGUAGES
@@ -92,7 +80,7 @@ fn assert_rejected(outcome: Result<Outcome, natsplug::runtime::HandlerError>, wh
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_is_a_reject_in_rust_python_and_javascript() {
-    let rt = runtime();
+    let rt = cached_runtime();
     let manifest = "[publish]\nallow = [\"out.upper\"]\n[config]\noutput = \"out.upper\"\n";
     for name in LANGUAGES {
         let plugin = load(&rt, name, manifest);
@@ -106,7 +94,7 @@ async fn invalid_utf8_is_a_reject_in_rust_python_and_javascript() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_in_rust_python_and_javascript_answers_a_number_and_rejects_a_non_number() {
-    let rt = runtime();
+    let rt = cached_runtime();
     let manifest = "[publish]\nallow = [\"out.slow\"]\n[config]\noutput = \"out.slow\"\n";
     for name in SLOW {
         let plugin = load(&rt, name, manifest);
@@ -155,7 +143,7 @@ async fn fifty_inputs_with_headers_get_the_same_uppercase_outputs_in_three_langu
     }
     let mut config = TestHost::config(&server.url(), plugins.path());
     config.runtime.cache = true;
-    config.runtime.cache_dir = Some(cache_dir());
+    config.runtime.cache_dir = Some(compile_cache_dir());
     let host = TestHost::start(config);
     let payloads: Vec<String> = (0..50)
         .map(|i| format!("Message {i}: ÀÉÎ straße"))
@@ -221,7 +209,7 @@ async fn a_twelve_second_python_handler_on_a_three_second_ack_wait_runs_once() {
     );
     let mut config = TestHost::config(&server.url(), plugins.path());
     config.runtime.cache = true;
-    config.runtime.cache_dir = Some(cache_dir());
+    config.runtime.cache_dir = Some(compile_cache_dir());
     let host = TestHost::start(config);
     publish_all(&js, "in.slow", &["12".to_owned()]).await;
     wait_until(Duration::from_secs(120), "the output", || async {

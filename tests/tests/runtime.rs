@@ -8,20 +8,10 @@ use natsplug::manifest::Manifest;
 use natsplug::message::{Headers, Message, Output};
 use natsplug::policy::Denied;
 use natsplug::runtime::{HandlerError, Hooks, LoadError, Outcome, Plugin, Runtime, RuntimeConfig};
-use natsplug_tests::plugin_path;
+use natsplug_tests::{cached_runtime, plugin_path};
 
 fn runtime() -> Runtime {
     Runtime::new(RuntimeConfig::default()).expect("runtime")
-}
-
-/// A runtime with the compile cache the language tests share (a Python or JavaScript
-/// component takes seconds to compile in a debug build).
-fn cached_runtime() -> Runtime {
-    Runtime::new(RuntimeConfig {
-        cache_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-compile-cache")),
-        ..RuntimeConfig::default()
-    })
-    .expect("runtime")
 }
 
 fn load(rt: &Runtime, name: &str) -> Plugin {

@@ -7,15 +7,14 @@
 //! The SDKs' own unit tests (guest-sdk/*/tests) run on stand-in bindings; these prove the real
 //! ones. Components compile through the compile cache the language tests share.
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use natsplug::manifest::Manifest;
 use natsplug::message::{Delivery, Headers, Message, Output};
-use natsplug::runtime::{HandlerError, Hooks, Outcome, Plugin, Runtime, RuntimeConfig};
-use natsplug_tests::plugin_path;
+use natsplug::runtime::{HandlerError, Hooks, Outcome, Plugin, Runtime};
+use natsplug_tests::{cached_runtime, plugin_path};
 use tracing::instrument::WithSubscriber;
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -59,18 +58,6 @@ const JAVASCRIPT: Lang = Lang {
 
 const LANGS: [Lang; 2] = [PYTHON, JAVASCRIPT];
 
-fn cache_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-compile-cache")
-}
-
-fn runtime() -> Runtime {
-    Runtime::new(RuntimeConfig {
-        cache_dir: Some(cache_dir()),
-        ..RuntimeConfig::default()
-    })
-    .unwrap()
-}
-
 /// The plugin with its own manifest (sdk-check.toml, copied beside the component), plus `extra`
 /// TOML appended to it.
 fn load(rt: &Runtime, lang: &Lang, extra: &str) -> Plugin {
@@ -110,7 +97,7 @@ fn reject(reason: &str) -> Result<Outcome, HandlerError> {
 
 /// Runs `test` on each language's plugin, loaded with `extra` appended to its manifest.
 async fn each_language(extra: &str, test: impl AsyncFn(&Lang, &Plugin)) {
-    let rt = runtime();
+    let rt = cached_runtime();
     for lang in &LANGS {
         let plugin = load(&rt, lang, extra);
         test(lang, &plugin).await;
