@@ -5,7 +5,8 @@
 # Python uses componentize-py, JavaScript componentize-js (through guest-sdk/js/componentize.mjs);
 # scripts/setup.sh installs both under .tools/. A build takes 7-10 s, so a plugin is rebuilt only
 # when its inputs change: a stamp keeps the hash of its folder, the guest SDK, the WIT, the
-# toolchain version and this script. Prints the dist folder on its last line.
+# toolchain version and this script. With NAME-py / NAME-js arguments, only those (the demo's);
+# without, every one. Prints the dist folder on its last line.
 # NATSPLUG_GUESTS_DIST overrides the dist folder.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -42,6 +43,21 @@ install_file() {
 }
 
 mkdir -p "$dist" "$work"
+wanted=("$@")
+for name in "${wanted[@]}"; do
+  case "$name" in
+    *-py) [ -d "plugins/python/${name%-py}" ] || { echo "build-guests: no plugins/python/${name%-py}" >&2; exit 1; } ;;
+    *-js) [ -d "plugins/js/${name%-js}" ] || { echo "build-guests: no plugins/js/${name%-js}" >&2; exit 1; } ;;
+    *) echo "build-guests: $name is not NAME-py or NAME-js" >&2; exit 1 ;;
+  esac
+done
+# wanted NAME: true when NAME was asked for, or nothing was.
+wanted() {
+  [ ${#wanted[@]} -eq 0 ] && return 0
+  local w
+  for w in "${wanted[@]}"; do [ "$w" = "$1" ] && return 0; done
+  return 1
+}
 built=0
 skipped=0
 # build LANG SUFFIX APP_FILE SDK_DIR TOOLCHAIN: every plugins/LANG/NAME/APP_FILE.
@@ -50,6 +66,7 @@ build() {
   for dir in "$root/plugins/$lang"/*/; do
     [ -f "$dir/$app" ] || continue
     name="$(basename "$dir")-$suffix"
+    wanted "$name" || continue
     out="$work/$name.wasm"
     stamp="$work/$name.stamp"
     # The manifest's [http] decides whether a JS build enables fetch, so it is an input too.

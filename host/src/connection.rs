@@ -109,6 +109,9 @@ async fn options(
             let metrics = metrics.clone();
             let was_connected = was_connected.clone();
             async move {
+                // The first `Connected` is the start; any later one follows a disconnect.
+                let reconnected = matches!(event, Event::Connected)
+                    && was_connected.swap(true, Ordering::Relaxed);
                 if let Some(metrics) = metrics {
                     let up = metrics
                         .connected
@@ -116,7 +119,7 @@ async fn options(
                     match event {
                         Event::Connected => {
                             up.set(1);
-                            if was_connected.swap(true, Ordering::Relaxed) {
+                            if reconnected {
                                 metrics
                                     .reconnects
                                     .get_or_create(&RoleLabel { role: role.clone() })
@@ -129,7 +132,7 @@ async fn options(
                         _ => {}
                     }
                 }
-                log_event(&role, event)
+                log_event(&role, event, reconnected)
             }
         }))
 }
@@ -147,20 +150,36 @@ fn reconnect_delay(attempts: usize, max: Duration) -> Duration {
     backoff.delay(u32::try_from(attempts - 1).unwrap_or(u32::MAX))
 }
 
-fn log_event(role: &str, event: Event) {
+/// A connection's lifecycle: what an operator acts on (a disconnect, a server in lame-duck
+/// mode, a refusal) at warn or above, a reconnect after a disconnect at info; the routine start
+/// and stop of each connection (connected, draining, closed: ten lines per host) at debug.
+fn log_event(role: &str, event: Event, reconnected: bool) {
     match event {
-        Event::Connected => tracing::info!(messaging.system = "nats", role, "connected"),
+        Event::Connected if reconnected => {
+            tracing::info!(messaging.system = "nats", role, "reconnected")
+        }
+        Event::Connected => tracing::debug!(messaging.system = "nats", role, "connected"),
         Event::Disconnected => tracing::warn!(messaging.system = "nats", role, "disconnected"),
         Event::SlowConsumer(sid) => {
             tracing::warn!(messaging.system = "nats", role, sid, "slow consumer")
+        }
+        Event::LameDuckMode => {
+            tracing::warn!(
+                messaging.system = "nats",
+                role,
+                "the server is entering lame-duck mode"
+            )
         }
         // A permissions violation or an authorization error: the server refused something the
         // host did (a grant its NATS user does not cover); a human has to widen one or the other.
         Event::ServerError(error) => {
             tracing::error!(messaging.system = "nats", role, error = %error, "the server refused a request")
         }
+        Event::ClientError(error) => {
+            tracing::warn!(messaging.system = "nats", role, error = %error, "connection error")
+        }
         other => {
-            tracing::info!(messaging.system = "nats", role, event = %other, "connection event")
+            tracing::debug!(messaging.system = "nats", role, event = %other, "connection event")
         }
     }
 }

@@ -20,13 +20,26 @@ pub const DEMO_STREAMS: &[(&str, &[&str])] = &[
     ("DEMO_IN", &["demo.in.>"]),
     ("DEMO_OUT", &["demo.out.>"]),
     ("DEAD_LETTERS", &["demo.dead.>", "natsplug.dead.>"]),
-    // What the other example plugins consume, so that every one of them loads in the demo.
+    // What the other example plugins consume, so that every one of them loads when `natsplug
+    // dev` serves the whole examples folder.
     ("BATCH", &["batch.in.>"]),
     ("TALLY", &["tally.in"]),
 ];
 
 /// The KV buckets the example plugins are granted (`tally`).
 pub const DEMO_BUCKETS: &[&str] = &["tally"];
+
+/// The plugins the samples go to, by file name: what `scripts/demo.sh` builds and serves
+/// (`target/plugins/demo`). Served from any other folder, `natsplug dev` loads what is there.
+pub const DEMO_PLUGINS: &[&str] = &[
+    "uppercase",
+    "fanout",
+    "flaky",
+    "poison",
+    "slow",
+    "uppercase-py",
+    "uppercase-js",
+];
 
 /// Sample messages: (subject, payload).
 pub const SAMPLES: &[(&str, &str)] = &[

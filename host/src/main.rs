@@ -12,9 +12,12 @@ use natsplug::shutdown::{self, Shutdown};
 #[derive(Parser)]
 #[command(name = "natsplug", version, about)]
 struct Cli {
-    /// Log filter (tracing env-filter syntax).
-    #[arg(long, env = "NATSPLUG_LOG", default_value = "info", global = true)]
-    log: String,
+    /// Log filter (tracing env-filter syntax). Default: `info,async_nats=warn` (the host's own
+    /// connection events say what async-nats would); for `natsplug dev`,
+    /// `warn,natsplug::plugins=info` (the demo's story on stdout; warnings and plugin loads on
+    /// stderr).
+    #[arg(long, env = "NATSPLUG_LOG", global = true)]
+    log: Option<String>,
     /// Log format: human-readable text, or one JSON object per line.
     #[arg(
         long,
@@ -258,7 +261,12 @@ fn parse_header(text: &str) -> Result<(String, String), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let logs = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            cli.log.as_deref().unwrap_or(match cli.command {
+                Command::Dev { .. } => "warn,natsplug::plugins=info",
+                _ => "info,async_nats=warn",
+            }),
+        ))
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => logs.init(),

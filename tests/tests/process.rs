@@ -210,12 +210,56 @@ async fn past_the_graceful_timeout_a_message_on_its_last_delivery_is_dead_letter
     assert_eq!(info.delivered.consumer_sequence, 1);
 }
 
+/// The demo's plugins, as `scripts/demo.sh` lays them out: only those the samples go to.
+fn demo_plugins_folder() -> tempfile::TempDir {
+    let script = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/demo.sh"),
+    )
+    .expect("scripts/demo.sh");
+    let listed = |var: &str| -> Vec<String> {
+        let line = script
+            .lines()
+            .find(|l| l.starts_with(&format!("{var}=(")))
+            .unwrap_or_else(|| panic!("scripts/demo.sh sets {var}"));
+        line[var.len() + 2..line.len() - 1]
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut in_script = listed("rust_plugins");
+    in_script.extend(listed("guest_plugins"));
+    assert_eq!(
+        in_script,
+        natsplug::dev::DEMO_PLUGINS,
+        "scripts/demo.sh builds the plugins natsplug::dev::DEMO_PLUGINS names"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    for name in natsplug::dev::DEMO_PLUGINS {
+        for ext in ["toml", "wasm"] {
+            let file = format!("{name}.{ext}");
+            std::fs::copy(
+                natsplug_tests::plugins_dir().join(&file),
+                dir.path().join(&file),
+            )
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+    }
+    dir
+}
+
 #[test]
 fn the_demo_runs_its_samples_through_and_exits_with_once() {
+    let plugins = demo_plugins_folder();
     let output = std::process::Command::new(natsplug_tests::natsplug_bin())
-        // Python and JavaScript components compile in 10-20 s each on a cold cache.
-        .args(["dev", "--log", "error", "--once", "240s", "--plugins"])
-        .arg(natsplug_tests::plugins_dir())
+        // A bound, not a timing: the Python and JavaScript components compile in 10-20 s each
+        // on a cold cache and an idle machine, several times that beside the other tests.
+        .args(["dev", "--log", "error", "--once", "400s", "--plugins"])
+        .arg(plugins.path())
+        // The compile cache the other tests share: whichever compiles a component first.
+        .env(
+            "NATSPLUG_RUNTIME_CACHE_DIR",
+            natsplug_tests::compile_cache_dir(),
+        )
         .env_remove("NATSPLUG_SERVER")
         .env("NATS_SERVER_BIN", natsplug_tests::nats::server_binary())
         .output()
