@@ -1,47 +1,49 @@
 //! Traces: the W3C trace context through a message, and one span per handled message exported
 //! over OTLP/HTTP.
 //!
-//! Without an exporter (`tracing.otlp_endpoint` unset) nothing is made: an input's
-//! `traceparent` goes on to its outputs unchanged, so a trace still follows a message through a
-//! chain of plugins. With one, each handled message is a span `natsplug.handle` (kind consumer)
-//! whose parent is the input's `traceparent` (a new trace when it has none, or a malformed one);
-//! it carries the plugin, the subject, the stream, the sequence, the delivery count and the
-//! outcome, with an error status when the message was not handled; and every output's
-//! `traceparent` names this span as its parent.
+//! The trace context (`traceparent`, `tracestate`) is read and written by OpenTelemetry's
+//! [`TraceContextPropagator`]; an output always gets it in the propagator's canonical form,
+//! never an input's bytes. Without an exporter (`tracing.otlp_endpoint` unset) no span is made:
+//! an input's trace context goes on to every output the handler gave none, so a trace still
+//! follows a message through a chain of plugins. With one, each handled message is a span
+//! `natsplug.handle` (kind consumer) whose parent is the input's trace context (a new trace when
+//! it has none, or a malformed one); it carries the plugin, the subject, the stream, the
+//! sequence, the delivery count and the outcome, with an error status when the message was not
+//! handled; and every output's `traceparent` names this span as its parent.
 //!
 //! The SDK batches spans on a thread of its own (every 5 s, or `OTEL_BSP_SCHEDULE_DELAY`) and
-//! posts them as OTLP protobuf through [`Post`], a small HTTP/1.1 client that runs each request
-//! on the host's runtime: plain `http://` only, to a collector or agent nearby.
+//! posts them as OTLP protobuf through [`Post`]: `opentelemetry-http`'s hyper client, each
+//! request run on the host's runtime; plain `http://` only, to a collector or agent nearby.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, Limited};
-use hyper_util::rt::TokioIo;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
 use opentelemetry::trace::{
-    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
-    TraceState, Tracer as _, TracerProvider as _,
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, Tracer as _,
+    TracerProvider as _,
 };
 use opentelemetry::{Context, InstrumentationScope, KeyValue};
+use opentelemetry_http::hyper::HyperClient;
 use opentelemetry_http::{HttpClient, HttpError, Request, Response};
 use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
 use crate::config::TracingConfig;
 use crate::delivery::settle::Settled;
-use crate::message::{Message, Output};
+use crate::message::{Headers, Message, Output};
 
-/// The W3C trace context header.
+/// The W3C trace context headers: the parent span, and the vendors' own state.
 pub const TRACEPARENT: &str = "traceparent";
+pub const TRACESTATE: &str = "tracestate";
 /// The name of every message's span.
 pub const SPAN_NAME: &str = "natsplug.handle";
 /// How long one export request may take.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The most of a collector's answer that is read (it is a small protobuf message).
-const MAX_ANSWER: usize = 64 * 1024;
 
 /// The host's trace exporter, or none. Cheap to clone; every worker holds one.
 #[derive(Clone, Default)]
@@ -67,6 +69,7 @@ impl Traces {
             .with_endpoint(url.clone())
             .with_timeout(EXPORT_TIMEOUT)
             .with_http_client(Post {
+                client: HyperClient::with_default_connector(EXPORT_TIMEOUT, None),
                 runtime: tokio::runtime::Handle::current(),
                 url: url.clone(),
                 failing: Arc::default(),
@@ -101,10 +104,7 @@ impl Traces {
         let Some(exporter) = &self.exporter else {
             return MessageSpan { span: None };
         };
-        let parent = match input.headers.get(TRACEPARENT).and_then(parse_traceparent) {
-            Some(remote) => Context::new().with_remote_span_context(remote),
-            None => Context::new(),
-        };
+        let parent = trace_context(&input.headers);
         let mut attributes = vec![
             KeyValue::new("plugin", plugin.to_owned()),
             KeyValue::new("messaging.system", "nats"),
@@ -124,9 +124,9 @@ impl Traces {
             .with_kind(SpanKind::Consumer)
             .with_attributes(attributes)
             .start_with_context(&exporter.tracer, &parent);
-        let traceparent = format_traceparent(span.span_context());
+        let context = span.span_context().clone();
         MessageSpan {
-            span: Some((span, traceparent)),
+            span: Some((span, context)),
         }
     }
 
@@ -149,29 +149,31 @@ impl Traces {
 /// The span of one message, from before its handler runs until it is settled. Without an
 /// exporter it is empty.
 pub struct MessageSpan {
-    /// The span and the `traceparent` its outputs carry.
-    span: Option<(opentelemetry_sdk::trace::Span, String)>,
+    /// The span, and its context: the parent its outputs name.
+    span: Option<(opentelemetry_sdk::trace::Span, SpanContext)>,
 }
 
 impl MessageSpan {
-    /// Sets the `traceparent` of the outputs of `input`: this span as their parent, replacing
+    /// Sets the trace context of the outputs of `input`: this span as their parent, replacing
     /// what the handler set (usually a copy of the input's); without an exporter, the input's
-    /// own on every output the handler gave none.
+    /// own (when it has a valid one) on every output the handler gave no `traceparent`.
     pub fn stamp(&self, input: &Message, outputs: &mut [Output]) {
-        let (traceparent, replace) = match &self.span {
-            Some((_, own)) => (own.as_str(), true),
-            // Only a well-formed one (55 bytes) is copied: an input's header is anyone's.
-            None => match input.headers.get(TRACEPARENT) {
-                Some(input) if parse_traceparent(input).is_some() => (input, false),
-                _ => return,
-            },
+        let (context, replace) = match &self.span {
+            Some((_, own)) => (Context::new().with_remote_span_context(own.clone()), true),
+            None => (trace_context(&input.headers), false),
         };
+        if !context.span().span_context().is_valid() {
+            return;
+        }
+        let propagator = TraceContextPropagator::new();
         for headers in outputs.iter_mut().map(|o| &mut o.headers) {
-            if replace {
-                headers.insert(TRACEPARENT, traceparent);
-            } else if headers.get(TRACEPARENT).is_none() {
-                headers.append(TRACEPARENT, traceparent);
+            if !replace && headers.get(TRACEPARENT).is_some() {
+                continue;
             }
+            headers
+                .0
+                .retain(|(name, _)| name != TRACEPARENT && name != TRACESTATE);
+            propagator.inject_context(&context, &mut OutputHeaders(headers));
         }
     }
 
@@ -210,47 +212,48 @@ fn traces_url(endpoint: &str) -> anyhow::Result<String> {
     Ok(url)
 }
 
-/// A W3C `traceparent` (`VERSION-TRACEID-PARENTID-FLAGS`, lowercase hex) as the context of a
-/// remote parent; none when it is malformed or names the invalid all-zero ids.
-pub fn parse_traceparent(text: &str) -> Option<SpanContext> {
-    let hex = |s: &str, len: usize| {
-        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
-    let mut parts = text.trim().split('-');
-    let (version, trace_id, span_id, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    // Version 00 has exactly four fields; a later version may add more after them.
-    if !hex(version, 2) || version == "ff" || (version == "00" && parts.next().is_some()) {
-        return None;
-    }
-    if !hex(trace_id, 32) || !hex(span_id, 16) || !hex(flags, 2) {
-        return None;
-    }
-    let context = SpanContext::new(
-        TraceId::from_hex(trace_id).ok()?,
-        SpanId::from_hex(span_id).ok()?,
-        TraceFlags::new(u8::from_str_radix(flags, 16).ok()?) & TraceFlags::SAMPLED,
-        true,
-        TraceState::default(),
-    );
-    context.is_valid().then_some(context)
+/// The trace context `headers` carry, as a remote parent; an empty context when they carry
+/// none, or a malformed one.
+fn trace_context(headers: &Headers) -> Context {
+    TraceContextPropagator::new().extract_with_context(&Context::new(), &InputHeaders(headers))
 }
 
-/// The `traceparent` naming `context` as the parent.
-pub fn format_traceparent(context: &SpanContext) -> String {
-    format!(
-        "00-{}-{}-{:02x}",
-        context.trace_id(),
-        context.span_id(),
-        context.trace_flags().to_u8()
-    )
+/// An input's headers, read by the propagator. A `tracestate` with a byte outside W3C's
+/// printable ASCII (0x20-0x7e) is not shown to it: opentelemetry 0.33's `TraceState` checks a
+/// value for `,` and `=` only, so it would carry CR, LF or any other byte of anyone's input
+/// onto every output (a header the protocol cannot carry: the output would be refused).
+struct InputHeaders<'a>(&'a Headers);
+
+impl Extractor for InputHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .get(key)
+            .filter(|value| key != TRACESTATE || value.bytes().all(|b| (0x20..=0x7e).contains(&b)))
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.0.iter().map(|(name, _)| name.as_str()).collect()
+    }
 }
 
-/// The exporter's HTTP client: one HTTP/1.1 POST per export, run on the host's runtime. The
-/// SDK calls it from its own thread, which has no runtime; that thread only waits for the task.
-/// A failing collector is logged once (WARN), and again when it answers (INFO).
+/// An output's headers, written by the propagator; an empty `tracestate` is left out.
+struct OutputHeaders<'a>(&'a mut Headers);
+
+impl Injector for OutputHeaders<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if !value.is_empty() {
+            self.0.insert(key, value);
+        }
+    }
+}
+
+/// The exporter's HTTP client: `opentelemetry-http`'s hyper client (its own timeout, a bounded
+/// answer), each request run on the host's runtime. The SDK calls it from its own thread, which
+/// has no runtime; that thread only waits for the task. A failing collector is logged once
+/// (WARN), and again when it answers (INFO).
 #[derive(Debug)]
 struct Post {
+    client: HyperClient,
     runtime: tokio::runtime::Handle,
     url: String,
     failing: Arc<AtomicBool>,
@@ -259,14 +262,10 @@ struct Post {
 #[async_trait::async_trait]
 impl HttpClient for Post {
     async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+        let client = self.client.clone();
         let result = self
             .runtime
-            .spawn(async move {
-                match tokio::time::timeout(EXPORT_TIMEOUT, post(request)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(format!("no answer within {EXPORT_TIMEOUT:?}").into()),
-                }
-            })
+            .spawn(async move { client.send_bytes(request).await })
             .await
             .unwrap_or_else(|e| Err(e.into()));
         let failure = match &result {
@@ -292,81 +291,96 @@ impl HttpClient for Post {
     }
 }
 
-/// Where to connect for `authority`: its host, without the brackets of an IPv6 literal (the
-/// resolver takes `::1`, not `[::1]`), and its port, 80 when it names none.
-fn socket_target(authority: &http::uri::Authority) -> (&str, u16) {
-    let host = authority.host();
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    (host, authority.port_u16().unwrap_or(80))
-}
-
-async fn post(request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
-    let (mut parts, body) = request.into_parts();
-    let authority = parts
-        .uri
-        .authority()
-        .ok_or("the endpoint has no host")?
-        .clone();
-    let stream = tokio::net::TcpStream::connect(socket_target(&authority)).await?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    // This connection-level API sends the URI as given: the path, and the host as a header.
-    parts.uri = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .parse()?;
-    parts
-        .headers
-        .insert(http::header::HOST, authority.as_str().parse()?);
-    let exchange = async move {
-        let response = sender
-            .send_request(Request::from_parts(parts, Full::new(body)))
-            .await?;
-        let (parts, body) = response.into_parts();
-        let body = Limited::new(body, MAX_ANSWER).collect().await?.to_bytes();
-        Ok(Response::from_parts(parts, body))
-        // `sender` drops here, which ends the connection.
-    };
-    let (answer, _) = tokio::join!(exchange, connection);
-    answer
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::message::Headers;
+    use proptest::prelude::*;
 
     const INPUT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const STATE: &str = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
+
+    /// The headers of `outputs` empty outputs after `stamp` without an exporter, for an input
+    /// with these headers.
+    fn stamped(input_headers: &[(&str, &str)], outputs: Vec<Headers>) -> Vec<Headers> {
+        let traces = Traces::start(&TracingConfig::default()).unwrap();
+        let mut input = Message::new("in", "x");
+        for (name, value) in input_headers {
+            input.headers.append(*name, *value);
+        }
+        let span = traces.message("p", &input);
+        let mut outputs: Vec<Output> = outputs
+            .into_iter()
+            .map(|headers| Output {
+                subject: Some("out".into()),
+                headers,
+                payload: Bytes::new(),
+            })
+            .collect();
+        span.stamp(&input, &mut outputs);
+        span.end(&Settled::Acked);
+        outputs.into_iter().map(|o| o.headers).collect()
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> Headers {
+        Headers(
+            pairs
+                .iter()
+                .map(|(n, v)| ((*n).into(), (*v).into()))
+                .collect(),
+        )
+    }
 
     #[test]
-    fn a_traceparent_parses_and_formats_back() {
-        let context = parse_traceparent(INPUT).unwrap();
-        assert_eq!(
-            context.trace_id().to_string(),
-            "4bf92f3577b34da6a3ce929d0e0e4736"
+    fn without_an_exporter_the_input_trace_context_goes_on() {
+        // A handler's own traceparent is kept (and gets no tracestate of the input's); a
+        // tracestate the handler set alone gives way to the input's trace context.
+        let own = "00-11111111111111111111111111111111-2222222222222222-01";
+        let outputs = stamped(
+            &[(TRACEPARENT, INPUT), (TRACESTATE, STATE)],
+            vec![
+                headers(&[("k", "v")]),
+                headers(&[(TRACEPARENT, own)]),
+                headers(&[(TRACESTATE, "mine=1")]),
+            ],
         );
-        assert_eq!(context.span_id().to_string(), "00f067aa0ba902b7");
-        assert!(context.is_sampled() && context.is_remote());
-        assert_eq!(format_traceparent(&context), INPUT);
-        // Unsampled; a later version with an extra field; flags beyond "sampled" are dropped.
+        let inherited = headers(&[(TRACEPARENT, INPUT), (TRACESTATE, STATE)]);
+        assert_eq!(
+            outputs,
+            [
+                headers(&[("k", "v"), (TRACEPARENT, INPUT), (TRACESTATE, STATE)]),
+                headers(&[(TRACEPARENT, own)]),
+                inherited,
+            ]
+        );
+        // No tracestate on the input: none on the outputs (not an empty one).
+        let outputs = stamped(&[(TRACEPARENT, INPUT)], vec![Headers::default()]);
+        assert_eq!(outputs, [headers(&[(TRACEPARENT, INPUT)])]);
+    }
+
+    #[test]
+    fn outputs_get_the_canonical_form_of_what_the_propagator_accepts() {
+        let canonical = |traceparent: &str| {
+            let outputs = stamped(&[(TRACEPARENT, traceparent)], vec![Headers::default()]);
+            outputs[0].get(TRACEPARENT).map(str::to_owned)
+        };
+        // Unsampled stays unsampled.
         let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
-        assert_eq!(
-            format_traceparent(&parse_traceparent(unsampled).unwrap()),
-            unsampled
-        );
+        assert_eq!(canonical(unsampled).as_deref(), Some(unsampled));
+        // A later version with an extra field, flags beyond "sampled": version 00, sampled.
         let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03-extra";
+        assert_eq!(canonical(later).as_deref(), Some(INPUT));
+        // The propagator reads ids as numbers: a 31-digit trace id is that number, written
+        // back in 32 digits. Lenient on input, never on output.
+        let short = "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01";
         assert_eq!(
-            format_traceparent(&parse_traceparent(later).unwrap()),
-            INPUT
+            canonical(short).as_deref(),
+            Some("00-04bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01")
         );
     }
 
     #[test]
-    fn malformed_traceparents_are_none() {
+    fn a_malformed_trace_context_reaches_no_output() {
         for text in [
             "",
             "garbage",
@@ -374,34 +388,69 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902bz-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\nNats-Msg-Id: x",
         ] {
-            assert_eq!(parse_traceparent(text), None, "{text:?}");
+            let outputs = stamped(
+                &[(TRACEPARENT, text), (TRACESTATE, STATE)],
+                vec![headers(&[("k", "v")])],
+            );
+            assert_eq!(outputs, [headers(&[("k", "v")])], "{text:?}");
+        }
+        // A valid parent with a tracestate that is refused (bytes the protocol cannot carry,
+        // by natsplug; a malformed list, by the propagator): the parent goes on alone.
+        for state in [
+            "a=b\r\nNats-Msg-Id: x",
+            "a=\u{7f}",
+            "caf\u{e9}=1",
+            "no-equals",
+            "k=v=w",
+        ] {
+            let outputs = stamped(
+                &[(TRACEPARENT, INPUT), (TRACESTATE, state)],
+                vec![Headers::default()],
+            );
+            assert_eq!(outputs, [headers(&[(TRACEPARENT, INPUT)])], "{state:?}");
         }
     }
 
-    #[test]
-    fn without_an_exporter_the_input_traceparent_goes_on() {
-        let traces = Traces::start(&TracingConfig::default()).unwrap();
-        let mut input = Message::new("in", "x");
-        input.headers.append(TRACEPARENT, INPUT);
-        let span = traces.message("p", &input);
-        // A handler's own traceparent is kept.
-        let own = "00-11111111111111111111111111111111-2222222222222222-01";
-        let output = Output {
-            subject: Some("out".into()),
-            headers: Headers::default(),
-            payload: bytes::Bytes::new(),
-        };
-        let mut outputs = vec![output.clone(), output];
-        outputs[1].headers.append(TRACEPARENT, own);
-        span.stamp(&input, &mut outputs);
-        assert_eq!(outputs[0].headers.0, [(TRACEPARENT.into(), INPUT.into())]);
-        assert_eq!(outputs[1].headers.0, [(TRACEPARENT.into(), own.into())]);
-        span.end(&Settled::Acked);
+    proptest! {
+        /// Whatever an input's trace headers hold, nothing panics and an output carries either
+        /// no trace context or a canonical `traceparent` and a `tracestate` of printable ASCII
+        /// (nothing the NATS protocol cannot carry, no second header smuggled in).
+        #[test]
+        fn any_input_trace_context_gives_a_canonical_one_or_none(
+            traceparent in prop_oneof![
+                any::<String>(),
+                "[0-9a-fA-F+-]{0,70}",
+                Just(INPUT.to_owned()),
+            ],
+            state in prop_oneof![any::<String>(), "[a-z0-9=,@*/ _-]{0,80}"],
+        ) {
+            let outputs = stamped(
+                &[(TRACEPARENT, &traceparent), (TRACESTATE, &state)],
+                vec![Headers::default()],
+            );
+            let out = &outputs[0];
+            match out.get(TRACEPARENT) {
+                None => prop_assert!(out.0.is_empty()),
+                Some(parent) => {
+                    let parts: Vec<&str> = parent.split('-').collect();
+                    prop_assert_eq!(parts.len(), 4);
+                    prop_assert_eq!(parts[0], "00");
+                    let lower_hex = |s: &str, n: usize| {
+                        s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                    };
+                    prop_assert!(lower_hex(parts[1], 32) && lower_hex(parts[2], 16));
+                    prop_assert!(parts[3] == "00" || parts[3] == "01");
+                    if let Some(state) = out.get(TRACESTATE) {
+                        prop_assert!(state.bytes().all(|b| (0x20..0x7f).contains(&b)));
+                    }
+                }
+            }
+        }
     }
 
     #[test]
@@ -430,30 +479,5 @@ mod tests {
         ] {
             assert!(traces_url(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn an_endpoint_connects_to_its_address_an_ipv6_literal_without_brackets() {
-        use std::net::{SocketAddr, ToSocketAddrs as _};
-        let target = |url: &str| {
-            let uri: http::Uri = url.parse().unwrap();
-            let (host, port) = socket_target(uri.authority().unwrap());
-            (host.to_owned(), port)
-        };
-        assert_eq!(
-            target("http://[::1]:4318/v1/traces"),
-            ("::1".to_owned(), 4318)
-        );
-        assert_eq!(
-            target("http://127.0.0.1/v1/traces"),
-            ("127.0.0.1".to_owned(), 80)
-        );
-        assert_eq!(
-            target("http://collector:4318/v1/traces"),
-            ("collector".to_owned(), 4318)
-        );
-        // The target is an IP literal, which resolves without a lookup.
-        let addrs: Vec<SocketAddr> = ("::1", 4318).to_socket_addrs().unwrap().collect();
-        assert_eq!(addrs, ["[::1]:4318".parse::<SocketAddr>().unwrap()]);
     }
 }
