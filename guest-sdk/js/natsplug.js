@@ -49,17 +49,9 @@ import {
 import { compareAndSwap as kvCompareAndSwap, getEntry as kvGetEntry } from 'natsplug:plugin/kv@0.1.0';
 
 const encoder = new TextEncoder();
-// ignoreBOM: keep a leading U+FEFF, as Rust's str::from_utf8 does. fatal: throw on invalid
-// UTF-8 (checked once here, at build-time initialisation; else the JS loop below validates).
+// fatal: invalid UTF-8 throws (a TypeError) instead of becoming U+FFFD. ignoreBOM: a leading
+// U+FEFF is the payload's, not a marker to drop.
 const decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
-const decoderIsStrict = (() => {
-  try {
-    decoder.decode(new Uint8Array([0xff]));
-    return false;
-  } catch {
-    return true;
-  }
-})();
 
 function toBytes(payload) {
   if (payload === undefined || payload === null) return new Uint8Array(0);
@@ -149,63 +141,8 @@ export class Headers {
   }
 }
 
-/** The payload is not valid UTF-8. The message is the Rust SDK's, word for word. */
-export class Utf8Error extends Error {
-  constructor(validUpTo, errorLen) {
-    super(
-      errorLen === undefined
-        ? `incomplete utf-8 byte sequence from index ${validUpTo}`
-        : `invalid utf-8 sequence of ${errorLen} bytes from index ${validUpTo}`,
-    );
-    this.name = 'Utf8Error';
-    this.validUpTo = validUpTo;
-    this.errorLen = errorLen;
-  }
-}
-
-/** Where `bytes` stops being UTF-8, as Rust's `str::from_utf8` reports it; null when valid. */
-function utf8Error(bytes) {
-  const n = bytes.length;
-  let i = 0;
-  while (i < n) {
-    const first = bytes[i];
-    if (first < 0x80) {
-      i += 1;
-      continue;
-    }
-    const width = first >= 0xc2 && first <= 0xdf ? 2
-      : first >= 0xe0 && first <= 0xef ? 3
-        : first >= 0xf0 && first <= 0xf4 ? 4 : 0;
-    if (width === 0) return new Utf8Error(i, 1);
-    if (i + 1 >= n) return new Utf8Error(i, undefined);
-    const second = bytes[i + 1];
-    let low = 0x80;
-    let high = 0xbf;
-    if (first === 0xe0) low = 0xa0;
-    else if (first === 0xed) high = 0x9f;
-    else if (first === 0xf0) low = 0x90;
-    else if (first === 0xf4) high = 0x8f;
-    if (second < low || second > high) return new Utf8Error(i, 1);
-    for (let k = 2; k < width; k += 1) {
-      if (i + k >= n) return new Utf8Error(i, undefined);
-      if (bytes[i + k] < 0x80 || bytes[i + k] > 0xbf) return new Utf8Error(i, k);
-    }
-    i += width;
-  }
-  return null;
-}
-
-/** `bytes` as UTF-8 text; throws Utf8Error when they are not. */
+/** `bytes` as UTF-8 text; throws the platform's TypeError when they are not UTF-8. */
 function decodeUtf8(bytes) {
-  if (decoderIsStrict) {
-    try {
-      return decoder.decode(bytes);
-    } catch {
-      throw utf8Error(bytes) ?? new Utf8Error(0, 1);
-    }
-  }
-  const error = utf8Error(bytes);
-  if (error !== null) throw error;
   return decoder.decode(bytes);
 }
 
@@ -224,18 +161,18 @@ export class Message {
     this.delivery = delivery ?? undefined;
   }
 
-  /** The payload as UTF-8 text; throws Utf8Error when it is not. */
+  /** The payload as UTF-8 text; throws TextDecoder's TypeError when it is not. */
   payloadStr() {
     return decodeUtf8(this.payload);
   }
 
-  /** The payload as UTF-8 text; invalid UTF-8 rejects the message (throws Reject), with the
-   * reason the Rust SDK's `payload_str().map_err(Error::reject)?` gives. */
+  /** The payload as UTF-8 text; invalid UTF-8 rejects the message (throws Reject), with
+   * TextDecoder's own words as the reason. */
   text() {
     try {
       return this.payloadStr();
     } catch (e) {
-      if (e instanceof Utf8Error) throw new Reject(e.message);
+      if (e instanceof TypeError) throw new Reject(`payload is not UTF-8: ${e.message}`);
       throw e;
     }
   }
@@ -422,8 +359,8 @@ export class Reply {
     this.payload = toBytes(payload);
   }
 
-  /** The payload as UTF-8 text; throws Utf8Error when it is not (a crash, unless caught: the
-   * input is not at fault). */
+  /** The payload as UTF-8 text; throws TextDecoder's TypeError when it is not (a crash,
+   * unless caught: the input is not at fault). */
   text() {
     return decodeUtf8(this.payload);
   }

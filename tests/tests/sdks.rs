@@ -50,7 +50,7 @@ const PYTHON: Lang = Lang {
 const JAVASCRIPT: Lang = Lang {
     plugin: "sdk-check-js",
     echoed_by: "js",
-    invalid_utf8: "invalid utf-8 sequence of 1 bytes from index 0",
+    invalid_utf8: "payload is not UTF-8: TextDecoder.decode: Decoding failed.",
     unknown_check: r#"unknown check "nope""#,
     crash: "Error: boom",
     denied: ["request denied", "kv access-denied", "publish PublishError"],
