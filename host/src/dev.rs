@@ -2,6 +2,10 @@
 //! `nats-server` with JetStream in a temporary store (the binary from `NATS_SERVER_BIN` or
 //! `PATH`), creates the demo streams, runs the host on the plugins folder, publishes a few
 //! sample messages and prints what comes out, then keeps running until Ctrl-C.
+//!
+//! With a build command (`--build`, see [`crate::watch`]) it is a plugin author's loop instead:
+//! no samples; it builds the project, creates the streams its manifests subscribe to, prints
+//! what the plugins publish, and rebuilds and hot-reloads on every source change.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -13,7 +17,9 @@ use async_nats::jetstream::{self, stream};
 use futures::StreamExt as _;
 
 use crate::config::HostConfig;
+use crate::manifest::Manifest;
 use crate::shutdown::Shutdown;
+use crate::watch::Build;
 
 /// The demo streams: (name, subjects).
 pub const DEMO_STREAMS: &[(&str, &[&str])] = &[
@@ -164,6 +170,77 @@ pub fn answers_info(port: u16) -> bool {
     stream.read_exact(&mut banner).is_ok() && &banner == b"INFO "
 }
 
+/// Makes the streams the plugins in `dir` need on the development server: the one each
+/// manifest subscribes through (unless it binds to one that exists), with the manifest's
+/// subjects, and `NAME_OUT` for what it may publish (`[publish] allow`) unless a stream stores
+/// those subjects already (outputs are published with acks: without a stream they fail). Returns
+/// the publish subjects, to print. A manifest that does not parse is left to the host, which says
+/// why it does not load it.
+async fn plugin_streams(js: &jetstream::Context, dir: &std::path::Path) -> Vec<String> {
+    let mut publish = std::collections::BTreeSet::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut manifests: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    manifests.sort();
+    for path in manifests {
+        let Ok(manifest) = Manifest::load(&path) else {
+            continue;
+        };
+        let plugin = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_uppercase().replace(['-', '.'], "_"))
+            .unwrap_or_default();
+        publish.extend(manifest.publish.allow.iter().cloned());
+        if let Some(subscribe) = &manifest.subscribe
+            && let Some(name) = subscribe.stream.as_deref().filter(|_| !subscribe.bind)
+        {
+            ensure_stream(js, name, &subscribe.subjects, &path).await;
+        }
+        if !manifest.publish.allow.is_empty() {
+            let name = format!("{plugin}_OUT");
+            ensure_stream(js, &name, &manifest.publish.allow, &path).await;
+        }
+    }
+    publish.into_iter().collect()
+}
+
+/// Creates the stream `name` on `subjects` for the plugin of `manifest` unless a stream of that
+/// name exists or another one stores those subjects already.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    name: &str,
+    subjects: &[String],
+    manifest: &std::path::Path,
+) {
+    use async_nats::jetstream::ErrorCode;
+    use async_nats::jetstream::context::CreateStreamErrorKind;
+    if js.get_stream(name).await.is_ok() {
+        return;
+    }
+    let created = js
+        .create_stream(stream::Config {
+            name: name.to_owned(),
+            subjects: subjects.to_vec(),
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(_) => println!(
+            "natsplug dev: created the stream {name} ({}) for {}",
+            subjects.join(", "),
+            manifest.display()
+        ),
+        Err(e)
+            if matches!(e.kind(), CreateStreamErrorKind::JetStream(ref js)
+                if js.error_code() == ErrorCode::STREAM_SUBJECT_OVERLAP) => {}
+        Err(e) => println!("natsplug dev: cannot create the stream {name}: {e}"),
+    }
+}
+
 /// Creates the demo streams and buckets (idempotent).
 pub async fn create_demo_streams(js: &jetstream::Context) -> anyhow::Result<()> {
     for (name, subjects) in DEMO_STREAMS {
@@ -194,6 +271,7 @@ pub async fn run(
     mut config: HostConfig,
     shutdown: Shutdown,
     once: Option<Duration>,
+    build: Option<Build>,
 ) -> anyhow::Result<()> {
     let _local = if config.nats.servers.is_empty() {
         let server = LocalServer::start()?;
@@ -214,21 +292,65 @@ pub async fn run(
         .host
         .dead_letter_stream
         .get_or_insert_with(|| "DEAD_LETTERS".to_owned());
-    let mut outputs = client
-        .subscribe("demo.out.>")
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot subscribe to demo.out.>: {e}"))?;
-    let mut dead = client
-        .subscribe("demo.dead.>")
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot subscribe to demo.dead.>: {e}"))?;
+    let watched = match &build {
+        Some(build) => {
+            build.run().await?;
+            Some(plugin_streams(&js, &config.host.plugins).await)
+        }
+        None => None,
+    };
+    let printed = match &watched {
+        Some(subjects) => subjects.iter().map(String::as_str).collect(),
+        None => vec!["demo.out.>"],
+    };
+    let mut subscriptions = Vec::new();
+    for subject in printed {
+        subscriptions.push(
+            client
+                .subscribe(subject.to_owned())
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot subscribe to {subject}: {e}"))?,
+        );
+    }
+    let mut outputs = futures::stream::select_all(subscriptions);
+    let mut dead = Vec::new();
+    // The demo's dead letters, and those of a plugin without a dead-letter subject of its own.
+    for subject in ["demo.dead.>", "natsplug.dead.>"] {
+        dead.push(
+            client
+                .subscribe(subject)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot subscribe to {subject}: {e}"))?,
+        );
+    }
+    let mut dead = futures::stream::select_all(dead);
 
     let host = tokio::spawn(crate::host::run(config.clone(), shutdown.clone()));
     println!(
         "natsplug dev: serving the plugins in {}",
         config.host.plugins.display()
     );
-    for (subject, payload) in SAMPLES {
+    if let (Some(build), Some(subjects)) = (&build, &watched) {
+        println!(
+            "natsplug dev: rebuilding on every change in {} ({}); printing what is published to {}",
+            build.dir.display(),
+            build.command,
+            if subjects.is_empty() {
+                "nothing (no [publish] allow)".to_owned()
+            } else {
+                subjects.join(", ")
+            },
+        );
+        let (js, plugins) = (js.clone(), config.host.plugins.clone());
+        crate::watch::watch(build.clone(), shutdown.clone(), move || {
+            let (js, plugins) = (js.clone(), plugins.clone());
+            async move {
+                plugin_streams(&js, &plugins).await;
+            }
+        })?;
+    }
+    let samples = if build.is_some() { &[][..] } else { SAMPLES };
+    for (subject, payload) in samples {
         js.publish(*subject, payload.as_bytes().to_vec().into())
             .await
             .map_err(|e| anyhow::anyhow!("cannot publish to {subject}: {e}"))?

@@ -30,6 +30,7 @@
 //! - [`shutdown`]: the two-stage shutdown signal.
 //! - [`host`]: `run(config, shutdown)`, the whole host.
 //! - [`dev`]: `natsplug dev`, a local server, demo streams and sample messages.
+//! - [`watch`]: `natsplug dev --build`, rebuild a plugin project on every change.
 
 pub mod admin;
 pub mod backoff;
@@ -53,3 +54,4 @@ pub mod sdk;
 pub mod shutdown;
 pub mod source;
 pub mod traces;
+pub mod watch;

@@ -209,8 +209,16 @@ enum Command {
         #[command(flatten)]
         host: HostArgs,
         /// Exit once the samples' outputs were seen, failing if they are not within this time.
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "build")]
         once: Option<std::time::Duration>,
+        /// A plugin author's loop: run this build command (sh -c) now and after every source
+        /// change in --watch, and hot-reload what it writes into --plugins. No samples.
+        #[arg(long)]
+        build: Option<String>,
+        /// The folder whose sources trigger a rebuild, and where --build runs. Default: the
+        /// current folder.
+        #[arg(long, requires = "build")]
+        watch: Option<PathBuf>,
     },
     /// Check that a file is a natsplug plugin component and that its manifest parses; with
     /// --server, also that the server has what the host needs to serve it (its stream, a bound
@@ -267,7 +275,9 @@ fn main() -> ExitCode {
                 _ => "info,async_nats=warn",
             }),
         ))
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours for a terminal only: not escape codes in a log file or a CI log.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match cli.log_format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs
@@ -482,14 +492,22 @@ async fn run(command: Command) -> ExitCode {
             report(natsplug::scaffold::new(&dir, &name, lang).map(|path| {
                 use natsplug::scaffold::Lang;
                 // The tests call `natsplug` on PATH (or NATSPLUG_BIN).
+                let file = name.replace('-', "_");
                 let (build, test) = match lang {
-                    Lang::Rust => ("cargo build --release --target wasm32-wasip2", "cargo test"),
-                    Lang::Python => ("./build.sh", "python3 -m unittest"),
-                    Lang::Js => ("npm install && npm run build", "npm test"),
+                    Lang::Rust => (
+                        format!(
+                            "cargo build --release --target wasm32-wasip2 && cp target/wasm32-wasip2/release/{file}.wasm {name}.wasm"
+                        ),
+                        "cargo test",
+                    ),
+                    Lang::Python => ("./build.sh".to_owned(), "python3 -m unittest"),
+                    Lang::Js => ("npm install && npm run build".to_owned(), "npm test"),
                 };
                 println!("created {}", path.display());
                 println!("build: {build}");
                 println!("test:  {test}");
+                // The project folder is a plugins folder once built: NAME.wasm beside NAME.toml.
+                println!("dev:   natsplug dev --plugins . --build {build:?}");
             }))
         }
         Command::Sdk { lang, dir } => report(
@@ -516,14 +534,25 @@ async fn run(command: Command) -> ExitCode {
             }
             .await,
         ),
-        Command::Dev { host, once } => report(
+        Command::Dev {
+            host,
+            once,
+            build,
+            watch,
+        } => report(
             async {
                 let mut config = host.load()?;
                 if host.plugins.is_none() && config.host.plugins == std::path::Path::new("plugins")
                 {
                     config.host.plugins = PathBuf::from("target/plugins/dist");
                 }
-                natsplug::dev::run(config, Shutdown::new(), once).await
+                let build = build
+                    .map(|command| {
+                        let dir = watch.unwrap_or_else(|| PathBuf::from("."));
+                        natsplug::watch::Build::new(command, &dir, &config.host.plugins)
+                    })
+                    .transpose()?;
+                natsplug::dev::run(config, Shutdown::new(), once, build).await
             }
             .await,
         ),

@@ -285,3 +285,213 @@ fn the_demo_runs_its_samples_through_and_exits_with_once() {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
 }
+
+/// `natsplug dev` as a child whose stdout and stderr go to files; killed on drop.
+struct DevProcess {
+    child: std::process::Child,
+    stdout: tempfile::NamedTempFile,
+    stderr: tempfile::NamedTempFile,
+}
+
+impl DevProcess {
+    fn spawn(args: &[&std::ffi::OsStr]) -> Self {
+        let stdout = tempfile::NamedTempFile::new().expect("temp file");
+        let stderr = tempfile::NamedTempFile::new().expect("temp file");
+        let child = std::process::Command::new(natsplug_tests::natsplug_bin())
+            .arg("dev")
+            .args(args)
+            .env(
+                "NATSPLUG_RUNTIME_CACHE_DIR",
+                natsplug_tests::compile_cache_dir(),
+            )
+            .stdout(stdout.reopen().expect("reopen"))
+            .stderr(stderr.reopen().expect("reopen"))
+            .spawn()
+            .expect("natsplug dev");
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(self.stdout.path()).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
+    }
+
+    /// Waits until stdout has `count` lines containing `text`.
+    async fn wait_for(&self, text: &str, count: usize) {
+        let what = format!("{count} lines with {text:?} from natsplug dev");
+        let started = Instant::now();
+        while self.stdout().lines().filter(|l| l.contains(text)).count() < count {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "no {what}:\n{}\n{}",
+                self.stdout(),
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for DevProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The next message on `subscriber` within 60 s: (subject, payload).
+async fn next_message(subscriber: &mut async_nats::Subscriber) -> (String, String) {
+    use futures::StreamExt as _;
+    let message = tokio::time::timeout(Duration::from_secs(60), subscriber.next())
+        .await
+        .expect("an output within 60 s")
+        .expect("the subscription is open");
+    (
+        message.subject.to_string(),
+        String::from_utf8_lossy(&message.payload).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_with_a_build_command_rebuilds_on_each_change_and_keeps_the_last_good_build() {
+    let (server, client, js) = jetstream_setup().await;
+    // A "project" whose source `choice` names the component its "build" installs as up.wasm
+    // (through a temporary name, as a real build should).
+    let project = tempfile::tempdir().expect("temp dir");
+    let dir = project.path();
+    let choose = |plugin: &str| {
+        let path = if plugin.starts_with('/') {
+            plugin.to_owned()
+        } else {
+            natsplug_tests::plugin_path(plugin).display().to_string()
+        };
+        std::fs::write(dir.join("choice"), path).expect("write the source");
+    };
+    choose("uppercase");
+    std::fs::write(
+        dir.join("up.toml"),
+        r#"
+        [subscribe]
+        stream = "DEVIN"
+        subjects = ["dev.in"]
+        [publish]
+        allow = ["out.dev.>"]
+        [config]
+        output = "out.dev.up"
+        subjects = "out.dev.up.a,out.dev.up.b"
+        "#,
+    )
+    .expect("write the manifest");
+    let mut outputs = client.subscribe("out.dev.>").await.expect("subscribe");
+    let url = server.url();
+    let build = r#"cp "$(cat choice)" .up.wasm.tmp && mv .up.wasm.tmp up.wasm"#;
+    let dev = DevProcess::spawn(&[
+        "--server".as_ref(),
+        url.as_ref(),
+        "--plugins".as_ref(),
+        dir.as_os_str(),
+        "--watch".as_ref(),
+        dir.as_os_str(),
+        "--build".as_ref(),
+        build.as_ref(),
+    ]);
+
+    // The first build, the stream the manifest names (its outputs are in the harness's OUT
+    // stream already: no UP_OUT), then the first version's answer.
+    dev.wait_for("natsplug dev: rebuilding on every change in", 1)
+        .await;
+    let out = dev.stdout();
+    assert_eq!(out.matches("natsplug dev: built in ").count(), 1, "{out}");
+    assert!(
+        out.contains("natsplug dev: created the stream DEVIN (dev.in) for "),
+        "{out}"
+    );
+    assert!(!out.contains("UP_OUT"), "{out}");
+    assert!(
+        out.contains("printing what is published to out.dev.>"),
+        "{out}"
+    );
+    js.publish("dev.in", "hello".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(
+        next_message(&mut outputs).await,
+        ("out.dev.up".to_owned(), "HELLO".to_owned())
+    );
+
+    // A source change: one more build (writing up.wasm starts none), and the new version serves.
+    choose("fanout");
+    dev.wait_for("natsplug dev: built in ", 2).await;
+    let started = Instant::now();
+    while !dev.stderr().contains("change=Replaced") {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{}",
+            dev.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    js.publish("dev.in", "second".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut got = vec![
+        next_message(&mut outputs).await,
+        next_message(&mut outputs).await,
+    ];
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("out.dev.up.a".to_owned(), "second".to_owned()),
+            ("out.dev.up.b".to_owned(), "second".to_owned()),
+        ]
+    );
+
+    // A failing build says why and changes nothing.
+    choose("/nonexistent/component.wasm");
+    dev.wait_for("natsplug dev: build failed (exit status: 1)", 1)
+        .await;
+    let out = dev.stdout();
+    assert!(
+        out.contains("  | cp: cannot stat '/nonexistent/component.wasm'"),
+        "{out}"
+    );
+    js.publish("dev.in", "third".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut got = vec![
+        next_message(&mut outputs).await,
+        next_message(&mut outputs).await,
+    ];
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("out.dev.up.a".to_owned(), "third".to_owned()),
+            ("out.dev.up.b".to_owned(), "third".to_owned()),
+        ]
+    );
+    let out = dev.stdout();
+    assert_eq!(out.matches("natsplug dev: built in ").count(), 2, "{out}");
+    assert_eq!(
+        out.matches("natsplug dev: build failed").count(),
+        1,
+        "{out}"
+    );
+    // Outputs are printed as in the demo.
+    let printed = format!("  out  {:<22} {:?}", "out.dev.up", "HELLO");
+    assert!(out.contains(&printed), "{out}");
+}
