@@ -346,17 +346,33 @@ impl Drop for DevProcess {
     }
 }
 
-/// The next message on `subscriber` within 60 s: (subject, payload).
-async fn next_message(subscriber: &mut async_nats::Subscriber) -> (String, String) {
+/// Publishes `payload` to `dev.in` and returns the next `count` messages on `outputs`, each
+/// within 60 s, sorted: (subject, payload).
+async fn send(
+    js: &jetstream::Context,
+    outputs: &mut async_nats::Subscriber,
+    payload: &'static str,
+    count: usize,
+) -> Vec<(String, String)> {
     use futures::StreamExt as _;
-    let message = tokio::time::timeout(Duration::from_secs(60), subscriber.next())
+    js.publish("dev.in", payload.into())
         .await
-        .expect("an output within 60 s")
-        .expect("the subscription is open");
-    (
-        message.subject.to_string(),
-        String::from_utf8_lossy(&message.payload).into_owned(),
-    )
+        .expect("publish")
+        .await
+        .expect("publish ack");
+    let mut got = Vec::new();
+    for _ in 0..count {
+        let message = tokio::time::timeout(Duration::from_secs(60), outputs.next())
+            .await
+            .expect("an output within 60 s")
+            .expect("the subscription is open");
+        got.push((
+            message.subject.to_string(),
+            String::from_utf8_lossy(&message.payload).into_owned(),
+        ));
+    }
+    got.sort();
+    got
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,14 +434,9 @@ async fn dev_with_a_build_command_rebuilds_on_each_change_and_keeps_the_last_goo
         out.contains("printing what is published to out.dev.>"),
         "{out}"
     );
-    js.publish("dev.in", "hello".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
     assert_eq!(
-        next_message(&mut outputs).await,
-        ("out.dev.up".to_owned(), "HELLO".to_owned())
+        send(&js, &mut outputs, "hello", 1).await,
+        [("out.dev.up".to_owned(), "HELLO".to_owned())]
     );
 
     // A source change: one more build (writing up.wasm starts none), and the new version serves.
@@ -440,18 +451,8 @@ async fn dev_with_a_build_command_rebuilds_on_each_change_and_keeps_the_last_goo
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    js.publish("dev.in", "second".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let mut got = vec![
-        next_message(&mut outputs).await,
-        next_message(&mut outputs).await,
-    ];
-    got.sort();
     assert_eq!(
-        got,
+        send(&js, &mut outputs, "second", 2).await,
         [
             ("out.dev.up.a".to_owned(), "second".to_owned()),
             ("out.dev.up.b".to_owned(), "second".to_owned()),
@@ -467,18 +468,8 @@ async fn dev_with_a_build_command_rebuilds_on_each_change_and_keeps_the_last_goo
         out.contains("  | cp: cannot stat '/nonexistent/component.wasm'"),
         "{out}"
     );
-    js.publish("dev.in", "third".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let mut got = vec![
-        next_message(&mut outputs).await,
-        next_message(&mut outputs).await,
-    ];
-    got.sort();
     assert_eq!(
-        got,
+        send(&js, &mut outputs, "third", 2).await,
         [
             ("out.dev.up.a".to_owned(), "third".to_owned()),
             ("out.dev.up.b".to_owned(), "third".to_owned()),
