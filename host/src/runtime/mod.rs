@@ -9,8 +9,11 @@
 //! - `invocation`: the per-call store data and the host functions the guest imports.
 //! - `guest_log`: the guest's stdout and stderr into the host's log.
 //! - `error`: [`LoadError`], [`HandlerError`].
+//! - [`command`]: the command contract for plain WASI programs (environment in, output frames
+//!   and exit status out); the runner that uses it is next (issue: any WASM language).
 
 mod batch;
+pub mod command;
 mod error;
 mod guest_log;
 mod invocation;
