@@ -45,7 +45,7 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     // The tests' compile cache: Python and JavaScript components take seconds to compile.
-    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-compile-cache");
+    let cache = natsplug_tests::compile_cache_dir();
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: Some(cache),
         ..RuntimeConfig::default()

@@ -33,8 +33,7 @@ async fn run(plugin: &str, reuse: u32, messages: usize) -> f64 {
     publish_all(&js, "in.upper", &payloads).await;
     let mut config = TestHost::config(&server.url(), plugins.path());
     config.runtime.cache = true;
-    config.runtime.cache_dir =
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-compile-cache"));
+    config.runtime.cache_dir = Some(natsplug_tests::compile_cache_dir());
     // Compile (or load from the cache) before the clock starts.
     natsplug::runtime::Runtime::new(config.runtime.runtime_config())
         .unwrap()
@@ -57,7 +56,7 @@ async fn run(plugin: &str, reuse: u32, messages: usize) -> f64 {
 /// Mean wall time of one `handle` call, in µs, over `calls` calls.
 async fn per_call(plugin: &str, reuse: u32, calls: u32) -> f64 {
     let runtime = natsplug::runtime::Runtime::new(natsplug::runtime::RuntimeConfig {
-        cache_dir: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-compile-cache")),
+        cache_dir: Some(natsplug_tests::compile_cache_dir()),
         ..Default::default()
     })
     .unwrap();
