@@ -157,9 +157,23 @@ where
         }
     })
     .context("cannot create a file watcher")?;
+    // The folder itself, and each of its source folders with what is under them: not
+    // `node_modules/`, `.venv/` or `target/`, whose thousands of folders would each cost an
+    // inotify watch. (A source folder made later at the top is not watched until a restart.)
+    let cannot = |path: &Path| format!("cannot watch {}", path.display());
     watcher
-        .watch(&build.dir, RecursiveMode::Recursive)
-        .with_context(|| format!("cannot watch {:?}", build.dir))?;
+        .watch(&build.dir, RecursiveMode::NonRecursive)
+        .with_context(|| cannot(&build.dir))?;
+    let entries = std::fs::read_dir(&build.dir)
+        .with_context(|| format!("cannot read {}", build.dir.display()))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() && build.is_source(&path) {
+            watcher
+                .watch(&path, RecursiveMode::Recursive)
+                .with_context(|| cannot(&path))?;
+        }
+    }
     Ok(tokio::spawn(async move {
         let _watcher = watcher;
         loop {
