@@ -1,0 +1,3 @@
+module natsplug.dev/sdk
+
+go 1.27
