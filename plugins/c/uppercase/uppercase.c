@@ -86,7 +86,15 @@ int main(void) {
   if (output) {
     json_string(output, strlen(output));
   } else {
-    printf("\"%s.upper\"", subject); /* a subject holds no quote, backslash or control */
+    size_t slen = strlen(subject);
+    char *upper_subject = malloc(slen + sizeof ".upper");
+    if (!upper_subject) {
+      fputs("out of memory\n", stderr);
+      return 1;
+    }
+    memcpy(upper_subject, subject, slen);
+    memcpy(upper_subject + slen, ".upper", sizeof ".upper");
+    json_string(upper_subject, slen + strlen(".upper"));
   }
   /* The input's headers, a JSON object already; the marker goes last, where it replaces an
    * input header of that name (in a frame, the last of a repeated name counts). */
