@@ -340,6 +340,21 @@ impl Default for InstancePolicy {
 }
 
 impl Manifest {
+    /// The capability sections that grant something (`request`, `kv`, `http`), in that order.
+    pub fn capability_sections(&self) -> Vec<&'static str> {
+        let mut sections = Vec::new();
+        if !self.request.allow.is_empty() {
+            sections.push("request");
+        }
+        if !self.kv.buckets.is_empty() {
+            sections.push("kv");
+        }
+        if !self.http.allow.is_empty() {
+            sections.push("http");
+        }
+        sections
+    }
+
     /// Idle instances the plugin's pool keeps (`instance.pool_size`, else its concurrency).
     pub fn pool_size(&self) -> usize {
         self.instance.pool_size.map_or_else(

@@ -372,11 +372,14 @@ fn an_invalid_component_is_a_typed_load_error() {
         matches!(&err, LoadError::NotAComponent { plugin, .. } if plugin == "junk"),
         "{err}"
     );
-    // A core module is not a component either.
+    // A core module runs as a command (tests/tests/commands.rs), so it needs `_start`.
     let err = rt
         .load("core", b"\0asm\x01\0\0\0", Manifest::default())
         .unwrap_err();
-    assert!(matches!(&err, LoadError::NotAComponent { .. }), "{err}");
+    assert!(
+        matches!(&err, LoadError::NotACommand { plugin, reason } if plugin == "core" && reason.contains("`_start`")),
+        "{err}"
+    );
 }
 
 #[test]

@@ -184,7 +184,7 @@ impl Call {
     /// Ends the call: counts it by result; a denial is also counted as a policy refusal.
     pub(crate) fn end(self, state: &mut Invocation, result: Ended, denied: Option<&Denied>) {
         if let Some(denied) = denied {
-            state.count_denial(denied);
+            state.admission.count_denial(denied);
             tracing::warn!(plugin = %state.plugin.name, capability = self.capability, kind = denied.kind(), "{denied}");
         }
         if let Some(metrics) = &state.plugin.capabilities.services.metrics {

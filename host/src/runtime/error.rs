@@ -18,7 +18,7 @@ pub enum LoadError {
         /// Why.
         source: std::io::Error,
     },
-    /// The bytes are not a WebAssembly component (a core module, garbage, a truncated file).
+    /// The bytes are not a WebAssembly component or core module (garbage, a truncated file).
     #[error("plugin {plugin:?} is not a valid WebAssembly component: {reason}")]
     NotAComponent {
         /// Plugin name.
@@ -30,6 +30,15 @@ pub enum LoadError {
     /// does not offer, or does not export `handle` with the contract's signature.
     #[error("plugin {plugin:?} is not a component of the natsplug:plugin/plugin world: {reason}")]
     WrongWorld {
+        /// Plugin name.
+        plugin: String,
+        /// What does not match.
+        reason: String,
+    },
+    /// A core module, but not a WASI command that natsplug can run: no `_start` export, or an
+    /// import that WASI preview 1 does not have.
+    #[error("plugin {plugin:?} is a core module but not a WASI preview-1 command: {reason}")]
+    NotACommand {
         /// Plugin name.
         plugin: String,
         /// What does not match.

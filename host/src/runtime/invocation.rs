@@ -3,46 +3,24 @@
 //! and the host functions the guest imports. It lives exactly as long as one message's call, so
 //! nothing carries over to the next message.
 //!
-//! Every output is admitted here ([`Invocation::admit`]) before the host keeps it: its subject
-//! and headers against the plugin's grant ([`crate::policy`]), its bytes against the message's
-//! budget (`limits.output_bytes`) and the host-wide pool of pending output bytes. Without the
-//! budget, one message that `publish()`ed one 8 MiB buffer 200 times held 1.6 GiB of the host.
+//! Every output, `publish`ed or returned, goes through the call's [`Admission`] before the host
+//! keeps it.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::admission::Admission;
 use super::bindings::natsplug::plugin::{host, types};
 use super::guest_log::{GuestLog, LogBudget, cut};
 use super::{HandlerError, PluginInner, wit_output};
 use crate::message::Output;
-use crate::policy::{self, Denied};
 
 /// Most `publish` calls in one handler call.
 const MAX_EXTRA_OUTPUTS: usize = 10_000;
-
-/// Output bytes held for one message against the host-wide pool
-/// (`runtime.max_output_bytes`), released when dropped: once its outputs are published.
-#[derive(Debug, Default)]
-pub struct OutputHold(Option<OwnedSemaphorePermit>);
-
-impl OutputHold {
-    /// The bytes held.
-    pub fn bytes(&self) -> usize {
-        self.0.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
-    }
-
-    fn add(&mut self, more: OwnedSemaphorePermit) {
-        match &mut self.0 {
-            Some(held) => held.merge(more),
-            None => self.0 = Some(more),
-        }
-    }
-}
 
 /// Called when the guest asks for an ack-progress heartbeat now.
 pub type InProgress = Arc<dyn Fn() + Send + Sync>;
@@ -60,6 +38,16 @@ pub(crate) struct MemoryLimiter {
     limit: u64,
     used: u64,
     pub(crate) exceeded: bool,
+}
+
+impl MemoryLimiter {
+    pub(crate) fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            used: 0,
+            exceeded: false,
+        }
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {
@@ -104,21 +92,16 @@ pub(crate) struct Invocation {
     pub(crate) stderr: GuestLog,
     /// The log budget stdout, stderr and `log` share; reset for each call.
     log: Arc<LogBudget>,
-    /// Whether the input has a reply subject (reply outputs are allowed).
-    has_reply: bool,
     /// Whether this is a `handle-batch` call, where `publish` is refused: an output it added
     /// would belong to no input in particular.
     batch: bool,
     hooks: Hooks,
     /// Outputs added through `publish`, in order.
     pub(crate) extra: Vec<Output>,
-    /// The bytes of the outputs admitted in this call, held in the host-wide pool; they count
-    /// against `limits.output_bytes` too.
-    pub(crate) held: OutputHold,
+    /// The outputs' admission: their bytes held, the refusals counted.
+    pub(crate) admission: Admission,
     /// The refusal a host call trapped with, so the call ends with it and not with the trap.
     pub(crate) refused: Option<HandlerError>,
-    /// Refusals in this call by kind, for `natsplug_policy_denials_total`.
-    pub(crate) denials: Vec<(&'static str, u64)>,
     /// `publish` calls in this call, refused ones included.
     publish_calls: usize,
 }
@@ -132,17 +115,7 @@ impl Invocation {
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(stdout.clone()).stderr(stderr.clone());
         let sandbox = &plugin.manifest.sandbox;
-        for (key, value) in &sandbox.env {
-            wasi.env(key, value);
-        }
-        for dir in &sandbox.dirs {
-            let perms = if dir.writable {
-                FsPerms::ReadWrite
-            } else {
-                FsPerms::ReadOnly
-            };
-            wasi.preopened_dir(&dir.host, &dir.guest, perms)?;
-        }
+        grant_env_and_dirs(&mut wasi, sandbox)?;
         if sandbox.network {
             // wasmtime-wasi denies TCP and UDP unless each is allowed, whatever the addresses.
             wasi.inherit_network()
@@ -157,15 +130,12 @@ impl Invocation {
             plugin.capabilities.services.metrics.clone(),
             budget.clone(),
         );
+        let admission = Admission::new(plugin.clone(), false);
         Ok(Self {
             http_ctx: wasmtime_wasi_http::WasiHttpCtx::new(),
             http_hooks,
             budget,
-            limiter: MemoryLimiter {
-                limit: plugin.manifest.limits.memory,
-                used: 0,
-                exceeded: false,
-            },
+            limiter: MemoryLimiter::new(plugin.manifest.limits.memory),
             plugin,
             wasi: wasi.build(),
             table: ResourceTable::new(),
@@ -173,13 +143,11 @@ impl Invocation {
             stdout,
             stderr,
             log,
-            has_reply: false,
             batch: false,
             hooks: Hooks::default(),
             extra: Vec::new(),
-            held: OutputHold::default(),
+            admission,
             refused: None,
-            denials: Vec::new(),
             publish_calls: 0,
         })
     }
@@ -187,14 +155,12 @@ impl Invocation {
     /// Readies the state for one call: its reply subject, hooks and deadline; no outputs, no
     /// bytes used, a full log budget.
     pub(crate) fn begin(&mut self, has_reply: bool, batch: bool, hooks: Hooks, deadline: Instant) {
-        self.has_reply = has_reply;
         self.batch = batch;
         self.hooks = hooks;
         self.deadline = deadline;
         self.extra.clear();
-        self.held = OutputHold::default();
+        self.admission = Admission::new(self.plugin.clone(), has_reply);
         self.refused = None;
-        self.denials.clear();
         self.publish_calls = 0;
         self.budget.reset();
         self.http_hooks.deadline = deadline;
@@ -203,9 +169,9 @@ impl Invocation {
 
     /// Readies the state to admit the answer for the next input of a batch call.
     pub(crate) fn next_answer(&mut self, has_reply: bool) {
-        self.has_reply = has_reply;
         self.extra.clear();
-        self.held = OutputHold::default();
+        self.admission.has_reply = has_reply;
+        self.admission.held = Default::default();
     }
 
     /// Ends a call: logs what the log budget dropped and lets go of the caller's hooks (a warm
@@ -214,89 +180,38 @@ impl Invocation {
         self.log.report(&self.plugin.name);
         self.hooks = Hooks::default();
         for denied in std::mem::take(&mut self.http_hooks.denied) {
-            self.count_denial(&denied);
+            self.admission.count_denial(&denied);
         }
     }
+}
 
-    /// Admits an output the guest asked for, or refuses it: its subject (a reply to a request,
-    /// or granted and outside unnamed reserved space), its headers (sendable; server headers
-    /// only if granted; `Nats-Msg-Id` left out) and its bytes (the message's budget, then the
-    /// host's pool).
-    pub(crate) fn admit(&mut self, mut output: Output) -> Result<Output, HandlerError> {
-        let grants = &self.plugin.grants;
-        let checked = match &output.subject {
-            None if self.has_reply => Ok(()),
-            None => {
-                return Err(HandlerError::NoReplySubject {
-                    plugin: self.plugin.name.to_string(),
-                });
-            }
-            Some(subject) => grants.refuse_subject(subject),
+/// Gives a WASI context the manifest's `sandbox.env` and `sandbox.dirs`, a component's and a
+/// command's alike.
+pub(crate) fn grant_env_and_dirs(
+    wasi: &mut WasiCtxBuilder,
+    sandbox: &crate::manifest::Sandbox,
+) -> anyhow::Result<()> {
+    for (key, value) in &sandbox.env {
+        wasi.env(key, value);
+    }
+    for dir in &sandbox.dirs {
+        let perms = if dir.writable {
+            FsPerms::ReadWrite
+        } else {
+            FsPerms::ReadOnly
         };
-        checked
-            .and_then(|()| grants.admit_headers(&mut output))
-            .map_err(|denied| self.refuse(denied))?;
-        self.charge(policy::output_size(&output))?;
-        Ok(output)
+        wasi.preopened_dir(&dir.host, &dir.guest, perms)?;
     }
-
-    /// Counts `bytes` against the message's budget, then takes them from the host-wide pool.
-    fn charge(&mut self, bytes: u64) -> Result<(), HandlerError> {
-        let limit = self.plugin.manifest.limits.output_bytes;
-        if (self.held.bytes() as u64).saturating_add(bytes) > limit {
-            return Err(self.refuse(Denied::OutputLimit { limit }));
-        }
-        let pool = &self.plugin.output_pool;
-        let permit = u32::try_from(bytes)
-            .ok()
-            .and_then(|n| pool.semaphore.clone().try_acquire_many_owned(n).ok());
-        match permit {
-            Some(permit) => {
-                self.held.add(permit);
-                Ok(())
-            }
-            None => Err(HandlerError::OutputPoolFull {
-                plugin: self.plugin.name.to_string(),
-                limit: pool.limit,
-            }),
-        }
-    }
-
-    /// Counts a refusal by kind.
-    pub(crate) fn count_denial(&mut self, denied: &Denied) {
-        let kind = denied.kind();
-        match self.denials.iter_mut().find(|(k, _)| *k == kind) {
-            Some((_, count)) => *count += 1,
-            None => self.denials.push((kind, 1)),
-        }
-    }
-
-    /// The error of a refusal, counted.
-    fn refuse(&mut self, denied: Denied) -> HandlerError {
-        self.count_denial(&denied);
-        HandlerError::Refused {
-            plugin: self.plugin.name.to_string(),
-            denied,
-        }
-    }
+    Ok(())
 }
 
-/// The host-wide bound on output bytes held for messages in flight, all plugins together.
-#[derive(Debug, Clone)]
-pub(crate) struct OutputPool {
-    semaphore: Arc<Semaphore>,
-    pub(crate) limit: u64,
-}
+impl super::Limited for Invocation {
+    fn deadline(&self) -> Instant {
+        self.deadline
+    }
 
-impl OutputPool {
-    pub(crate) fn new(limit: u64) -> Self {
-        let permits = usize::try_from(limit)
-            .unwrap_or(usize::MAX)
-            .min(Semaphore::MAX_PERMITS);
-        Self {
-            semaphore: Arc::new(Semaphore::new(permits)),
-            limit,
-        }
+    fn limiter(&mut self) -> &mut MemoryLimiter {
+        &mut self.limiter
     }
 }
 
@@ -349,7 +264,7 @@ impl host::Host for Invocation {
                 "more than {MAX_EXTRA_OUTPUTS} publish calls in one call"
             )));
         }
-        match self.admit(wit_output(output)) {
+        match self.admission.admit(wit_output(output)) {
             Ok(output) => {
                 self.extra.push(output);
                 Ok(Ok(()))

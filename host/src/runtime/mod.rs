@@ -1,4 +1,4 @@
-//! The sandboxed WebAssembly runtime: compiles plugin components once, and runs a handler call
+//! The sandboxed WebAssembly runtime: compiles plugins (components, or command modules) once, and runs a handler call
 //! in a fresh `Store` and instance per message under the plugin's fuel, wall-clock and memory
 //! limits. A call never blocks the async executor: the guest yields at every epoch tick, so
 //! heartbeats and other handlers keep running on a 2-core machine.
@@ -9,9 +9,12 @@
 //! - `invocation`: the per-call store data and the host functions the guest imports.
 //! - `guest_log`: the guest's stdout and stderr into the host's log.
 //! - `error`: [`LoadError`], [`HandlerError`].
+//! - `admission`: every output's checks against the grant and the byte budgets.
 //! - [`command`]: the command contract for plain WASI programs (environment in, output frames
-//!   and exit status out); the runner that uses it is next (issue: any WASM language).
+//!   and exit status out) and its runner for preview 1 command modules (Go, C, any
+//!   `wasm32-wasip1` program): a plugin file that is a core module is run as a command.
 
+mod admission;
 mod batch;
 pub mod command;
 mod error;
@@ -24,17 +27,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, ComponentExportIndex, HasSelf, Linker};
 use wasmtime::{
     Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
     UpdateDeadline,
 };
 
+pub use self::admission::OutputHold;
+use self::admission::OutputPool;
 pub use self::error::{HandlerError, LimitKind, LoadError};
 use self::guest_log::cut;
 pub(crate) use self::invocation::Invocation;
-use self::invocation::OutputPool;
-pub use self::invocation::{Hooks, InProgress, OutputHold};
+pub use self::invocation::{Hooks, InProgress};
 pub use self::pool::PoolStats;
 use self::pool::{Instance, Pool};
 use crate::capability::{Capabilities, Services};
@@ -113,6 +117,8 @@ impl Default for RuntimeConfig {
 pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<Invocation>>,
+    /// What a command module may import: WASI preview 1.
+    command_linker: Arc<wasmtime::Linker<command::Run>>,
     config: RuntimeConfig,
     cache: Option<wasmtime::Cache>,
     output_pool: OutputPool,
@@ -186,9 +192,13 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("cannot add wasi:http to the linker")?;
+        let command_linker = command::linker(&engine)
+            .map_err(anyhow::Error::from)
+            .context("cannot add WASI preview 1 to the command linker")?;
         Ok(Self {
             engine,
             linker: Arc::new(linker),
+            command_linker: Arc::new(command_linker),
             output_pool: OutputPool::new(config.max_output_bytes),
             config,
             cache,
@@ -215,14 +225,26 @@ impl Runtime {
         &self.engine
     }
 
-    /// Compiles and checks a plugin from its bytes.
+    /// Compiles and checks a plugin from its bytes: a `plugin`-world component, or a core
+    /// module, which runs as a command ([`command`]).
     pub fn load(&self, name: &str, wasm: &[u8], manifest: Manifest) -> Result<Plugin, LoadError> {
-        let component =
-            Component::new(&self.engine, wasm).map_err(|e| LoadError::NotAComponent {
-                plugin: name.to_owned(),
-                reason: format!("{e:#}"),
+        let code = if command::is_core_module(wasm) {
+            let module = wasmtime::Module::new(&self.engine, wasm).map_err(|e| {
+                LoadError::NotAComponent {
+                    plugin: name.to_owned(),
+                    reason: format!("{e:#}"),
+                }
             })?;
-        self.prepare(name, component, manifest)
+            self.command(name, &module, &manifest)?
+        } else {
+            let component =
+                Component::new(&self.engine, wasm).map_err(|e| LoadError::NotAComponent {
+                    plugin: name.to_owned(),
+                    reason: format!("{e:#}"),
+                })?;
+            self.component(name, &component, &manifest)?
+        };
+        self.prepare(name, code, manifest)
     }
 
     /// Reads `path` (`NAME.wasm`) and the manifest beside it, then loads it as plugin `NAME`.
@@ -239,12 +261,7 @@ impl Runtime {
         self.load(&name, &wasm, manifest)
     }
 
-    fn prepare(
-        &self,
-        name: &str,
-        component: Component,
-        manifest: Manifest,
-    ) -> Result<Plugin, LoadError> {
+    fn prepare(&self, name: &str, code: Code, manifest: Manifest) -> Result<Plugin, LoadError> {
         // The name is the default durable and part of the dead-letter subject.
         crate::policy::refuse_invalid_name("the plugin name", name).map_err(|reason| {
             LoadError::Unsupported {
@@ -271,28 +288,12 @@ impl Runtime {
                 ),
             });
         }
-        let batch_export = component.get_export_index(None, "handle-batch");
-        let batcher = match (&manifest.batch, &batch_export) {
-            (None, _) => None,
-            (Some(batch), Some(_)) => Some(batch::Batcher::new(batch)),
-            (Some(_), None) => {
-                return Err(LoadError::Unsupported {
-                    plugin: name.to_owned(),
-                    reason: "the manifest has a [batch] section, but the component exports no \
-                             handle-batch (build it with a natsplug SDK, world batch-plugin)"
-                        .into(),
-                });
+        let batcher = match &code {
+            Code::Component { batch: Some(_), .. } => {
+                manifest.batch.as_ref().map(batch::Batcher::new)
             }
+            _ => None,
         };
-        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
-            plugin: name.to_owned(),
-            reason: format!("{e:#}"),
-        };
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(wrong_world)?;
-        let pre = bindings::PluginPre::new(instance_pre).map_err(wrong_world)?;
         Ok(Plugin {
             pool: Arc::new(Pool::new(&manifest)),
             inner: Arc::new(PluginInner {
@@ -301,13 +302,118 @@ impl Runtime {
                 capabilities: Capabilities::new(&manifest, &self.services),
                 manifest,
                 output_pool: self.output_pool.clone(),
-                pre,
-                batch_export,
+                code,
                 batcher,
                 engine: self.engine.clone(),
             }),
         })
     }
+}
+
+impl Runtime {
+    /// Links a `plugin`-world component.
+    fn component(
+        &self,
+        name: &str,
+        component: &Component,
+        manifest: &Manifest,
+    ) -> Result<Code, LoadError> {
+        let batch = component.get_export_index(None, "handle-batch");
+        if manifest.batch.is_some() && batch.is_none() {
+            return Err(LoadError::Unsupported {
+                plugin: name.to_owned(),
+                reason: "the manifest has a [batch] section, but the component exports no \
+                         handle-batch (build it with a natsplug SDK, world batch-plugin)"
+                    .into(),
+            });
+        }
+        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
+            plugin: name.to_owned(),
+            reason: format!("{e:#}"),
+        };
+        let instance_pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(wrong_world)?;
+        Ok(Code::Component {
+            pre: bindings::PluginPre::new(instance_pre).map_err(wrong_world)?,
+            batch,
+        })
+    }
+
+    /// Links a command module, refusing what the command contract cannot give it: warm
+    /// instances and batches (`_start` runs once per instance), capabilities (they are
+    /// component imports), the network (preview 1 has no sockets), and `sandbox.env` names the
+    /// contract sets.
+    fn command(
+        &self,
+        name: &str,
+        module: &wasmtime::Module,
+        manifest: &Manifest,
+    ) -> Result<Code, LoadError> {
+        let unsupported = |reason: String| LoadError::Unsupported {
+            plugin: name.to_owned(),
+            reason: format!("{reason} (the plugin is a command module)"),
+        };
+        if manifest.instance.isolation != crate::manifest::Isolation::Message {
+            return Err(unsupported(
+                "[instance] isolation = \"pool\": a command runs once per instance".into(),
+            ));
+        }
+        if manifest.batch.is_some() {
+            return Err(unsupported(
+                "[batch]: a command handles one message per run".into(),
+            ));
+        }
+        if let Some(section) = manifest.capability_sections().first() {
+            return Err(unsupported(format!(
+                "[{section}]: capabilities need a natsplug component"
+            )));
+        }
+        if manifest.sandbox.network {
+            return Err(unsupported(
+                "sandbox.network: WASI preview 1 has no sockets".into(),
+            ));
+        }
+        if let Some(key) = manifest
+            .sandbox
+            .env
+            .keys()
+            .find(|k| k.starts_with(command::RESERVED_ENV_PREFIX))
+        {
+            return Err(unsupported(format!(
+                "sandbox.env: {key}: the NATSPLUG_ names are the ones natsplug sets for each message"
+            )));
+        }
+        let mut names = std::collections::BTreeMap::new();
+        for key in manifest.config.keys() {
+            if let Some(other) = names.insert(command::config_env_name(key), key) {
+                return Err(unsupported(format!(
+                    "[config]: {other:?} and {key:?} are both {}",
+                    command::config_env_name(key)
+                )));
+            }
+        }
+        let program = command::Program::new(&self.command_linker, module).map_err(|reason| {
+            LoadError::NotACommand {
+                plugin: name.to_owned(),
+                reason,
+            }
+        })?;
+        Ok(Code::Command(program))
+    }
+}
+
+/// What runs a plugin's handler.
+pub(crate) enum Code {
+    /// A `plugin`-world component, pre-instantiated; `batch` is where it exports
+    /// `handle-batch`, if it does.
+    Component {
+        pre: bindings::PluginPre<Invocation>,
+        batch: Option<ComponentExportIndex>,
+    },
+    /// A command module, run once per message.
+    Command(command::Program),
 }
 
 /// The plugin name for a file: its stem (`uppercase` for `plugins/uppercase.wasm`).
@@ -392,9 +498,7 @@ pub(crate) struct PluginInner {
     pub(crate) capabilities: Capabilities,
     /// The host-wide bound on pending output bytes.
     pub(crate) output_pool: OutputPool,
-    pre: bindings::PluginPre<Invocation>,
-    /// Where the component exports `handle-batch`, if it does.
-    batch_export: Option<wasmtime::component::ComponentExportIndex>,
+    code: Code,
     /// Gathers inputs into `handle-batch` calls, under `[batch]`.
     batcher: Option<batch::Batcher>,
     engine: Engine,
@@ -443,7 +547,8 @@ impl std::fmt::Debug for Plugin {
     }
 }
 
-enum Failed {
+/// How a guest run failed: making the instance, or in the call.
+pub(crate) enum Failed {
     Instantiate(wasmtime::Error),
     Call(wasmtime::Error),
 }
@@ -501,7 +606,12 @@ impl Plugin {
 
     /// Whether the component exports `handle-batch`.
     pub fn exports_batch(&self) -> bool {
-        self.inner.batch_export.is_some()
+        matches!(self.inner.code, Code::Component { batch: Some(_), .. })
+    }
+
+    /// Whether the plugin is a command module (the command contract).
+    pub fn is_command(&self) -> bool {
+        matches!(self.inner.code, Code::Command(_))
     }
 
     /// Runs the handler on one message under the manifest's limits: in a fresh instance, a
@@ -522,6 +632,10 @@ impl Plugin {
     /// One `handle` call, for one message.
     async fn handle_one(&self, message: &Message, hooks: Hooks) -> Handled {
         let mut handled = Handled::of(Ok(Outcome::Success(Vec::new())));
+        if let Code::Command(program) = &self.inner.code {
+            handled.result = program.run(&self.inner, message, &mut handled).await;
+            return handled;
+        }
         let input = wit_message(message);
         let ran = self
             .run(
@@ -608,28 +722,19 @@ impl Plugin {
             plugin: plugin.name.to_string(),
             message: format!("cannot prepare the sandbox: {e:#}"),
         })?;
-        let mut store = Store::new(&plugin.engine, state);
-        store.limiter(|state| &mut state.limiter);
-        store.epoch_deadline_callback(|ctx| {
-            if Instant::now() >= ctx.data().deadline {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
-        Ok(store)
+        Ok(limited_store(&plugin.engine, state))
     }
 
     /// Makes the instance's exports, looking up `handle-batch` when the component has it.
     async fn instantiate(&self, store: &mut Store<Invocation>) -> wasmtime::Result<Exports> {
-        let instance = self
-            .inner
-            .pre
-            .instance_pre()
-            .instantiate_async(&mut *store)
-            .await?;
+        let Code::Component { pre, batch } = &self.inner.code else {
+            return Err(wasmtime::Error::msg(
+                "a command module has no component exports",
+            ));
+        };
+        let instance = pre.instance_pre().instantiate_async(&mut *store).await?;
         let plugin = bindings::Plugin::new(&mut *store, &instance)?;
-        let batch = match &self.inner.batch_export {
+        let batch = match batch {
             Some(index) => Some(instance.get_typed_func(&mut *store, index)?),
             None => None,
         };
@@ -723,7 +828,7 @@ impl Plugin {
         match result {
             Err(_elapsed) => {
                 // What was refused before the deadline is counted all the same.
-                handled.denials = std::mem::take(&mut store.data_mut().denials);
+                handled.denials = std::mem::take(&mut store.data_mut().admission.denials);
                 Err(HandlerError::Deadline {
                     plugin: plugin.name.to_string(),
                     deadline: limits.deadline,
@@ -731,10 +836,10 @@ impl Plugin {
             }
             Ok(Err(failed)) => {
                 let state = store.data_mut();
-                handled.denials = std::mem::take(&mut state.denials);
+                handled.denials = std::mem::take(&mut state.admission.denials);
                 Err(match state.refused.take() {
                     Some(refused) => refused,
-                    None => self.classify(failed, store, &stderr),
+                    None => plugin.classify(failed, state.limiter.exceeded, &stderr),
                 })
             }
             Ok(Ok((exports, answer))) => {
@@ -758,14 +863,16 @@ impl Plugin {
             Ok(outputs) => outputs
                 .into_iter()
                 .try_for_each(|output| {
-                    all.push(state.admit(wit_output(output))?);
+                    all.push(state.admission.admit(wit_output(output))?);
                     Ok(())
                 })
                 .map(|()| Ok(all)),
             Err(failure) => Ok(Err(failure)),
         };
-        handled.denials.extend(std::mem::take(&mut state.denials));
-        handled.held = std::mem::take(&mut state.held);
+        handled
+            .denials
+            .extend(std::mem::take(&mut state.admission.denials));
+        handled.held = std::mem::take(&mut state.admission.held);
         Ok(match admitted? {
             Ok(all) => Outcome::Success(all),
             // A reason goes into logs and headers: cut like a log line. A delay is capped.
@@ -780,11 +887,19 @@ impl Plugin {
             },
         })
     }
+}
 
-    fn classify(&self, failed: Failed, store: &Store<Invocation>, stderr: &str) -> HandlerError {
-        let plugin = self.inner.name.to_string();
-        let limits = &self.inner.manifest.limits;
-        if store.data().limiter.exceeded {
+impl PluginInner {
+    /// What a failed call or run was: a limit, a refusal, a panic, a trap.
+    pub(crate) fn classify(
+        &self,
+        failed: Failed,
+        memory_exceeded: bool,
+        stderr: &str,
+    ) -> HandlerError {
+        let plugin = self.name.to_string();
+        let limits = &self.manifest.limits;
+        if memory_exceeded {
             return HandlerError::Memory {
                 plugin,
                 limit: limits.memory,
@@ -831,6 +946,29 @@ impl Plugin {
             },
         }
     }
+}
+
+/// The store data of a guest run under a plugin's limits.
+pub(crate) trait Limited: Send + 'static {
+    /// When the call must end.
+    fn deadline(&self) -> Instant;
+    /// Its memory limiter.
+    fn limiter(&mut self) -> &mut invocation::MemoryLimiter;
+}
+
+/// A store for `data` with the memory limiter and the epoch callback (interrupt past the
+/// deadline, else yield to the executor at every tick).
+pub(crate) fn limited_store<T: Limited>(engine: &Engine, data: T) -> Store<T> {
+    let mut store = Store::new(engine, data);
+    store.limiter(|data| data.limiter());
+    store.epoch_deadline_callback(|ctx| {
+        if Instant::now() >= ctx.data().deadline() {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    store
 }
 
 /// The bytes wasmtime may copy out of the guest in one call of `inputs` inputs: twice the

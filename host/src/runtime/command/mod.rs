@@ -13,10 +13,16 @@
 //! - For a JetStream delivery: `NATSPLUG_STREAM`, `NATSPLUG_CONSUMER`,
 //!   `NATSPLUG_STREAM_SEQUENCE`, `NATSPLUG_CONSUMER_SEQUENCE`, `NATSPLUG_DELIVERED` (1 on the
 //!   first delivery), `NATSPLUG_PENDING`, `NATSPLUG_TIMESTAMP_NS` (decimal integers).
+//! - The manifest's `[config]`: each key as `NATSPLUG_CONFIG_KEY`, the key upper-cased and
+//!   every character but ASCII letters and digits made `_` (`marker` is
+//!   `NATSPLUG_CONFIG_MARKER`, `max-size` is `NATSPLUG_CONFIG_MAX_SIZE`); two keys with the same
+//!   name fail the load.
+//! - `sandbox.env`'s variables, which may not start with `NATSPLUG_`.
 //!
 //! Standard output: one JSON object per line, each an output (blank lines are skipped):
-//! `{"subject": "out.x", "payload": "text", "headers": {"k": "v"}}`. `subject` may be left out
-//! when the manifest's `[config] output` names one; `payload` is UTF-8 text, or
+//! `{"subject": "out.x", "payload": "text", "headers": {"k": "v"}}`. A frame without `subject`
+//! goes to the manifest's `[config] output`, or else answers the request (the message's reply
+//! subject); with neither it is malformed. `payload` is UTF-8 text, or
 //! `payload_base64` holds bytes (standard alphabet, padded); a header's value is a string or a
 //! list of strings. Any other field, or a line that is not such an object, is a malformed frame:
 //! the message is rejected with a reason naming the line.
@@ -25,11 +31,14 @@
 //! of sysexits.h) asks for another delivery after the manifest's backoff, anything else rejects
 //! the message, with the last line the program wrote to standard error as the reason.
 
+mod runner;
+
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use serde::Deserialize;
 
+pub(crate) use self::runner::{Program, RESERVED_ENV_PREFIX, Run, is_core_module, linker};
 use super::Outcome;
 use crate::message::{Headers, Message, Output};
 
@@ -78,6 +87,22 @@ pub fn environment(message: &Message) -> Vec<(String, String)> {
     env
 }
 
+/// The environment name of `[config]` key `key`: `NATSPLUG_CONFIG_` and the key upper-cased,
+/// every character but an ASCII letter or digit made `_`.
+pub fn config_env_name(key: &str) -> String {
+    let name: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("NATSPLUG_CONFIG_{name}")
+}
+
 /// One line of standard output.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,9 +130,10 @@ pub fn outcome(
     stdout: &[u8],
     stderr: &[u8],
     default_subject: Option<&str>,
+    has_reply: bool,
 ) -> Outcome {
     match status {
-        0 => match outputs(stdout, default_subject) {
+        0 => match outputs(stdout, default_subject, has_reply) {
             Ok(outputs) => Outcome::Success(outputs),
             Err(reason) => Outcome::Reject { reason },
         },
@@ -121,8 +147,13 @@ pub fn outcome(
     }
 }
 
-/// The outputs of standard output, or why a frame is malformed ("output line N: ...").
-pub fn outputs(stdout: &[u8], default_subject: Option<&str>) -> Result<Vec<Output>, String> {
+/// The outputs of standard output, or why a frame is malformed ("output line N: ..."). A
+/// frame without a subject goes to `default_subject`, else to the reply when `has_reply`.
+pub fn outputs(
+    stdout: &[u8],
+    default_subject: Option<&str>,
+    has_reply: bool,
+) -> Result<Vec<Output>, String> {
     let mut outputs = Vec::new();
     for (index, line) in stdout.split(|&b| b == b'\n').enumerate() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -147,11 +178,12 @@ pub fn outputs(stdout: &[u8], default_subject: Option<&str>) -> Result<Vec<Outpu
             }
         };
         let subject = match (frame.subject, default_subject) {
-            (Some(subject), _) => subject,
-            (None, Some(default)) => default.to_owned(),
+            (Some(subject), _) => Some(subject),
+            (None, Some(default)) => Some(default.to_owned()),
+            (None, None) if has_reply => None,
             (None, None) => {
                 return Err(malformed(
-                    "no subject, and no [config] output to send it to".to_owned(),
+                    "no subject, no [config] output and no reply subject to send it to".to_owned(),
                 ));
             }
         };
@@ -167,7 +199,7 @@ pub fn outputs(stdout: &[u8], default_subject: Option<&str>) -> Result<Vec<Outpu
             }
         }
         outputs.push(Output {
-            subject: Some(subject),
+            subject,
             headers,
             payload,
         });
@@ -194,6 +226,16 @@ fn cut(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_key_becomes_an_environment_name() {
+        assert_eq!(config_env_name("marker"), "NATSPLUG_CONFIG_MARKER");
+        assert_eq!(
+            config_env_name("max-size.v2"),
+            "NATSPLUG_CONFIG_MAX_SIZE_V2"
+        );
+        assert_eq!(config_env_name("é=x"), "NATSPLUG_CONFIG___X");
+    }
     use crate::message::Delivery;
     use proptest::prelude::*;
 
@@ -277,24 +319,37 @@ mod tests {
             "\n",
         );
         assert_eq!(
-            outcome(0, stdout.as_bytes(), b"", Some("out.default")),
+            outcome(0, stdout.as_bytes(), b"", Some("out.default"), false),
             Outcome::Success(vec![
                 output("out.a", &[("k", "v"), ("m", "1"), ("m", "2")], b"HELLO"),
                 output("out.default", &[], &[0x00, 0xff]),
                 output("out.default", &[], b""),
             ])
         );
-        assert_eq!(outcome(0, b"", b"", None), Outcome::Success(vec![]));
+        assert_eq!(outcome(0, b"", b"", None, false), Outcome::Success(vec![]));
+        // Without a subject or a default, a frame answers the request when there is one.
+        assert_eq!(
+            outcome(0, br#"{"payload":"R"}"#, b"", None, true),
+            Outcome::Success(vec![Output {
+                subject: None,
+                headers: Headers::default(),
+                payload: bytes::Bytes::from_static(b"R"),
+            }])
+        );
     }
 
     #[test]
     fn a_malformed_frame_rejects_the_message_naming_its_line() {
-        let reject =
-            |stdout: &str, default: Option<&str>| match outcome(0, stdout.as_bytes(), b"", default)
-            {
-                Outcome::Reject { reason } => reason,
-                other => panic!("{stdout:?}: not a reject: {other:?}"),
-            };
+        let reject = |stdout: &str, default: Option<&str>| match outcome(
+            0,
+            stdout.as_bytes(),
+            b"",
+            default,
+            false,
+        ) {
+            Outcome::Reject { reason } => reason,
+            other => panic!("{stdout:?}: not a reject: {other:?}"),
+        };
         let ok = "{\"subject\":\"out.a\"}\n";
         assert!(
             reject(&format!("{ok}HELLO\n"), None)
@@ -317,7 +372,7 @@ mod tests {
         );
         assert_eq!(
             reject(r#"{"payload":"x"}"#, None),
-            "output line 1: no subject, and no [config] output to send it to"
+            "output line 1: no subject, no [config] output and no reply subject to send it to"
         );
         assert_eq!(
             reject(
@@ -339,7 +394,8 @@ mod tests {
                 EXIT_RETRY,
                 b"{\"subject\":\"o\"}\n",
                 b"log line\nthe database is away\n\n",
-                None
+                None,
+                false
             ),
             Outcome::Retry {
                 reason: "the database is away".to_owned(),
@@ -347,27 +403,33 @@ mod tests {
             }
         );
         assert_eq!(
-            outcome(EXIT_RETRY, b"", b"", None),
+            outcome(EXIT_RETRY, b"", b"", None, false),
             Outcome::Retry {
                 reason: "exited with 75".to_owned(),
                 delay: None
             }
         );
         assert_eq!(
-            outcome(1, b"{\"subject\":\"o\"}\n", b"panic: bad input\n", None),
+            outcome(
+                1,
+                b"{\"subject\":\"o\"}\n",
+                b"panic: bad input\n",
+                None,
+                false
+            ),
             Outcome::Reject {
                 reason: "panic: bad input".to_owned()
             }
         );
         assert_eq!(
-            outcome(2, b"", b"", None),
+            outcome(2, b"", b"", None, false),
             Outcome::Reject {
                 reason: "exited with 2".to_owned()
             }
         );
         // A long last line is cut on a character boundary.
         let long = "é".repeat(MAX_REASON);
-        match outcome(1, b"", long.as_bytes(), None) {
+        match outcome(1, b"", long.as_bytes(), None, false) {
             Outcome::Reject { reason } => {
                 assert_eq!(reason.len(), MAX_REASON);
                 assert!(reason.chars().all(|c| c == 'é'));
@@ -390,7 +452,7 @@ mod tests {
             stderr in proptest::collection::vec(any::<u8>(), 0..300),
             default in proptest::option::of("[a-z.]{1,8}"),
         ) {
-            match outcome(status, &stdout, &stderr, default.as_deref()) {
+            match outcome(status, &stdout, &stderr, default.as_deref(), false) {
                 Outcome::Success(outputs) => {
                     prop_assert_eq!(status, 0);
                     prop_assert!(outputs.iter().all(|o| o.subject.is_some()));
