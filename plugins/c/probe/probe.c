@@ -1,7 +1,7 @@
 /*
  * probe: a hostile command handler for natsplug's tests. The payload names what it does:
  *   loop       spins forever (fuel or the deadline must stop it)
- *   eat        allocates until malloc fails, then exits 1 (the memory limit)
+ *   eat        allocates 1 MiB at a time until malloc fails, then exits 1 (the memory limit)
  *   retry      exits 75 with a reason on stderr (another delivery)
  *   fail       exits 3 with a reason on stderr (a reject)
  *   malformed  writes one good frame, then a line that is not one
@@ -36,7 +36,8 @@ int main(void) {
         fprintf(stderr, "out of memory after %zu MiB\n", total >> 20);
         return 1;
       }
-      memset(chunk, 1, 1 << 20);
+      /* Touch it, so the allocation stays; the memory limit, not fuel, must stop this. */
+      ((volatile char *)chunk)[0] = 1;
     }
   }
   if (strcmp(payload, "retry") == 0) {

@@ -5,8 +5,8 @@
  * headers are carried over; a marker config value is set as the marker header. A payload
  * that is not UTF-8 is rejected.
  *
- * Upper-casing is the C library's: wasi-libc's towupper, Unicode's simple case mapping, one
- * character for one, so "ß" stays "ß" where Rust, Python and JavaScript give "SS".
+ * Upper-casing is the C library's: wasi-libc's towupper (musl's table), one character for one,
+ * so "ß" becomes the capital "ẞ" where Rust, Python and JavaScript give "SS" and Go keeps "ß".
  */
 #include <limits.h>
 #include <locale.h>
