@@ -13,7 +13,8 @@
 //! - [`reload`]: hot reload under load and the control plane.
 //! - [`deploy`]: the deployment files (Kubernetes manifest, Containerfile, Grafana dashboard).
 //! - [`package`]: the release tarball outside the checkout: `natsplug new` for each language.
-//! - [`languages`]: the same handler in Rust, Python and JavaScript.
+//! - [`languages`]: the same handler in Rust, Python, JavaScript, Go and C.
+//! - [`commands`]: command handlers (WASI programs in C and Go): every fault's typed outcome.
 //! - [`sdks`]: the Python and JavaScript SDKs inside real components, feature by feature.
 //! - [`auth`]: TLS, user/password, nkey and creds file end to end; the documented permissions.
 //! - [`security`]: hostile requesters and guests: forged reply subjects, server-steering and
@@ -26,6 +27,7 @@
 mod auth;
 mod batch;
 mod capabilities;
+mod commands;
 mod deploy;
 mod engine;
 mod fleet;
