@@ -147,8 +147,13 @@ where
     let (events, mut changes) = mpsc::unbounded_channel();
     let filter = build.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // A change to a source, not a read of one: every build opens its sources, and an open
+        // counted as a change started the next build after each one, for ever.
         let sources = match event {
-            Ok(event) => event.paths.iter().any(|p| filter.is_source(p)),
+            Ok(event) => {
+                !matches!(event.kind, notify::EventKind::Access(_))
+                    && event.paths.iter().any(|p| filter.is_source(p))
+            }
             Err(_) => false,
         };
         if sources {
