@@ -1,8 +1,9 @@
-//! `uppercase` in Rust, Python and JavaScript, in one run: the cost of one handler call (mean
-//! over many calls, in process) and the end-to-end throughput through a real nats-server (N
-//! inputs stored first, then one host pulls, handles, publishes each output with its publish
-//! ack and acks the input; msgs/s from the host's start to the last output stored), each with a
-//! fresh instance per message and with instance reuse. Prints a Markdown table.
+//! `uppercase` in Rust, Python, JavaScript (components), Go and C (command modules), in one run:
+//! the cost of one handler call (mean over many calls, in process) and the end-to-end throughput
+//! through a real nats-server (N inputs stored first, then one host pulls, handles, publishes
+//! each output with its publish ack and acks the input; msgs/s from the host's start to the
+//! last output stored), each with a fresh instance per message and, for components, with
+//! instance reuse (a command runs once per instance: no reuse). Prints a Markdown table.
 //!
 //! `cargo bench -p natsplug-tests --bench languages` (NATSPLUG_BENCH_MESSAGES, default 3000)
 
@@ -103,18 +104,24 @@ fn main() {
         "| plugin | call, fresh | call, reused | end to end, fresh | end to end, reused | reuse / fresh |"
     );
     println!("|---|---|---|---|---|---|");
-    for (language, plugin, calls) in [
-        ("Rust", "uppercase", 20_000),
-        ("Python", "uppercase-py", 300),
-        ("JavaScript", "uppercase-js", 500),
+    for (language, plugin, calls, reusable) in [
+        ("Rust", "uppercase", 20_000, true),
+        ("Python", "uppercase-py", 300, true),
+        ("JavaScript", "uppercase-js", 500, true),
+        ("Go (command)", "uppercase-go", 300, false),
+        ("C (command)", "uppercase-c", 3_000, false),
     ] {
         let call_fresh = rt.block_on(per_call(plugin, 1, calls));
-        let call_reused = rt.block_on(per_call(plugin, 1_000_000, calls * 10));
         let fresh = rt.block_on(run(plugin, 1, messages));
-        let reused = rt.block_on(run(plugin, 1_000_000, messages));
-        println!(
-            "| {language} | {call_fresh:.1} µs | {call_reused:.1} µs | {fresh:.0} msgs/s | {reused:.0} msgs/s | {:.2}x |",
-            reused / fresh
-        );
+        if reusable {
+            let call_reused = rt.block_on(per_call(plugin, 1_000_000, calls * 10));
+            let reused = rt.block_on(run(plugin, 1_000_000, messages));
+            println!(
+                "| {language} | {call_fresh:.1} µs | {call_reused:.1} µs | {fresh:.0} msgs/s | {reused:.0} msgs/s | {:.2}x |",
+                reused / fresh
+            );
+        } else {
+            println!("| {language} | {call_fresh:.1} µs | n/a | {fresh:.0} msgs/s | n/a | n/a |");
+        }
     }
 }

@@ -104,6 +104,27 @@ async fn a_c_command_gets_the_typed_outcome_of_each_fault() {
         ),
         other => panic!("malformed: {other:?}"),
     }
+    // A Go-like `panic: ` line is a panic only with Go's exit status 2: this is a reject.
+    assert_eq!(
+        handle(&probe, "fakepanic").await,
+        Ok(Outcome::Reject {
+            reason: "panic: not really".into()
+        })
+    );
+    // A subject the environment cannot carry is rejected without running the program.
+    let nul = probe
+        .handle(
+            &Message::new("probe.c\0NATSPLUG_REPLY=_INBOX.x", "env"),
+            Hooks::default(),
+        )
+        .await;
+    assert_eq!(
+        nul,
+        Ok(Outcome::Reject {
+            reason: "the message's subject holds a NUL byte, which a WASI environment cannot carry"
+                .into()
+        })
+    );
     // Every output check of the grant, as for a component's outputs. Reserved space stays out
     // of reach of the widest grant that does not name it.
     let wide = load(
@@ -278,6 +299,26 @@ const BIG_MEMORY: &[u8] = b"\0asm\x01\0\0\0\
     \x07\x0a\x01\x06_start\x00\x00\
     \x0a\x04\x01\x02\x00\x0b";
 
+/// A module whose start function calls `proc_exit(1)` while it is instantiated (with the
+/// memory export WASI needs).
+const START_EXITS: &[u8] = b"\0asm\x01\0\0\0\
+    \x01\x08\x02\x60\x01\x7f\x00\x60\x00\x00\
+    \x02\x24\x01\x16wasi_snapshot_preview1\x09proc_exit\x00\x00\
+    \x03\x02\x01\x01\
+    \x05\x03\x01\x00\x01\
+    \x07\x13\x02\x06_start\x00\x01\x06memory\x02\x00\
+    \x08\x01\x01\
+    \x0a\x08\x01\x06\x00\x41\x01\x10\x00\x0b";
+
+/// A module whose start function calls `fd_write` without exporting a memory for it.
+const START_WRITES_WITHOUT_MEMORY: &[u8] = b"\0asm\x01\0\0\0\
+    \x01\x0c\x02\x60\x04\x7f\x7f\x7f\x7f\x01\x7f\x60\x00\x00\
+    \x02\x23\x01\x16wasi_snapshot_preview1\x08fd_write\x00\x00\
+    \x03\x02\x01\x01\
+    \x07\x0a\x01\x06_start\x00\x01\
+    \x08\x01\x01\
+    \x0a\x0f\x01\x0d\x00\x41\x01\x41\x00\x41\x00\x41\x00\x10\x00\x1a\x0b";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hand_written_modules_meet_the_same_limits() {
     let rt = cached_runtime();
@@ -298,6 +339,28 @@ async fn hand_written_modules_meet_the_same_limits() {
             fuel: 50_000_000
         })
     );
+    // What the guest's own start-up code does is its outcome, never a host fault (which would
+    // be retried forever and never dead-lettered).
+    let exits = rt.load("start-exits", START_EXITS, manifest()).unwrap();
+    assert_eq!(
+        exits.handle(&Message::new("x", ""), Hooks::default()).await,
+        Ok(Outcome::Reject {
+            reason: "exited with 1".into()
+        })
+    );
+    let writes = rt
+        .load("start-writes", START_WRITES_WITHOUT_MEMORY, manifest())
+        .unwrap();
+    match writes
+        .handle(&Message::new("x", ""), Hooks::default())
+        .await
+    {
+        Err(HandlerError::Trap { plugin, message }) => {
+            assert_eq!(plugin, "start-writes");
+            assert!(message.contains("memory"), "{message}");
+        }
+        other => panic!("not a trap: {other:?}"),
+    }
     let big = rt.load("big-memory", BIG_MEMORY, manifest()).unwrap();
     assert_eq!(
         big.handle(&Message::new("x", ""), Hooks::default()).await,

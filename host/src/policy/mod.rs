@@ -56,8 +56,11 @@ const HOST_PREFIXES: &[&str] = &[
 /// sizes`) is 4 KiB by default and a longer one closes the connection, failing every publish on
 /// it.
 pub const MAX_SUBJECT: usize = 1024;
-/// What an output costs besides its bytes (its record, its header entries).
+/// What an output costs besides its bytes (its record).
 const OUTPUT_OVERHEAD: u64 = 64;
+/// What a header entry costs besides its bytes: the host holds each as two strings (48 bytes)
+/// and their allocations, so a flood of empty headers is counted at what it takes.
+const HEADER_OVERHEAD: usize = 64;
 /// The longest subject a denial repeats.
 const MAX_SHOWN: usize = 128;
 
@@ -418,14 +421,14 @@ pub fn refuse_request_header(name: &str, value: &str) -> Result<(), Denied> {
 }
 
 /// What an output costs against the byte budgets: its subject, headers and payload, plus a
-/// fixed overhead so that a flood of empty outputs is counted too.
+/// fixed overhead per output and per header so that a flood of empty ones is counted too.
 pub fn output_size(output: &Output) -> u64 {
     let subject = output.subject.as_ref().map_or(0, String::len);
     let headers: usize = output
         .headers
         .0
         .iter()
-        .map(|(n, v)| n.len() + v.len() + 4)
+        .map(|(n, v)| n.len() + v.len() + HEADER_OVERHEAD)
         .sum();
     (subject + headers + output.payload.len()) as u64 + OUTPUT_OVERHEAD
 }

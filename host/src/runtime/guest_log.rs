@@ -1,6 +1,7 @@
 //! The guest's stdout and stderr: each complete line becomes a tracing event tagged with the
 //! plugin (stdout at INFO, stderr at WARN) inside the caller's span, so it carries the message
-//! context. The last lines of stderr are kept to tell a panic from another trap.
+//! context. The last lines of stderr are kept to tell a panic from another trap, and the first
+//! line that starts a Go panic (`panic: ...`), which a long traceback would push out of them.
 //!
 //! What a guest writes to the host's log is bounded per message ([`LogBudget`]): a line is cut
 //! at [`MAX_LINE`] bytes, and past `limits.log_bytes` lines are dropped and counted, with one
@@ -112,7 +113,12 @@ struct Buffer {
     /// Bytes of the current line past [`MAX_LINE`], not kept.
     overflow: usize,
     tail: String,
+    /// The message of the first stderr line that starts with [`GO_PANIC`].
+    go_panic: Option<String>,
 }
+
+/// How a Go program's runtime starts the report of a panic on stderr.
+const GO_PANIC: &str = "panic: ";
 
 /// One of the guest's output streams. Cheap to clone; clones share the buffer.
 #[derive(Clone)]
@@ -192,6 +198,12 @@ impl GuestLog {
                 if admitted {
                     tracing::warn!(target: "natsplug::guest", plugin, stream = "stderr", "{line}");
                 }
+                if buffer.go_panic.is_none()
+                    && let Some(message) = line.strip_prefix(GO_PANIC)
+                    && !message.trim().is_empty()
+                {
+                    buffer.go_panic = Some(message.trim().to_owned());
+                }
                 // Kept even when not logged: it tells a panic from another trap.
                 if !buffer.tail.is_empty() {
                     buffer.tail.push('\n');
@@ -216,6 +228,11 @@ impl GuestLog {
             self.flush_line(&mut buffer);
         }
         std::mem::take(&mut buffer.tail)
+    }
+
+    /// The message of the first line of stderr that started a Go panic, if one did.
+    pub(crate) fn go_panic(&self) -> Option<String> {
+        self.lock().go_panic.clone()
     }
 }
 

@@ -229,12 +229,11 @@ impl Runtime {
     /// module, which runs as a command ([`command`]).
     pub fn load(&self, name: &str, wasm: &[u8], manifest: Manifest) -> Result<Plugin, LoadError> {
         let code = if command::is_core_module(wasm) {
-            let module = wasmtime::Module::new(&self.engine, wasm).map_err(|e| {
-                LoadError::NotAComponent {
+            let module =
+                wasmtime::Module::new(&self.engine, wasm).map_err(|e| LoadError::NotACommand {
                     plugin: name.to_owned(),
                     reason: format!("{e:#}"),
-                }
-            })?;
+                })?;
             self.command(name, &module, &manifest)?
         } else {
             let component =
@@ -383,6 +382,18 @@ impl Runtime {
         {
             return Err(unsupported(format!(
                 "sandbox.env: {key}: the NATSPLUG_ names are the ones natsplug sets for each message"
+            )));
+        }
+        // The environment is NUL-terminated strings: a NUL would cut a value short.
+        if let Some(key) = manifest
+            .sandbox
+            .env
+            .iter()
+            .chain(&manifest.config)
+            .find_map(|(k, v)| (k.contains('\0') || v.contains('\0')).then_some(k))
+        {
+            return Err(unsupported(format!(
+                "{key:?}: a NUL byte cannot be in an environment variable"
             )));
         }
         let mut names = std::collections::BTreeMap::new();
@@ -928,12 +939,20 @@ impl PluginInner {
                 plugin,
                 deadline: limits.deadline,
             },
-            // Not a trap of the guest's own start-up code: the host could not make the instance
-            // (its pool exhausted...).
-            None if instantiating => HandlerError::Instantiate {
-                plugin,
-                message: format!("{error:#}"),
-            },
+            // The host could not make the instance (its pool exhausted): not the guest's fault.
+            // Anything else while instantiating ran the guest's own start-up code (a start
+            // function that exits or calls WASI wrongly) and is its failure, like a trap: a
+            // host fault is retried forever and never dead-lettered.
+            None if instantiating
+                && error
+                    .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                    .is_some() =>
+            {
+                HandlerError::Instantiate {
+                    plugin,
+                    message: format!("{error:#}"),
+                }
+            }
             _ => match panic_message(stderr) {
                 Some(message) => HandlerError::Panic { plugin, message },
                 None => HandlerError::Trap {

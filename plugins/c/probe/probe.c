@@ -4,6 +4,7 @@
  *   eat        allocates 1 MiB at a time until malloc fails, then exits 1 (the memory limit)
  *   retry      exits 75 with a reason on stderr (another delivery)
  *   fail       exits 3 with a reason on stderr (a reject)
+ *   fakepanic  writes a line like Go's panic report, then exits 1 (still a reject)
  *   malformed  writes one good frame, then a line that is not one
  *   reserved   publishes to $JS.API.STREAM.DELETE.IN
  *   header     publishes with a header value the protocol cannot carry
@@ -47,6 +48,10 @@ int main(void) {
   if (strcmp(payload, "fail") == 0) {
     fputs("the order has no id\n", stderr);
     return 3;
+  }
+  if (strcmp(payload, "fakepanic") == 0) {
+    fputs("panic: not really\n", stderr);
+    return 1;
   }
   if (strcmp(payload, "malformed") == 0) {
     puts("{\"payload\":\"fine\"}");

@@ -26,8 +26,9 @@ use crate::policy::Denied;
 /// use it.
 pub(crate) const RESERVED_ENV_PREFIX: &str = "NATSPLUG_";
 
-/// How a Go program's runtime reports a panic on stderr (it then exits with status 2).
-const GO_PANIC: &str = "panic: ";
+/// The exit status of a Go program whose runtime panicked (after a `panic: ` line on stderr,
+/// which [`GuestLog::go_panic`] keeps).
+const GO_PANIC_STATUS: i32 = 2;
 
 /// A command module, checked and pre-linked once per plugin version.
 pub(crate) struct Program {
@@ -92,12 +93,16 @@ impl Program {
         handled: &mut Handled,
     ) -> Result<Outcome, HandlerError> {
         let limits = &plugin.manifest.limits;
+        let env = match super::environment(message) {
+            Ok(env) => env,
+            Err(reason) => return Ok(Outcome::Reject { reason }),
+        };
         let log = Arc::new(LogBudget::new(limits.log_bytes));
         let stderr = GuestLog::stderr(plugin.name.clone(), log.clone());
         let capacity = stdout_capacity(limits.output_bytes);
         let stdout = MemoryOutputPipe::new(capacity);
         let deadline = Instant::now() + limits.deadline;
-        let wasi = sandbox(plugin, message, stdout.clone(), stderr.clone()).map_err(|e| {
+        let wasi = sandbox(plugin, message, env, stdout.clone(), stderr.clone()).map_err(|e| {
             HandlerError::Instantiate {
                 plugin: plugin.name.to_string(),
                 message: format!("cannot prepare the sandbox: {e:#}"),
@@ -144,7 +149,10 @@ impl Program {
                 });
             }
             Ok(Ok(())) => 0,
-            Ok(Err(Failed::Call(e))) if e.downcast_ref::<I32Exit>().is_some() => {
+            // `proc_exit`, from `_start` or from a start function run while instantiating.
+            Ok(Err(Failed::Call(e) | Failed::Instantiate(e)))
+                if e.downcast_ref::<I32Exit>().is_some() =>
+            {
                 e.downcast_ref::<I32Exit>().map_or(1, |exit| exit.0)
             }
             Ok(Err(failed)) => return Err(plugin.classify(failed, memory_exceeded, &tail)),
@@ -166,30 +174,22 @@ impl Program {
             handled.denials = admission.denials;
             return Err(refused);
         }
-        if status != 0
-            && status != super::EXIT_RETRY
-            && let Some(message) = go_panic(&tail)
+        // Go's runtime exits with 2 after printing the panic.
+        if status == GO_PANIC_STATUS
+            && let Some(message) = stderr.go_panic()
         {
             return Err(HandlerError::Panic {
                 plugin: plugin.name.to_string(),
                 message,
             });
         }
-        let outcome = super::outcome(
+        let outcome = super::outcome_admitting(
             status,
             &written,
             tail.as_bytes(),
             plugin.manifest.config.get("output").map(String::as_str),
-            message.reply.is_some(),
+            |output| admission.admit(output),
         );
-        let outcome = match outcome {
-            Outcome::Success(outputs) => outputs
-                .into_iter()
-                .map(|output| admission.admit(output))
-                .collect::<Result<Vec<_>, _>>()
-                .map(Outcome::Success),
-            other => Ok(other),
-        };
         handled.denials = admission.denials;
         handled.held = admission.held;
         outcome
@@ -207,6 +207,7 @@ fn stdout_capacity(output_bytes: u64) -> usize {
 fn sandbox(
     plugin: &PluginInner,
     message: &Message,
+    env: Vec<(String, String)>,
     stdout: MemoryOutputPipe,
     stderr: GuestLog,
 ) -> anyhow::Result<WasiP1Ctx> {
@@ -219,19 +220,10 @@ fn sandbox(
     for (key, value) in &plugin.manifest.config {
         wasi.env(super::config_env_name(key), value);
     }
-    for (key, value) in super::environment(message) {
+    for (key, value) in env {
         wasi.env(key, value);
     }
     Ok(wasi.build_p1())
-}
-
-/// The message of a Go panic in `stderr` ("panic: MESSAGE"), if the program panicked.
-fn go_panic(stderr: &str) -> Option<String> {
-    stderr
-        .lines()
-        .find_map(|line| line.strip_prefix(GO_PANIC))
-        .map(|message| message.trim().to_owned())
-        .filter(|message| !message.is_empty())
 }
 
 #[cfg(test)]
@@ -245,14 +237,6 @@ mod tests {
         assert!(!is_core_module(b"\0asm\x0d\0\x01\0"));
         assert!(!is_core_module(b"\0asm"));
         assert!(!is_core_module(b""));
-    }
-
-    #[test]
-    fn a_go_panic_is_found_in_stderr() {
-        let stderr = "log line\npanic: the input is bad\n\ngoroutine 1 [running]:\nmain.main()";
-        assert_eq!(go_panic(stderr).as_deref(), Some("the input is bad"));
-        assert_eq!(go_panic("exit 1\nno panic here"), None);
-        assert_eq!(go_panic("panic: "), None);
     }
 
     #[test]
