@@ -566,8 +566,9 @@ async fn run(command: Command) -> ExitCode {
                 let version = offline::version(&plugin, manifest.as_deref())
                     .unwrap_or_else(|e| format!("unknown ({e})"));
                 println!(
-                    "ok: {} is a natsplug:plugin/plugin component (plugin {:?}, version {version})",
+                    "ok: {} is {} (plugin {:?}, version {version})",
                     plugin.display(),
+                    p.kind(),
                     p.name(),
                 );
                 let Some(server) = server else {

@@ -569,3 +569,16 @@ async fn command_outcomes_settle_through_nats() {
     assert_eq!(env.header("NATSPLUG_REPLY"), "<missing>");
     assert_eq!(env.header("PATH"), "<missing>");
 }
+
+#[test]
+fn validate_says_a_module_runs_on_the_command_contract() {
+    let path = plugin_path("uppercase-go");
+    let out = natsplug_tests::natsplug_cli(&["validate", path.to_str().unwrap()]);
+    assert!(
+        out.starts_with(&format!(
+            "ok: {} is a WASI preview-1 command (the command contract) (plugin \"uppercase-go\", version ",
+            path.display()
+        )),
+        "{out}"
+    );
+}

@@ -582,6 +582,15 @@ impl Plugin {
         &self.inner.name
     }
 
+    /// What the plugin is: a `plugin`-world component, or a WASI command module (the command
+    /// contract).
+    pub fn kind(&self) -> &'static str {
+        match self.inner.code {
+            Code::Component { .. } => "a natsplug:plugin/plugin component",
+            Code::Command(_) => "a WASI preview-1 command (the command contract)",
+        }
+    }
+
     /// Its manifest.
     pub fn manifest(&self) -> &Manifest {
         &self.inner.manifest
