@@ -25,7 +25,7 @@ if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] && command -v apt-ge
   fi
 fi
 bash scripts/build-plugins.sh >/dev/null
-# The Python and JavaScript `uppercase` of the languages table.
+# The Python, JavaScript, Go and C `uppercase` of the languages table.
 bash scripts/build-guests.sh >/dev/null
 cargo build --quiet --release -p natsplug -p natsplug-bench
 exec "$root/target/release/natsplug-bench" "$@"
