@@ -105,7 +105,15 @@ build() {
         js) node guest-sdk/js/componentize.mjs "$dir/$app" "$tmp" ;;
         # -trimpath: no build-machine paths in the module (panics name files by module path).
         go) (cd "$dir" && GOOS=wasip1 GOARCH=wasm "$go" build -trimpath -o "$tmp" .) ;;
-        c) "$wasi_cc" --target=wasm32-wasi -O2 -Wall -Wextra -Werror -o "$tmp" "$dir/$app_file" ;;
+        # A C file that includes natsplug.h is a component (the C SDK, a reactor: natsplug
+        # makes it a component on load); any other is a command.
+        c) if grep -q '#include "natsplug.h"' "$dir/$app_file"; then
+             "$wasi_cc" --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -Wextra -Werror \
+               -Iguest-sdk/c -Iguest-sdk/c/bindings -o "$tmp" "$dir/$app_file" guest-sdk/c/natsplug.c \
+               guest-sdk/c/bindings/plugin.c guest-sdk/c/bindings/plugin_component_type.o
+           else
+             "$wasi_cc" --target=wasm32-wasi -O2 -Wall -Wextra -Werror -o "$tmp" "$dir/$app_file"
+           fi ;;
       esac
       mv "$tmp" "$out"
       echo "$hash" >"$stamp"
@@ -122,7 +130,6 @@ build() {
 build python py app.py guest-sdk/python "$py_toolchain"
 build js js app.js guest-sdk/js "$js_toolchain"
 build go go main.go guest-sdk/go "$go_toolchain"
-# The C command plugins are self-contained: no SDK folder.
-build c c NAME.c "" "$c_toolchain"
+build c c NAME.c guest-sdk/c "$c_toolchain"
 echo "build-guests: $built built, $skipped unchanged" >&2
 echo "$dist"

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use natsplug::config::HostConfig;
 use natsplug::offline;
@@ -232,6 +233,15 @@ enum Command {
         /// A NATS server URL to check the plugin against.
         #[arg(long)]
         server: Option<String>,
+    },
+    /// Make a core module built against the `plugin` world (C with wit-bindgen's bindings) into
+    /// a component, with WASI's preview-1 adapter (the host does the same when it loads one).
+    Componentize {
+        /// The core module (built with wit-bindgen's component-type section).
+        module: PathBuf,
+        /// Where to write the component.
+        #[arg(short, long)]
+        output: PathBuf,
     },
     /// Run a plugin's handler once, offline, and print each output as a JSON line.
     /// Exit code: 0 success, 2 retry, 3 reject, 4 limit hit or trap, 1 unusable plugin.
@@ -556,6 +566,16 @@ async fn run(command: Command) -> ExitCode {
                 natsplug::dev::run(config, Shutdown::new(), once, build).await
             }
             .await,
+        ),
+        Command::Componentize { module, output } => report(
+            std::fs::read(&module)
+                .with_context(|| format!("cannot read {}", module.display()))
+                .and_then(|wasm| natsplug::runtime::componentize::componentize(&wasm))
+                .and_then(|component| {
+                    std::fs::write(&output, component)
+                        .with_context(|| format!("cannot write {}", output.display()))
+                })
+                .map(|()| println!("wrote {}", output.display())),
         ),
         Command::Validate {
             plugin,

@@ -6,7 +6,7 @@
 //! Where the languages agree: Rust's `to_uppercase`, Python's `str.upper()` and JavaScript's
 //! `toUpperCase()` use Unicode's full case mapping (`ß` is `SS`), each of its own Unicode
 //! version; Go's `strings.ToUpper` uses the simple mapping, one character for one (`ß` stays
-//! `ß`), and wasi-libc's `towupper` (musl's table) maps `ß` to the capital `ẞ`. So all five are
+//! `ß`), and wasi-libc's `towupper` (musl's table) maps `ß` to the capital `ẞ`. So all six handlers (C in both contracts) are
 //! compared on ASCII, common accented Latin and `ǆ`, and on `ß` each gives its own library's
 //! answer. Go and C are command handlers, whose output frames carry
 //! headers as a JSON object: one entry per name, names in the object's order. So outputs are
@@ -27,12 +27,13 @@ use natsplug_tests::{
     plugin_path, publish_all, stream_count, stream_messages, wait_until,
 };
 
-const LANGUAGES: [&str; 5] = [
+const LANGUAGES: [&str; 6] = [
     "uppercase",
     "uppercase-py",
     "uppercase-js",
     "uppercase-go",
     "uppercase-c",
+    "uppercase-component-c",
 ];
 const SLOW: [&str; 4] = ["slow", "slow-py", "slow-js", "slow-go"];
 
@@ -41,7 +42,7 @@ fn load(rt: &Runtime, name: &str, manifest: &str) -> Plugin {
     rt.load_file(&plugin_path(name), Some(manifest)).unwrap()
 }
 
-/// Inputs on which all five languages' upper-casing agrees, with the output they give: ASCII,
+/// Inputs on which all six handlers' upper-casing agrees, with the output they give: ASCII,
 /// accented Latin of every Unicode version in use, the digraph `ǆ` (whose simple and full
 /// mappings are both `Ǆ`), an empty payload, and multi-valued headers.
 fn agreeing_inputs() -> Vec<(Message, &'static str)> {
@@ -75,7 +76,7 @@ fn grouped(outcome: Outcome) -> Outcome {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn uppercase_in_five_languages_agrees_where_their_case_mappings_do() {
+async fn uppercase_in_every_language_agrees_where_their_case_mappings_do() {
     let rt = cached_runtime();
     let manifest =
         "[publish]\nallow = [\"out.upper\"]\n[config]\noutput = \"out.upper\"\nmarker = \"m\"\n";
@@ -105,7 +106,7 @@ async fn uppercase_in_five_languages_agrees_where_their_case_mappings_do() {
     for (name, plugin) in LANGUAGES.iter().zip(&plugins) {
         let upper = match *name {
             "uppercase-go" => "STRAßE",
-            "uppercase-c" => "STRAẞE",
+            "uppercase-c" | "uppercase-component-c" => "STRAẞE",
             _ => "STRASSE",
         };
         let expected = Outcome::Success(vec![Output {
@@ -170,11 +171,11 @@ async fn slow_in_every_language_answers_a_number_and_rejects_a_non_number() {
     }
 }
 
-/// 50 inputs with a multi-valued header, on a payload all five languages upper-case alike: each
+/// 50 inputs with a multi-valued header, on a payload all six handlers upper-case alike: each
 /// language's durable gets every one and publishes its exact upper-cased twin, headers kept, each
 /// input acked once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_inputs_with_headers_get_the_same_uppercase_outputs_in_five_languages_through_nats() {
+async fn fifty_inputs_with_headers_get_the_same_uppercase_outputs_in_every_language_through_nats() {
     let (server, _client, js) = jetstream_setup().await;
     let plugins = PluginsDir::new();
     for name in LANGUAGES {

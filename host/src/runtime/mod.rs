@@ -13,10 +13,13 @@
 //! - [`command`]: the command contract for plain WASI programs (environment in, output frames
 //!   and exit status out) and its runner for preview 1 command modules (Go, C, any
 //!   `wasm32-wasip1` program): a plugin file that is a core module is run as a command.
+//! - [`componentize`]: unless it carries wit-bindgen's `component-type` section (C on the
+//!   component contract): then it is made into a component with the preview-1 adapter.
 
 mod admission;
 mod batch;
 pub mod command;
+pub mod componentize;
 mod error;
 mod guest_log;
 mod invocation;
@@ -228,6 +231,20 @@ impl Runtime {
     /// Compiles and checks a plugin from its bytes: a `plugin`-world component, or a core
     /// module, which runs as a command ([`command`]).
     pub fn load(&self, name: &str, wasm: &[u8], manifest: Manifest) -> Result<Plugin, LoadError> {
+        let componentized;
+        let wasm = if command::is_core_module(wasm) && componentize::has_component_type(wasm) {
+            componentized =
+                componentize::componentize(wasm).map_err(|e| LoadError::NotAComponent {
+                    plugin: name.to_owned(),
+                    reason: format!(
+                        "a core module with a component-type section, which does not make a \
+                         component with the WASI preview-1 adapter: {e:#}"
+                    ),
+                })?;
+            &componentized[..]
+        } else {
+            wasm
+        };
         let code = if command::is_core_module(wasm) {
             let module =
                 wasmtime::Module::new(&self.engine, wasm).map_err(|e| LoadError::NotACommand {
