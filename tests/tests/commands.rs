@@ -48,53 +48,60 @@ fn refused(result: Result<Outcome, HandlerError>) -> Denied {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_c_command_gets_the_typed_outcome_of_each_fault() {
-    let rt = cached_runtime();
-    let probe = load_own(&rt, "probe-c");
-    let plugin = || "probe-c".to_owned();
-
+/// What both probes answer alike: `echo` echoed to `probe.out`, `loop` out of `fuel`, `eat` at
+/// the `memory` limit, and `retry` and `fail` as the retry and the reject they ask for (the last
+/// line of standard error is the reason; the exit status decides which).
+async fn assert_shared_outcomes(probe: &Plugin, echo: &str, fuel: u64, memory: u64) {
+    let plugin = || probe.name().to_owned();
     assert_eq!(
-        handle(&probe, "echo me").await,
+        handle(probe, echo).await,
         Ok(Outcome::Success(vec![Output {
             subject: Some("probe.out".into()),
             headers: Headers::default(),
-            payload: "echo me".into(),
+            payload: echo.to_owned().into(),
         }]))
     );
     assert_eq!(
-        handle(&probe, "loop").await,
+        handle(probe, "loop").await,
         Err(HandlerError::OutOfFuel {
             plugin: plugin(),
-            fuel: 100_000_000
+            fuel
         })
     );
     assert_eq!(
-        handle(&probe, "eat").await,
+        handle(probe, "eat").await,
         Err(HandlerError::Memory {
             plugin: plugin(),
-            limit: 8 << 20
+            limit: memory
         })
     );
     assert_eq!(
-        handle(&probe, "trap").await,
-        Err(HandlerError::Trap {
-            plugin: plugin(),
-            message: "wasm trap: wasm `unreachable` instruction executed".into()
-        })
-    );
-    // The last line of standard error is the reason; the exit status decides retry or reject.
-    assert_eq!(
-        handle(&probe, "retry").await,
+        handle(probe, "retry").await,
         Ok(Outcome::Retry {
             reason: "the bank is down".into(),
             delay: None
         })
     );
     assert_eq!(
-        handle(&probe, "fail").await,
+        handle(probe, "fail").await,
         Ok(Outcome::Reject {
             reason: "the order has no id".into()
+        })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_c_command_gets_the_typed_outcome_of_each_fault() {
+    let rt = cached_runtime();
+    let probe = load_own(&rt, "probe-c");
+    let plugin = || "probe-c".to_owned();
+    assert_shared_outcomes(&probe, "echo me", 100_000_000, 8 << 20).await;
+
+    assert_eq!(
+        handle(&probe, "trap").await,
+        Err(HandlerError::Trap {
+            plugin: plugin(),
+            message: "wasm trap: wasm `unreachable` instruction executed".into()
         })
     );
     match handle(&probe, "malformed").await {
@@ -202,46 +209,12 @@ async fn a_go_command_gets_the_typed_outcome_of_each_fault() {
     let rt = cached_runtime();
     let probe = load_own(&rt, "probe-go");
     let plugin = || "probe-go".to_owned();
-    assert_eq!(
-        handle(&probe, "fine").await,
-        Ok(Outcome::Success(vec![Output {
-            subject: Some("probe.out".into()),
-            headers: Headers::default(),
-            payload: "fine".into(),
-        }]))
-    );
-    assert_eq!(
-        handle(&probe, "loop").await,
-        Err(HandlerError::OutOfFuel {
-            plugin: plugin(),
-            fuel: 1_000_000_000
-        })
-    );
-    assert_eq!(
-        handle(&probe, "eat").await,
-        Err(HandlerError::Memory {
-            plugin: plugin(),
-            limit: 32 << 20
-        })
-    );
+    assert_shared_outcomes(&probe, "fine", 1_000_000_000, 32 << 20).await;
     assert_eq!(
         handle(&probe, "panic").await,
         Err(HandlerError::Panic {
             plugin: plugin(),
             message: "assignment to entry in nil map".into()
-        })
-    );
-    assert_eq!(
-        handle(&probe, "retry").await,
-        Ok(Outcome::Retry {
-            reason: "the bank is down".into(),
-            delay: None
-        })
-    );
-    assert_eq!(
-        handle(&probe, "fail").await,
-        Ok(Outcome::Reject {
-            reason: "the order has no id".into()
         })
     );
     // Go's runtime alone needs more than 2 MiB: the limit stops it before main.
