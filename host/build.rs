@@ -1,5 +1,5 @@
 //! Embeds what a plugin project needs into the `natsplug` binary: the WIT contract and the Rust,
-//! Python, JavaScript and Go SDKs (see `src/sdk.rs`), so `natsplug new` works from a binary copied
+//! Python, JavaScript, Go and C SDKs (see `src/sdk.rs`), so `natsplug new` works from a binary copied
 //! anywhere. Writes `$OUT_DIR/embedded.rs`, a table of `include_bytes!` (which cargo tracks).
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -31,6 +31,12 @@ const TREES: &[(&str, &str, Take)] = &[
             && (name == "go.mod"
                 || name == "README.md"
                 || (name.ends_with(".go") && !name.ends_with("_test.go")))
+    }),
+    // The C SDK with its wit-bindgen bindings (C sources, headers, the component-type object).
+    ("c", "c", |p| {
+        p == Path::new("README.md")
+            || p.extension()
+                .is_some_and(|e| e == "c" || e == "h" || e == "o")
     }),
 ];
 

@@ -22,7 +22,7 @@ rm -rf "$out/stage" && mkdir -p "$stage/bin" "$stage/share/natsplug/sdk"
 install -m 0755 "$bin" "$stage/bin/natsplug"
 # What the binary embeds, written by the binary itself: the tarball cannot drift from it.
 "$stage/bin/natsplug" wit --dir "$stage/share/natsplug/wit" >/dev/null
-for lang in rust python js go; do
+for lang in rust python js go c; do
   "$stage/bin/natsplug" sdk "$lang" "$stage/share/natsplug/sdk/$lang" >/dev/null
 done
 cp README.md "$stage/README.md"

@@ -53,14 +53,15 @@ export GO="$tools/venv/bin/go"
 # Go's caches stay under .tools, not in $HOME, so a clean clone builds on its own.
 export GOPATH="$tools/go" GOCACHE="$tools/go-cache" GOFLAGS="-modcacherw" GOTOOLCHAIN=local
 
-# C guests: clang for wasm32-wasi, lld, the builtins and the wasi-libc sysroot, from Debian.
-if [ ! -x "/usr/bin/clang-$CLANG_VERSION" ] || [ ! -d /usr/lib/wasm32-wasi ] ||
+# C guests: clang for wasm32-wasi, lld, the builtins and the wasi-libc sysroot, from Debian; make
+# for the C project `natsplug new --lang c` writes.
+if ! command -v make >/dev/null || [ ! -x "/usr/bin/clang-$CLANG_VERSION" ] || [ ! -d /usr/lib/wasm32-wasi ] ||
   [ ! -f "/usr/lib/llvm-$CLANG_VERSION/lib/clang/$CLANG_VERSION/lib/wasi/libclang_rt.builtins-wasm32.a" ] ||
   [ ! -x "/usr/bin/wasm-ld-$CLANG_VERSION" ]; then
   sudo_=""; [ "$(id -u)" -ne 0 ] && sudo_="sudo"
   $sudo_ apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends \
-    "clang-$CLANG_VERSION" "lld-$CLANG_VERSION" wasi-libc "libclang-rt-$CLANG_VERSION-dev-wasm32" >/dev/null
+    "clang-$CLANG_VERSION" "lld-$CLANG_VERSION" wasi-libc "libclang-rt-$CLANG_VERSION-dev-wasm32" make >/dev/null
 fi
 export WASI_CC="/usr/bin/clang-$CLANG_VERSION"
 

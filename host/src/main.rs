@@ -513,6 +513,7 @@ async fn run(command: Command) -> ExitCode {
                     Lang::Python => ("./build.sh".to_owned(), "python3 -m unittest"),
                     Lang::Js => ("npm install && npm run build".to_owned(), "npm test"),
                     Lang::Go => ("./build.sh".to_owned(), "go test"),
+                    Lang::C => ("make".to_owned(), "make check"),
                 };
                 println!("created {}", path.display());
                 println!("build: {build}");

@@ -1,6 +1,6 @@
 //! `natsplug new NAME`: a new plugin project with a handler, a manifest and a test that builds
 //! the plugin and runs it through the real runtime with `natsplug call`: a component in Rust,
-//! Python or JavaScript, a command module (WASI preview 1) in Go.
+//! Python, JavaScript or C, a command module (WASI preview 1) in Go.
 //!
 //! A project holds everything it builds from: the SDK as a package of its own
 //! (`natsplug-sdk/`, written from the copy embedded in this binary, see [`crate::sdk`]) and, for
@@ -25,6 +25,8 @@ pub enum Lang {
     Js,
     /// Go with the standard toolchain (`GOOS=wasip1`), on the command contract.
     Go,
+    /// C with clang and wasi-libc, on the component contract (made a component on load).
+    C,
 }
 
 /// Where a project keeps its copy of the SDK.
@@ -47,6 +49,7 @@ pub fn new(parent: &Path, name: &str, lang: Lang) -> anyhow::Result<PathBuf> {
         Lang::Python => (python_files(name), Package::Python),
         Lang::Js => (js_files(name), Package::Js),
         Lang::Go => (go_files(name), Package::Go),
+        Lang::C => (c_files(name), Package::C),
     };
     for (path, text) in &files {
         let path = dir.join(path);
@@ -63,7 +66,7 @@ pub fn new(parent: &Path, name: &str, lang: Lang) -> anyhow::Result<PathBuf> {
     }
     sdk::write(&dir.join(SDK_DIR), package.files())?;
     // The Rust crate carries the WIT; componentize-py and componentize-js read it from here. A
-    // Go program is a command, not a component: no WIT.
+    // Go program is a command, not a component, and C's bindings are generated already: no WIT.
     if matches!(lang, Lang::Python | Lang::Js) {
         sdk::write(&dir.join("wit"), sdk::wit())?;
     }
@@ -124,6 +127,15 @@ fn go_files(name: &str) -> Vec<(PathBuf, String)> {
             fill(GO_MANIFEST, name),
         ),
         (PathBuf::from(".gitignore"), "*.wasm\n.venv/\n".to_owned()),
+    ]
+}
+
+fn c_files(name: &str) -> Vec<(PathBuf, String)> {
+    vec![
+        (PathBuf::from(format!("{name}.c")), fill(C_HANDLER, name)),
+        (PathBuf::from("Makefile"), fill(C_MAKEFILE, name)),
+        (PathBuf::from(format!("{name}.toml")), fill(MANIFEST, name)),
+        (PathBuf::from(".gitignore"), "*.wasm\n".to_owned()),
     ]
 }
 
@@ -548,4 +560,55 @@ allow = ["out.{name}"]
 
 [config]
 output = "out.{name}"
+"#;
+
+const C_HANDLER: &str = r#"/*
+ * {name}: a natsplug plugin. It answers every message with its payload upper-cased (the ASCII
+ * letters), to the subject named by the output config value.
+ */
+#include <ctype.h>
+#include <stdlib.h>
+
+#include "natsplug.h"
+
+natsplug_status natsplug_handle(const natsplug_message *msg, natsplug_outputs *out) {
+  char *subject = natsplug_config("output");
+  if (!subject) return natsplug_reject("no output in [config]");
+  natsplug_output *output = natsplug_output_to(out, subject, msg->payload.ptr, msg->payload.len);
+  free(subject);
+  /* The output holds its own copy of the payload: upper-case it in place. */
+  for (size_t i = 0; i < output->payload.len; i++)
+    output->payload.ptr[i] = (uint8_t)toupper(output->payload.ptr[i]);
+  /* Another delivery after the manifest's backoff, instead of a reject:
+   *     return natsplug_retry("downstream busy: %s", why);
+   */
+  return NATSPLUG_OK;
+}
+"#;
+
+const C_MAKEFILE: &str = r#"# Builds {name}.wasm with clang for wasm32-wasi and wasi-libc (on Debian: apt install clang lld
+# wasi-libc libclang-rt-dev-wasm32): a core module natsplug makes a component of when it loads it.
+#   make          builds {name}.wasm
+#   make check    runs it in the real natsplug runtime with `natsplug call`
+# WASI_CC names the compiler, NATSPLUG_BIN the natsplug binary.
+WASI_CC ?= clang
+NATSPLUG_BIN ?= natsplug
+CFLAGS ?= -O2 -Wall -Wextra
+SDK := natsplug-sdk
+SOURCES := {name}.c $(SDK)/natsplug.c $(SDK)/bindings/plugin.c
+OBJECTS := $(SDK)/bindings/plugin_component_type.o
+
+{name}.wasm: $(SOURCES) $(OBJECTS) $(SDK)/natsplug.h $(SDK)/bindings/plugin.h
+	$(WASI_CC) --target=wasm32-wasi -mexec-model=reactor $(CFLAGS) -I$(SDK) -I$(SDK)/bindings \
+	  -o $@ $(SOURCES) $(OBJECTS)
+
+check: {name}.wasm
+	@got="$$($(NATSPLUG_BIN) call {name}.wasm --manifest {name}.toml --subject in.{name} --payload hello)" && \
+	want='{"outcome":"output","subject":"out.{name}","headers":[],"payload":"HELLO"}' && \
+	if [ "$$got" = "$$want" ]; then echo "check: ok"; else echo "check: got $$got, want $$want" >&2; exit 1; fi
+
+clean:
+	rm -f {name}.wasm
+
+.PHONY: check clean
 "#;

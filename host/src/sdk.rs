@@ -7,12 +7,13 @@
 //! - `python`: the `natsplug-sdk` Python package (`pyproject.toml`, `natsplug/`).
 //! - `js`: the `natsplug-sdk` npm package (`package.json`, `natsplug.js`).
 //! - `go`: the `natsplug.dev/sdk` Go module (`go.mod`, `natsplug.go`), for command handlers.
+//! - `c`: the C SDK (`natsplug.h`, `natsplug.c` and the wit-bindgen bindings in `bindings/`).
 
 use std::path::Path;
 
 use anyhow::Context as _;
 
-/// Every embedded file: (`rust/...`, `python/...`, `js/...` or `go/...`, its bytes).
+/// Every embedded file: (`rust/...`, `python/...`, `js/...`, `go/...` or `c/...`, its bytes).
 static FILES: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/embedded.rs"));
 
 /// The toolchain versions the generated projects pin (the ones natsplug is tested with).
@@ -33,6 +34,8 @@ pub enum Package {
     Js,
     /// The `natsplug.dev/sdk` Go module.
     Go,
+    /// The C SDK: `natsplug.h`, `natsplug.c` and the bindings of the `plugin` world.
+    C,
 }
 
 impl Package {
@@ -42,6 +45,7 @@ impl Package {
             Self::Python => "python/",
             Self::Js => "js/",
             Self::Go => "go/",
+            Self::C => "c/",
         }
     }
 
@@ -116,6 +120,18 @@ mod tests {
         }
         let go = names(Package::Go);
         assert_eq!(go, ["README.md", "go.mod", "natsplug.go"]);
+        let c = names(Package::C);
+        assert_eq!(
+            c,
+            [
+                "README.md",
+                "bindings/plugin.c",
+                "bindings/plugin.h",
+                "bindings/plugin_component_type.o",
+                "natsplug.c",
+                "natsplug.h"
+            ]
+        );
         assert!(main_wit().contains("package natsplug:plugin"));
     }
 }

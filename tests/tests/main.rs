@@ -26,6 +26,7 @@
 
 mod auth;
 mod batch;
+mod bindings;
 mod capabilities;
 mod commands;
 mod deploy;

@@ -1,6 +1,6 @@
 //! natsplug outside its checkout: the release tarball (scripts/package.sh) unpacked into an
 //! empty prefix and put first on PATH, run from a folder elsewhere. `natsplug new` writes a Rust,
-//! a Python, a JavaScript and a Go project there that hold no path of this checkout (grepped),
+//! a Python, a JavaScript, a Go and a C project there that hold no path of this checkout (grepped),
 //! and each project's own test builds it with its own build command and calls the plugin
 //! through `natsplug call` from the prefix.
 
@@ -64,6 +64,8 @@ fn the_tarball_makes_projects_in_each_language_that_build_and_pass_their_own_tes
         "share/natsplug/sdk/python/pyproject.toml",
         "share/natsplug/sdk/js/package.json",
         "share/natsplug/sdk/go/go.mod",
+        "share/natsplug/sdk/c/natsplug.h",
+        "share/natsplug/sdk/c/bindings/plugin_component_type.o",
     ] {
         assert!(
             prefix.join(file).is_file(),
@@ -121,6 +123,8 @@ fn the_tarball_makes_projects_in_each_language_that_build_and_pass_their_own_tes
             vec![go.as_str(), "test", "-v"],
             "--- PASS: TestCallInTheRealRuntime",
         ),
+        // scripts/setup.sh's clang (WASI_CC), as a user's `clang` would be.
+        ("c", "c-shout", vec!["make", "check"], "check: ok"),
     ];
     for (lang, name, _, _) in &langs {
         let created = natsplug(&["new", name, "--lang", lang]);
