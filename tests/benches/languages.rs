@@ -1,4 +1,4 @@
-//! `uppercase` in Rust, Python, JavaScript (components), Go and C (command modules), in one run:
+//! `uppercase` in Rust, Python, JavaScript, C (components), Go and C (command modules), in one run:
 //! the cost of one handler call (mean over many calls, in process) and the end-to-end throughput
 //! through a real nats-server (N inputs stored first, then one host pulls, handles, publishes
 //! each output with its publish ack and acks the input; msgs/s from the host's start to the
@@ -109,6 +109,7 @@ fn main() {
         ("Python", "uppercase-py", 300, true),
         ("JavaScript", "uppercase-js", 500, true),
         ("Go (command)", "uppercase-go", 300, false),
+        ("C (component)", "uppercase-component-c", 20_000, true),
         ("C (command)", "uppercase-c", 3_000, false),
     ] {
         let call_fresh = rt.block_on(per_call(plugin, 1, calls));

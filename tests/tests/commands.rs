@@ -168,6 +168,48 @@ async fn a_c_command_gets_the_typed_outcome_of_each_fault() {
     );
 }
 
+/// Standard output is host memory: what a program writes there is taken from the host-wide
+/// output pool as it writes, so a flood under a large budget (16 MiB, stdout up to 32 MiB)
+/// stops at the pool, as a host condition that is retried, and the pool is whole after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_flooding_stdout_stops_at_the_hosts_output_pool_and_gives_it_back() {
+    let small = Runtime::new(natsplug::runtime::RuntimeConfig {
+        max_output_bytes: 1_000_000,
+        cache_dir: Some(compile_cache_dir()),
+        ..Default::default()
+    })
+    .unwrap();
+    let probe = load(
+        &small,
+        "probe-c",
+        "[publish]\nallow = [\"probe.out\"]\n[config]\noutput = \"probe.out\"\n",
+    );
+    for _ in 0..2 {
+        let flood = probe
+            .handle_metered(&Message::new("probe.c", "flood"), Hooks::default())
+            .await;
+        let err = flood.result.unwrap_err();
+        assert_eq!(
+            err,
+            HandlerError::OutputPoolFull {
+                plugin: "probe-c".into(),
+                limit: 1_000_000
+            }
+        );
+        assert!(err.is_host_fault(), "{err}");
+        assert_eq!(flood.held.bytes(), 0);
+    }
+    // Released with each run: the next message is handled as ever.
+    assert_eq!(
+        handle(&probe, "hello").await,
+        Ok(Outcome::Success(vec![Output {
+            subject: Some("probe.out".into()),
+            headers: Headers::default(),
+            payload: "hello".into(),
+        }]))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_c_command_sees_the_message_and_its_grants_in_the_environment_and_nothing_else() {
     let rt = cached_runtime();

@@ -49,6 +49,14 @@ impl OutputPool {
             limit,
         }
     }
+
+    /// Takes `bytes` more from the pool into `hold`; false, taking nothing, if it has not them.
+    pub(crate) fn take(&self, hold: &mut OutputHold, bytes: usize) -> bool {
+        let permit = u32::try_from(bytes)
+            .ok()
+            .and_then(|n| self.semaphore.clone().try_acquire_many_owned(n).ok());
+        permit.map(|permit| hold.add(permit)).is_some()
+    }
 }
 
 /// The admission of one answer's outputs: what was admitted holds bytes, what was refused is
@@ -103,19 +111,14 @@ impl Admission {
             return Err(self.refuse(Denied::OutputLimit { limit }));
         }
         let pool = &self.plugin.output_pool;
-        let permit = u32::try_from(bytes)
-            .ok()
-            .and_then(|n| pool.semaphore.clone().try_acquire_many_owned(n).ok());
-        match permit {
-            Some(permit) => {
-                self.held.add(permit);
-                Ok(())
-            }
-            None => Err(HandlerError::OutputPoolFull {
+        let taken = usize::try_from(bytes).is_ok_and(|bytes| pool.take(&mut self.held, bytes));
+        if !taken {
+            return Err(HandlerError::OutputPoolFull {
                 plugin: self.plugin.name.to_string(),
                 limit: pool.limit,
-            }),
+            });
         }
+        Ok(())
     }
 
     /// Counts a refusal by kind.

@@ -38,6 +38,7 @@
 //! the message, with the last line the program wrote to standard error as the reason.
 
 mod runner;
+mod stdout;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

@@ -3,7 +3,8 @@
 //! `_start` runs once, under the same fuel, deadline and memory limits and the same sandbox as
 //! a component (only the manifest's `sandbox.env` and `sandbox.dirs`; preview 1 has no
 //! sockets). The message goes in as the contract's stdin and environment ([`super`]); stdout
-//! is kept in memory up to twice the output budget; stderr is the guest's log, its last line
+//! is kept in memory up to twice the output budget, in the host-wide output pool
+//! ([`Stdout`]); stderr is the guest's log, its last line
 //! the reason of a failure; the exit status and the frames become the [`Outcome`], and every
 //! output goes through the same [`Admission`] as a component's.
 
@@ -12,13 +13,14 @@ use std::time::Instant;
 
 use wasmtime::{ExternType, InstancePre, Linker, Module};
 use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
 use super::super::admission::Admission;
 use super::super::guest_log::{GuestLog, LogBudget};
 use super::super::invocation::{MemoryLimiter, grant_env_and_dirs};
 use super::super::{Failed, Handled, HandlerError, Limited, Outcome, PluginInner, limited_store};
+use super::stdout::{Full, Stdout};
 use crate::message::Message;
 use crate::policy::Denied;
 
@@ -100,7 +102,7 @@ impl Program {
         let log = Arc::new(LogBudget::new(limits.log_bytes));
         let stderr = GuestLog::stderr(plugin.name.clone(), log.clone());
         let capacity = stdout_capacity(limits.output_bytes);
-        let stdout = MemoryOutputPipe::new(capacity);
+        let stdout = Stdout::new(capacity, plugin.output_pool.clone());
         let deadline = Instant::now() + limits.deadline;
         let wasi = sandbox(plugin, message, env, stdout.clone(), stderr.clone()).map_err(|e| {
             HandlerError::Instantiate {
@@ -140,6 +142,26 @@ impl Program {
         handled.fuel = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
         let tail = stderr.finish();
         log.report(&plugin.name);
+        let mut admission = Admission::new(plugin.clone(), message.reply.is_some());
+        // Held until the frames are read, then released: the outputs hold their own bytes. A
+        // write refused is why the program ended, whatever it did next (a trap, an exit).
+        let written = stdout.finish();
+        match written.full {
+            Some(Full::Capacity) => {
+                let refused = admission.refuse(Denied::OutputLimit {
+                    limit: limits.output_bytes,
+                });
+                handled.denials = admission.denials;
+                return Err(refused);
+            }
+            Some(Full::Pool) => {
+                return Err(HandlerError::OutputPoolFull {
+                    plugin: plugin.name.to_string(),
+                    limit: plugin.output_pool.limit,
+                });
+            }
+            None => {}
+        }
         let memory_exceeded = store.data().limiter.exceeded;
         let status = match result {
             Err(_elapsed) => {
@@ -165,15 +187,6 @@ impl Program {
                 limit: limits.memory,
             });
         }
-        let mut admission = Admission::new(plugin.clone(), message.reply.is_some());
-        let written = stdout.contents();
-        if written.len() >= capacity {
-            let refused = admission.refuse(Denied::OutputLimit {
-                limit: limits.output_bytes,
-            });
-            handled.denials = admission.denials;
-            return Err(refused);
-        }
         // Go's runtime exits with 2 after printing the panic.
         if status == GO_PANIC_STATUS
             && let Some(message) = stderr.go_panic()
@@ -185,7 +198,7 @@ impl Program {
         }
         let outcome = super::outcome_admitting(
             status,
-            &written,
+            &written.bytes,
             tail.as_bytes(),
             plugin.manifest.config.get("output").map(String::as_str),
             |output| admission.admit(output),
@@ -208,7 +221,7 @@ fn sandbox(
     plugin: &PluginInner,
     message: &Message,
     env: Vec<(String, String)>,
-    stdout: MemoryOutputPipe,
+    stdout: Stdout,
     stderr: GuestLog,
 ) -> anyhow::Result<WasiP1Ctx> {
     let mut wasi = WasiCtxBuilder::new();
