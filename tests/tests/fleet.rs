@@ -91,6 +91,28 @@ fn host_plugins(host: &str) -> PluginsDir {
     plugins
 }
 
+/// Waits until `hosts` hosts answer the services ping (`$SRV.PING.natsplug`): a host answers
+/// once its plugins are loaded and pulling.
+async fn wait_for_hosts(client: &async_nats::Client, hosts: usize) {
+    use futures::StreamExt as _;
+    wait_until(Duration::from_secs(60), "every host up", || async {
+        let inbox = client.new_inbox();
+        let mut replies = client.subscribe(inbox.clone()).await.unwrap();
+        client
+            .publish_with_reply("$SRV.PING.natsplug", inbox, "".into())
+            .await
+            .unwrap();
+        let mut answered = 0;
+        while let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_millis(300), replies.next()).await
+        {
+            answered += 1;
+        }
+        answered >= hosts
+    })
+    .await;
+}
+
 /// Waits until every input has its output and the consumer has nothing pending; checks that
 /// each input got exactly one output and nothing was dead-lettered. Gives the outputs.
 async fn all_handled_once(js: &jetstream::Context, inputs: usize) -> Vec<Stored> {
@@ -130,16 +152,19 @@ async fn three_hosts_share_one_durable_and_one_sigkilled_under_load_loses_nothin
     natsplug_tests::init_tracing();
     let cluster = NatsCluster::start().await;
     let client = cluster.connect().await;
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
     create_r3(&js, "IN", "in.>").await;
     create_r3(&js, "OUT", "out.>").await;
-    const INPUTS: usize = 3000;
-    let payloads: Vec<String> = (0..INPUTS).map(|i| format!("m{i}")).collect();
-    publish_all(&js, "in.fleet", &payloads).await;
     let folders: Vec<PluginsDir> = (0..3).map(|i| host_plugins(&format!("h{i}"))).collect();
     let mut hosts: Vec<HostProcess> = (0..3)
         .map(|i| HostProcess::spawn(&cluster.urls_from(i), folders[i].path(), &[]))
         .collect();
+    // The inputs once all three pull: a host that came up late (on a busy machine) would find
+    // the work done, and the shares would measure start-up, not sharing.
+    wait_for_hosts(&client, 3).await;
+    const INPUTS: usize = 3000;
+    let payloads: Vec<String> = (0..INPUTS).map(|i| format!("m{i}")).collect();
+    publish_all(&js, "in.fleet", &payloads).await;
     wait_until(
         Duration::from_secs(60),
         "a third of the outputs",
