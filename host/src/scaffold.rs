@@ -590,20 +590,21 @@ const C_MAKEFILE: &str = r#"# Builds {name}.wasm with clang for wasm32-wasi and 
 # wasi-libc libclang-rt-dev-wasm32): a core module natsplug makes a component of when it loads it.
 #   make          builds {name}.wasm
 #   make check    runs it in the real natsplug runtime with `natsplug call`
-# WASI_CC names the compiler, NATSPLUG_BIN the natsplug binary.
+# WASI_CC names the compiler, WASI_CFLAGS its flags (not CFLAGS: a machine's native flags may
+# not suit wasm32), NATSPLUG_BIN the natsplug binary.
 WASI_CC ?= clang
+WASI_CFLAGS ?= -O2 -Wall -Wextra
 NATSPLUG_BIN ?= natsplug
-CFLAGS ?= -O2 -Wall -Wextra
 SDK := natsplug-sdk
 SOURCES := {name}.c $(SDK)/natsplug.c $(SDK)/bindings/plugin.c
 OBJECTS := $(SDK)/bindings/plugin_component_type.o
 
 {name}.wasm: $(SOURCES) $(OBJECTS) $(SDK)/natsplug.h $(SDK)/bindings/plugin.h
-	$(WASI_CC) --target=wasm32-wasi -mexec-model=reactor $(CFLAGS) -I$(SDK) -I$(SDK)/bindings \
+	$(WASI_CC) --target=wasm32-wasi -mexec-model=reactor $(WASI_CFLAGS) -I$(SDK) -I$(SDK)/bindings \
 	  -o $@ $(SOURCES) $(OBJECTS)
 
 check: {name}.wasm
-	@got="$$($(NATSPLUG_BIN) call {name}.wasm --manifest {name}.toml --subject in.{name} --payload hello)" && \
+	@got="$$('$(NATSPLUG_BIN)' call {name}.wasm --manifest {name}.toml --subject in.{name} --payload hello)" && \
 	want='{"outcome":"output","subject":"out.{name}","headers":[],"payload":"HELLO"}' && \
 	if [ "$$got" = "$$want" ]; then echo "check: ok"; else echo "check: got $$got, want $$want" >&2; exit 1; fi
 

@@ -169,8 +169,11 @@ async fn a_c_command_gets_the_typed_outcome_of_each_fault() {
 }
 
 /// Standard output is host memory: what a program writes there is taken from the host-wide
-/// output pool as it writes, so a flood under a large budget (16 MiB, stdout up to 32 MiB)
-/// stops at the pool, as a host condition that is retried, and the pool is whole after.
+/// output pool as it writes. A flood under a large budget (16 MiB, stdout up to 32 MiB) stops at
+/// the pool: alone, as `output-limit` (it could never fit, so it is dead-lettered, not retried
+/// for ever); while another message holds most of the pool, as a host condition (retried). Each
+/// time the pool gets back all the flood held: a 600 KB output of a component fits after, and
+/// a command's 600 KB output is counted once, not as its frame and again as the output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_flooding_stdout_stops_at_the_hosts_output_pool_and_gives_it_back() {
     let small = Runtime::new(natsplug::runtime::RuntimeConfig {
@@ -179,34 +182,62 @@ async fn a_command_flooding_stdout_stops_at_the_hosts_output_pool_and_gives_it_b
         ..Default::default()
     })
     .unwrap();
-    let probe = load(
+    let flood = load(
         &small,
         "probe-c",
         "[publish]\nallow = [\"probe.out\"]\n[config]\noutput = \"probe.out\"\n",
     );
-    for _ in 0..2 {
-        let flood = probe
-            .handle_metered(&Message::new("probe.c", "flood"), Hooks::default())
-            .await;
-        let err = flood.result.unwrap_err();
-        assert_eq!(
-            err,
-            HandlerError::OutputPoolFull {
-                plugin: "probe-c".into(),
-                limit: 1_000_000
-            }
-        );
-        assert!(err.is_host_fault(), "{err}");
-        assert_eq!(flood.held.bytes(), 0);
-    }
-    // Released with each run: the next message is handled as ever.
+    let component = load(&small, "probe", "[publish]\nallow = [\"probe.out\"]\n");
+    let large = || Message::new("p", "publish:1:600000");
     assert_eq!(
-        handle(&probe, "hello").await,
-        Ok(Outcome::Success(vec![Output {
-            subject: Some("probe.out".into()),
-            headers: Headers::default(),
-            payload: "hello".into(),
-        }]))
+        refused(handle(&flood, "flood").await),
+        Denied::OutputLimit { limit: 1_000_000 }
+    );
+    let holding = component.handle_metered(&large(), Hooks::default()).await;
+    assert!(holding.result.is_ok(), "{:?}", holding.result);
+    let err = handle(&flood, "flood").await.unwrap_err();
+    assert_eq!(
+        err,
+        HandlerError::OutputPoolFull {
+            plugin: "probe-c".into(),
+            limit: 1_000_000
+        }
+    );
+    assert!(err.is_host_fault(), "{err}");
+    drop(holding);
+    let after = component.handle_metered(&large(), Hooks::default()).await;
+    assert!(
+        after.result.is_ok(),
+        "the pool is whole: {:?}",
+        after.result
+    );
+    assert!(after.held.bytes() > 600_000);
+    drop(after);
+    // A command's 600 KB output fits too: the bytes that held its frame pay for the output,
+    // not twice (600 KB of stdout and 600 KB of output would be past the pool).
+    let echo = load(
+        &small,
+        "probe-go",
+        "[publish]\nallow = [\"probe.out\"]\n[config]\noutput = \"probe.out\"\n",
+    );
+    let payload = "a".repeat(600_000);
+    let echoed = echo
+        .handle_metered(&Message::new("probe.go", payload.clone()), Hooks::default())
+        .await;
+    // Compared, not printed: 600 KB in a failure message helps no one.
+    let Ok(Outcome::Success(outputs)) = &echoed.result else {
+        panic!("not a success: {}", echoed.result.unwrap_err());
+    };
+    assert_eq!(outputs.len(), 1);
+    assert_eq!(outputs[0].subject.as_deref(), Some("probe.out"));
+    assert!(
+        outputs[0].payload == payload.as_bytes(),
+        "the payload differs"
+    );
+    assert!(
+        (600_000..700_000).contains(&echoed.held.bytes()),
+        "{}",
+        echoed.held.bytes()
     );
 }
 

@@ -92,7 +92,8 @@ fn host_plugins(host: &str) -> PluginsDir {
 }
 
 /// Waits until `hosts` hosts answer the services ping (`$SRV.PING.natsplug`): a host answers
-/// once its plugins are loaded and pulling.
+/// once its plugins are loaded and their consumers started (a host whose plugin failed to load
+/// answers too, and then does no share: the test's counts catch it).
 async fn wait_for_hosts(client: &async_nats::Client, hosts: usize) {
     use futures::StreamExt as _;
     wait_until(Duration::from_secs(60), "every host up", || async {

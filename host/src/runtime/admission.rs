@@ -30,6 +30,12 @@ impl OutputHold {
             None => self.0 = Some(more),
         }
     }
+
+    /// Takes up to `bytes` of what this holds into a hold of their own.
+    fn split_off(&mut self, bytes: usize) -> Self {
+        let bytes = bytes.min(self.bytes());
+        Self(self.0.as_mut().and_then(|held| held.split(bytes)))
+    }
 }
 
 /// The host-wide bound on output bytes held for messages in flight, all plugins together.
@@ -70,6 +76,9 @@ pub(crate) struct Admission {
     pub(crate) held: OutputHold,
     /// Refusals by kind, for `natsplug_policy_denials_total`.
     pub(crate) denials: Vec<(&'static str, u64)>,
+    /// Pool bytes already held for this answer (a command's standard output, being read),
+    /// spent before the pool's own.
+    prepaid: OutputHold,
 }
 
 impl Admission {
@@ -79,7 +88,15 @@ impl Admission {
             has_reply,
             held: OutputHold::default(),
             denials: Vec::new(),
+            prepaid: OutputHold::default(),
         }
+    }
+
+    /// Spends `hold` before the pool: the bytes that held the answer's text hold its outputs
+    /// as they are read from it, so one answer is never counted twice.
+    pub(crate) fn prepaid(mut self, hold: OutputHold) -> Self {
+        self.prepaid = hold;
+        self
     }
 
     /// Admits an output the guest asked for, or refuses it: its subject (a reply to a request,
@@ -111,8 +128,13 @@ impl Admission {
             return Err(self.refuse(Denied::OutputLimit { limit }));
         }
         let pool = &self.plugin.output_pool;
-        let taken = usize::try_from(bytes).is_ok_and(|bytes| pool.take(&mut self.held, bytes));
-        if !taken {
+        let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+        let prepaid = self.prepaid.split_off(bytes);
+        let rest = bytes - prepaid.bytes();
+        if let Some(prepaid) = prepaid.0 {
+            self.held.add(prepaid);
+        }
+        if rest > 0 && !pool.take(&mut self.held, rest) {
             return Err(HandlerError::OutputPoolFull {
                 plugin: self.plugin.name.to_string(),
                 limit: pool.limit,

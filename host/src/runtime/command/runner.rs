@@ -101,8 +101,10 @@ impl Program {
         };
         let log = Arc::new(LogBudget::new(limits.log_bytes));
         let stderr = GuestLog::stderr(plugin.name.clone(), log.clone());
-        let capacity = stdout_capacity(limits.output_bytes);
-        let stdout = Stdout::new(capacity, plugin.output_pool.clone());
+        let stdout = Stdout::new(
+            stdout_capacity(limits.output_bytes),
+            plugin.output_pool.clone(),
+        );
         let deadline = Instant::now() + limits.deadline;
         let wasi = sandbox(plugin, message, env, stdout.clone(), stderr.clone()).map_err(|e| {
             HandlerError::Instantiate {
@@ -142,14 +144,14 @@ impl Program {
         handled.fuel = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
         let tail = stderr.finish();
         log.report(&plugin.name);
-        let mut admission = Admission::new(plugin.clone(), message.reply.is_some());
-        // Held until the frames are read, then released: the outputs hold their own bytes. A
-        // write refused is why the program ended, whatever it did next (a trap, an exit).
+        // A write refused is why the program ended, whatever it did next (a trap, an exit).
         let written = stdout.finish();
+        let mut admission =
+            Admission::new(plugin.clone(), message.reply.is_some()).prepaid(written.held);
         match written.full {
             Some(Full::Capacity) => {
                 let refused = admission.refuse(Denied::OutputLimit {
-                    limit: limits.output_bytes,
+                    limit: limits.output_bytes.min(plugin.output_pool.limit),
                 });
                 handled.denials = admission.denials;
                 return Err(refused);

@@ -1,15 +1,22 @@
 //! A command's standard output: kept in memory for the frames to be read once the program
-//! ends, up to twice the output budget, and every byte taken from the host-wide output pool
-//! (`runtime.max_output_bytes`) as the program writes it. Without the pool, 64 commands each
-//! writing their 2 × 16 MiB held 2 GiB of the host beside the pool's 1 GiB; now a write the
-//! pool cannot hold fails, and the run is a host condition (retried), as a component's full
-//! pool is.
+//! ends, and every byte taken from the host-wide output pool (`runtime.max_output_bytes`) as
+//! the program writes it. Without the pool, 64 commands each writing their 2 × 16 MiB held
+//! 2 GiB of the host beside the pool's 1 GiB.
+//!
+//! It holds at most twice the output budget and 64 KiB, and never more than the whole pool:
+//! past that the run is `output-limit`, however idle the host, so a flood on its own is
+//! dead-lettered, not retried for ever. A write the pool cannot take while other messages hold
+//! it is a host condition (`host-output-limit`, retried later), as for a component. A refused
+//! write traps the program (nothing it does after could change the outcome) and lets go of
+//! everything it wrote at once. The bytes are kept as the chunks the program wrote, so what the
+//! pool counts is what is allocated; once read, they pay for the outputs
+//! ([`Admission::prepaid`](super::super::admission::Admission::prepaid)).
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
@@ -23,36 +30,39 @@ const WRITE_CHUNK: usize = 64 * 1024;
 pub(crate) struct Stdout(Arc<Mutex<Buffer>>);
 
 struct Buffer {
-    bytes: BytesMut,
+    chunks: Vec<Bytes>,
+    len: usize,
     capacity: usize,
     pool: OutputPool,
-    /// The pool's bytes for `bytes`, released with them.
+    /// The pool's bytes for `chunks`.
     held: OutputHold,
-    /// Why the last write was refused, if one was.
+    /// Why a write was refused, if one was.
     full: Option<Full>,
 }
 
 /// Why standard output took no more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Full {
-    /// It holds `capacity` bytes: the output budget's bound.
+    /// Past its capacity: the output budget's bound, or the whole pool's.
     Capacity,
-    /// The host-wide pool had not the bytes.
+    /// The host-wide pool, held by other messages, had not the bytes.
     Pool,
 }
 
 /// What the program wrote, with the pool's bytes for it.
 pub(crate) struct Written {
-    pub(crate) bytes: Bytes,
-    /// Released when dropped: once the frames are read.
-    pub(crate) _held: OutputHold,
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) held: OutputHold,
     pub(crate) full: Option<Full>,
 }
 
 impl Stdout {
+    /// Standard output holding at most `capacity` bytes (and never more than the pool).
     pub(crate) fn new(capacity: usize, pool: OutputPool) -> Self {
+        let capacity = capacity.min(usize::try_from(pool.limit).unwrap_or(usize::MAX));
         Self(Arc::new(Mutex::new(Buffer {
-            bytes: BytesMut::new(),
+            chunks: Vec::new(),
+            len: 0,
             capacity,
             pool,
             held: OutputHold::default(),
@@ -60,25 +70,35 @@ impl Stdout {
         })))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Buffer> {
+    fn lock(&self) -> MutexGuard<'_, Buffer> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes what was written (the buffer is empty after).
+    /// Takes what was written, in one buffer.
     pub(crate) fn finish(&self) -> Written {
         let mut buffer = self.lock();
+        let mut bytes = Vec::with_capacity(buffer.len);
+        // Each chunk is let go once copied: the copy never doubles what is held.
+        for chunk in buffer.chunks.drain(..) {
+            bytes.extend_from_slice(&chunk);
+        }
+        buffer.len = 0;
         Written {
-            bytes: std::mem::take(&mut buffer.bytes).freeze(),
-            _held: std::mem::take(&mut buffer.held),
+            bytes,
+            held: std::mem::take(&mut buffer.held),
             full: buffer.full,
         }
     }
 
-    /// Appends `bytes` if the capacity and the pool allow all of them, else nothing.
-    fn append(&self, bytes: &[u8]) -> Result<(), Full> {
+    /// Keeps `bytes` if the capacity and the pool allow all of them; else refuses them, lets
+    /// go of everything written, and takes no more.
+    fn append(&self, bytes: Bytes) -> Result<(), Full> {
         let mut buffer = self.lock();
         let buffer = &mut *buffer;
-        let refused = if bytes.len() > buffer.capacity - buffer.bytes.len() {
+        if let Some(full) = buffer.full {
+            return Err(full);
+        }
+        let refused = if bytes.len() > buffer.capacity - buffer.len {
             Some(Full::Capacity)
         } else if !buffer.pool.take(&mut buffer.held, bytes.len()) {
             Some(Full::Pool)
@@ -86,18 +106,36 @@ impl Stdout {
             None
         };
         if let Some(full) = refused {
-            buffer.full = Some(full);
-            return Err(full);
+            return Err(buffer.refuse(full));
         }
-        buffer.bytes.extend_from_slice(bytes);
+        buffer.len += bytes.len();
+        buffer.chunks.push(bytes);
         Ok(())
     }
 
-    /// How much one write may carry now.
+    /// How much one write may carry now: at least one byte, so that a full one is refused.
     fn room(&self) -> usize {
         let buffer = self.lock();
-        (buffer.capacity - buffer.bytes.len()).min(WRITE_CHUNK)
+        (buffer.capacity - buffer.len).clamp(1, WRITE_CHUNK)
     }
+}
+
+impl Buffer {
+    /// Takes no more, and lets go of everything written.
+    fn refuse(&mut self, full: Full) -> Full {
+        self.full = Some(full);
+        self.chunks = Vec::new();
+        self.len = 0;
+        self.held = OutputHold::default();
+        full
+    }
+}
+
+fn refused(full: Full) -> StreamError {
+    StreamError::Trap(wasmtime::format_err!(match full {
+        Full::Capacity => "standard output is past the output budget",
+        Full::Pool => "the host's output pool is full",
+    }))
 }
 
 impl IsTerminal for Stdout {
@@ -123,8 +161,7 @@ impl Pollable for Stdout {
 
 impl OutputStream for Stdout {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        // The program sees a closed stream: no more will ever be taken.
-        self.append(&bytes).map_err(|_| StreamError::Closed)
+        self.append(bytes).map_err(refused)
     }
 
     fn flush(&mut self) -> StreamResult<()> {
@@ -132,13 +169,8 @@ impl OutputStream for Stdout {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        match self.room() {
-            0 => {
-                self.lock().full = Some(Full::Capacity);
-                Err(StreamError::Closed)
-            }
-            room => Ok(room),
-        }
+        // Full to the byte: the write of the next one is refused.
+        Ok(self.room())
     }
 }
 
@@ -150,7 +182,7 @@ impl tokio::io::AsyncWrite for Stdout {
     ) -> Poll<std::io::Result<usize>> {
         let take = buf.len().min(self.room());
         Poll::Ready(
-            self.append(&buf[..take])
+            self.append(Bytes::copy_from_slice(&buf[..take]))
                 .map(|()| take)
                 .map_err(|_| std::io::ErrorKind::BrokenPipe.into()),
         )
@@ -169,41 +201,54 @@ impl tokio::io::AsyncWrite for Stdout {
 mod tests {
     use super::*;
 
+    fn write(out: &mut Stdout, byte: u8, n: usize) -> StreamResult<()> {
+        out.write(Bytes::from(vec![byte; n]))
+    }
+
     #[test]
-    fn writes_take_from_the_pool_until_it_or_the_capacity_is_full_and_finish_releases_them() {
+    fn writes_take_from_the_pool_and_a_refused_one_lets_go_of_everything() {
         let pool = OutputPool::new(100);
         let mut one = Stdout::new(60, pool.clone());
         let mut two = Stdout::new(60, pool.clone());
         assert_eq!(one.check_write().unwrap(), 60);
-        one.write(Bytes::from(vec![b'a'; 50])).unwrap();
+        write(&mut one, b'a', 50).unwrap();
+        write(&mut one, b'b', 10).unwrap();
+        // Full to the byte: the next one is past the capacity.
+        assert_eq!(one.check_write().unwrap(), 1);
         assert!(matches!(
-            one.write(Bytes::from(vec![b'a'; 11])),
-            Err(StreamError::Closed)
+            write(&mut one, b'c', 1),
+            Err(StreamError::Trap(_))
         ));
-        assert_eq!(one.lock().full, Some(Full::Capacity));
-        one.write(Bytes::from(vec![b'b'; 10])).unwrap();
-        assert!(matches!(one.check_write(), Err(StreamError::Closed)));
-        // 60 of the pool's 100 are one's: two gets 40, not the 41st.
-        two.write(Bytes::from(vec![b'c'; 40])).unwrap();
-        assert!(matches!(
-            two.write(Bytes::from_static(b"d")),
-            Err(StreamError::Closed)
-        ));
-        let (first, second) = (one.finish(), two.finish());
-        assert_eq!(first.bytes.len(), 60);
+        let first = one.finish();
         assert_eq!(first.full, Some(Full::Capacity));
-        assert_eq!(second.bytes, vec![b'c'; 40]);
-        assert_eq!(second.full, Some(Full::Pool));
-        // Held while what was written is: a third gets nothing yet.
-        let mut third = Stdout::new(200, pool.clone());
+        assert_eq!(first.bytes, b"", "let go of at the refusal");
+        assert_eq!(first.held.bytes(), 0);
+
+        write(&mut one, b'a', 1).unwrap_err();
+        write(&mut two, b'c', 40).unwrap();
+        let mut three = Stdout::new(100, pool.clone());
+        write(&mut three, b'd', 50).unwrap();
+        // two holds 40 and three 50: three gets 10 more, not 11, and is refused as a host
+        // condition; what it held goes back at once, for two.
         assert!(matches!(
-            third.write(Bytes::from_static(b"f")),
-            Err(StreamError::Closed)
+            write(&mut three, b'd', 11),
+            Err(StreamError::Trap(_))
         ));
-        drop((first, second));
-        // Both released: a fourth may have all 100.
-        let mut fourth = Stdout::new(200, pool);
-        fourth.write(Bytes::from(vec![b'e'; 100])).unwrap();
-        assert_eq!(fourth.finish().full, None);
+        assert_eq!(three.finish().full, Some(Full::Pool));
+        write(&mut two, b'c', 20).unwrap();
+        let second = two.finish();
+        assert_eq!(
+            (second.bytes, second.held.bytes(), second.full),
+            (vec![b'c'; 60], 60, None)
+        );
+    }
+
+    #[test]
+    fn it_never_holds_more_than_the_pool_even_alone() {
+        let pool = OutputPool::new(100);
+        let mut alone = Stdout::new(1 << 20, pool);
+        write(&mut alone, b'a', 64).unwrap();
+        write(&mut alone, b'a', 64).unwrap_err();
+        assert_eq!(alone.finish().full, Some(Full::Capacity));
     }
 }
