@@ -182,11 +182,8 @@ async fn a_command_flooding_stdout_stops_at_the_hosts_output_pool_and_gives_it_b
         ..Default::default()
     })
     .unwrap();
-    let flood = load(
-        &small,
-        "probe-c",
-        "[publish]\nallow = [\"probe.out\"]\n[config]\noutput = \"probe.out\"\n",
-    );
+    let command = "[publish]\nallow = [\"probe.out\"]\n[config]\noutput = \"probe.out\"\n";
+    let flood = load(&small, "probe-c", command);
     let component = load(&small, "probe", "[publish]\nallow = [\"probe.out\"]\n");
     let large = || Message::new("p", "publish:1:600000");
     assert_eq!(
@@ -215,11 +212,7 @@ async fn a_command_flooding_stdout_stops_at_the_hosts_output_pool_and_gives_it_b
     drop(after);
     // A command's 600 KB output fits too: the bytes that held its frame pay for the output,
     // not twice (600 KB of stdout and 600 KB of output would be past the pool).
-    let echo = load(
-        &small,
-        "probe-go",
-        "[publish]\nallow = [\"probe.out\"]\n[config]\noutput = \"probe.out\"\n",
-    );
+    let echo = load(&small, "probe-go", command);
     let payload = "a".repeat(600_000);
     let echoed = echo
         .handle_metered(&Message::new("probe.go", payload.clone()), Hooks::default())
