@@ -440,6 +440,61 @@ fn a_command_manifest_that_asks_for_what_a_command_cannot_have_fails_to_load() {
     }
 }
 
+/// Through NATS, under a host whose output pool (1 MB) is smaller than the command's stdout
+/// bound (32 MiB): the flood alone is `output-limit`, dead-lettered once and termed, not
+/// retried as a host condition for ever; the echo beside it is published and acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_flood_past_the_hosts_pool_is_dead_lettered_once_through_nats() {
+    let (server, _client, js) = jetstream_setup().await;
+    let plugins = PluginsDir::new();
+    plugins.add(
+        "probe-c",
+        "probe-c",
+        "[subscribe]\nstream = \"IN\"\nsubjects = [\"in.flood\"]\nmax_deliver = 3\n\
+         [retry]\nbackoff = [\"100ms\"]\n\
+         [publish]\nallow = [\"out.flood\"]\ndead_letter = \"dead.flood\"\n\
+         [config]\noutput = \"out.flood\"\n",
+    );
+    let mut config = TestHost::config(&server.url(), plugins.path());
+    config.runtime.cache = true;
+    config.runtime.cache_dir = Some(compile_cache_dir());
+    config.runtime.max_output_bytes = 1_000_000;
+    publish_all(&js, "in.flood", &["flood".to_owned(), "echo me".to_owned()]).await;
+    let host = TestHost::start(config);
+    wait_until(
+        Duration::from_secs(60),
+        "1 output, 1 dead letter",
+        || async { stream_count(&js, "OUT").await == 1 && stream_count(&js, "DEAD").await == 1 },
+    )
+    .await;
+    wait_until(Duration::from_secs(10), "settled", || async {
+        let info = consumer_info(&js, "IN", "probe-c").await;
+        info.num_ack_pending == 0 && info.num_pending == 0
+    })
+    .await;
+    // Each input delivered once: the flood is not given back for another try.
+    assert_eq!(
+        consumer_info(&js, "IN", "probe-c")
+            .await
+            .delivered
+            .consumer_sequence,
+        2
+    );
+    host.stop().await;
+    let outputs = stream_messages(&js, "OUT").await;
+    assert_eq!(outputs.len(), 1);
+    assert_eq!(
+        (outputs[0].subject.as_str(), outputs[0].payload.as_str()),
+        ("out.flood", "echo me")
+    );
+    let dead = stream_messages(&js, "DEAD").await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].subject, "dead.flood");
+    assert_eq!(dead[0].payload, "flood");
+    assert_eq!(dead[0].header("Natsplug-Error-Kind"), "output-limit");
+    assert_eq!(dead[0].header("Natsplug-Delivered"), "1");
+}
+
 /// One host with both probes as durables: each input ends acked with its output stored, or
 /// dead-lettered (the kind and reason the runtime gave) and then termed, or retried until its
 /// deliveries run out. The env case shows the delivery facts the program saw.
