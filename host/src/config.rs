@@ -172,6 +172,11 @@ pub struct RuntimeSection {
     /// handler fails with `host-output-limit` and its input is retried. Default: 1 GiB.
     #[serde(default = "default_max_output_bytes")]
     pub max_output_bytes: u64,
+    /// Largest plugin file (`NAME.wasm`) the host reads, from the folder or the bucket, in
+    /// bytes: a larger one is refused from its size, unread, and the version served before
+    /// keeps serving. Default: 128 MiB (a Python plugin is about 19 MB).
+    #[serde(default = "default_max_plugin_bytes")]
+    pub max_plugin_bytes: u64,
     /// Compiled components are cached here (keyed by content and engine settings), so a restart
     /// does not recompile. Default: `$XDG_CACHE_HOME/natsplug` or `~/.cache/natsplug`.
     pub cache_dir: Option<PathBuf>,
@@ -238,6 +243,7 @@ impl Default for RuntimeSection {
             max_instances: default_max_instances(),
             max_memory: default_max_memory(),
             max_output_bytes: default_max_output_bytes(),
+            max_plugin_bytes: default_max_plugin_bytes(),
             cache_dir: None,
             cache: default_cache(),
         }
@@ -260,6 +266,7 @@ impl RuntimeSection {
             max_instances: self.max_instances,
             max_memory: self.max_memory,
             max_output_bytes: self.max_output_bytes,
+            max_plugin_bytes: self.max_plugin_bytes,
             cache_dir,
         }
     }
@@ -410,6 +417,9 @@ const fn default_max_memory() -> u64 {
 }
 const fn default_max_output_bytes() -> u64 {
     1 << 30
+}
+const fn default_max_plugin_bytes() -> u64 {
+    crate::runtime::DEFAULT_MAX_PLUGIN_BYTES
 }
 
 #[cfg(test)]

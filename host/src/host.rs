@@ -59,20 +59,23 @@ async fn serve(config: HostConfig, shutdown: Shutdown, traces: Traces) -> anyhow
     let client = connection::connect_with(&config.nats, "consumer", Some(metrics.clone())).await?;
     // With a bucket, its current versions go into the folder before anything loads, and every
     // later change follows.
-    let mirror = match &config.host.bucket {
-        None => None,
+    let (mirror, refusals) = match &config.host.bucket {
+        None => (None, None),
         Some(bucket) => {
             let js = async_nats::jetstream::new(client.clone());
             let store = source::open(&js, bucket, true).await?;
-            let mut served = std::collections::BTreeMap::new();
-            source::mirror_all(&store, &config.host.plugins, &host_id, &mut served).await?;
-            Some(tokio::spawn(source::mirror(
+            let mut mirror = source::Mirror::new(
                 store,
                 config.host.plugins.clone(),
+                crate::bounded::Bound::plugin(config.runtime.max_plugin_bytes),
                 host_id.clone(),
-                served,
-                shutdown.clone(),
-            )))
+            );
+            mirror.sync_all().await?;
+            let refusals = mirror.refusals();
+            (
+                Some(tokio::spawn(mirror.run(shutdown.clone()))),
+                Some(refusals),
+            )
         }
     };
     // Capabilities (`[request]`, `[kv]`) on a connection of their own: a guest waiting on a
@@ -106,7 +109,8 @@ async fn serve(config: HostConfig, shutdown: Shutdown, traces: Traces) -> anyhow
         )
         .with_traces(traces)
         .with_cores(cores.clone())
-        .with_dead_letter_stream(config.host.dead_letter_stream.clone()),
+        .with_dead_letter_stream(config.host.dead_letter_stream.clone())
+        .with_mirror_refusals(refusals),
     );
     let _ = admin.registry.set(registry.clone());
     // Files still being written are looked at again until they settle.

@@ -10,6 +10,7 @@
 //! - [`policy`]: every check of what a guest, a requester or a manifest controls (subjects,
 //!   reply subjects, headers, sizes) against the plugin's grant and the reserved space.
 //! - [`runtime`]: the wasmtime engine, plugin loading and the sandboxed handler call.
+//! - [`bounded`]: reading plugin files, manifests and bucket objects, never past a bound.
 //! - [`offline`]: `natsplug validate` and `natsplug call`, the plugin author's test loop.
 //! - [`config`]: the host configuration (`natsplug.toml` + `NATSPLUG_*` overrides).
 //! - [`connection`]: NATS connections by role (consumer, publisher-N).
@@ -34,6 +35,7 @@
 
 pub mod admin;
 pub mod backoff;
+pub mod bounded;
 pub mod capability;
 pub mod config;
 pub mod connection;

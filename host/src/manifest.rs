@@ -596,6 +596,10 @@ impl Manifest {
             path: path.to_owned(),
             message,
         };
+        // Read within the bound here too, whoever read it.
+        crate::bounded::Bound::MANIFEST
+            .check(text.len() as u64)
+            .map_err(|e| invalid(e.to_string()))?;
         let manifest: Self =
             toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_owned()))?;
         manifest.refuse_reserved().map_err(invalid)?;
@@ -751,10 +755,13 @@ impl Manifest {
 
     /// Reads and parses a manifest file.
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+        let read = |source| ManifestError::Read {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        let text = crate::bounded::read_text_if_present(path, crate::bounded::Bound::MANIFEST)
+            .map_err(read)?
+            .ok_or_else(|| read(std::io::ErrorKind::NotFound.into()))?;
         Self::parse(&text, path)
     }
 
@@ -901,6 +908,41 @@ mod tests {
         assert_eq!(m, Manifest::default());
         assert_eq!(m.limits.memory, 128 << 20);
         assert_eq!(m.retry.on_deadline, LimitAction::Retry);
+    }
+
+    /// Whoever writes the folder or bucket writes the manifest: past 1 MiB it is refused
+    /// unparsed, and within it the deepest nesting the bound allows is an error, not a stack
+    /// overflow (which would abort the host).
+    #[test]
+    fn an_oversize_or_deeply_nested_manifest_is_a_typed_error() {
+        let path = Path::new("p.toml");
+        let big = format!("# {}\n", "x".repeat(1 << 20));
+        let err = Manifest::parse(&big, path).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid manifest \"p.toml\": 1048579 bytes, over the manifest bound (1048576 bytes)"
+        );
+        let half = (1 << 20) / 2 - 16;
+        for deep in [
+            format!("[config]\na = {}{}", "[".repeat(half), "]".repeat(half)),
+            format!(
+                "[config]\na = {}1{}",
+                "{a=".repeat(half / 3),
+                "}".repeat(half / 3)
+            ),
+            format!("[config]\na = {}", "[".repeat((1 << 20) - 16)),
+        ] {
+            assert!(deep.len() <= 1 << 20);
+            // On a thread with a small stack, as the host's blocking compile threads have.
+            let parsed = std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn(move || Manifest::parse(&deep, Path::new("p.toml")).map(|_| ()))
+                .unwrap()
+                .join()
+                .expect("the parser does not overflow its stack");
+            let err = parsed.unwrap_err().to_string();
+            assert!(err.starts_with("invalid manifest \"p.toml\": "), "{err}");
+        }
     }
 
     #[test]

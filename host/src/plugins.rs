@@ -19,6 +19,7 @@ use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::bounded::Bound;
 use crate::delivery::consumer::Worker;
 use crate::delivery::cores::Cores;
 use crate::delivery::publisher::Publisher;
@@ -130,6 +131,9 @@ pub struct Registry {
     traces: Traces,
     /// Where JetStream shards run; none unless [`with_cores`](Self::with_cores).
     cores: Option<Arc<Cores>>,
+    /// Why the bucket's mirror left versions out of the folder; none unless
+    /// [`with_mirror_refusals`](Self::with_mirror_refusals).
+    refusals: Option<crate::source::Refusals>,
     /// Where dead letters no stream captures go; none unless
     /// [`with_dead_letter_stream`](Self::with_dead_letter_stream).
     dead_letter_stream: Option<String>,
@@ -161,6 +165,7 @@ impl Registry {
             traces: Traces::default(),
             cores: None,
             dead_letter_stream: None,
+            refusals: None,
             syncing: Mutex::default(),
             entries: std::sync::Mutex::default(),
         }
@@ -176,6 +181,13 @@ impl Registry {
     /// `stream`, created if need be (`host.dead_letter_stream`).
     pub fn with_dead_letter_stream(mut self, stream: Option<String>) -> Self {
         self.dead_letter_stream = stream;
+        self
+    }
+
+    /// Makes `list` show why the bucket's mirror left a plugin's current version out of the
+    /// folder (with `host.bucket`).
+    pub fn with_mirror_refusals(mut self, refusals: Option<crate::source::Refusals>) -> Self {
+        self.refusals = refusals;
         self
     }
 
@@ -271,7 +283,14 @@ impl Registry {
         {
             None
         } else {
-            Some((std::fs::read(path), read_optional(&manifest_path)))
+            // Both within their bounds: a file past one is refused from its size, unread.
+            let cannot = |path: &Path, e| format!("cannot read {}: {e}", path.display());
+            Some((
+                crate::bounded::read(path, self.runtime.plugin_bound())
+                    .map_err(|e| cannot(path, e)),
+                crate::bounded::read_text_if_present(&manifest_path, Bound::MANIFEST)
+                    .map_err(|e| cannot(&manifest_path, e)),
+            ))
         };
         let (wasm, manifest_text, stamp) = {
             let mut entries = self.entries();
@@ -279,13 +298,21 @@ impl Registry {
             let (wasm, manifest_text) = match read {
                 None => return result(Change::Waiting, entry),
                 Some((Ok(wasm), Ok(manifest))) => (wasm, manifest),
-                Some((Err(e), _) | (_, Err(e))) => {
-                    entry.error = Some(format!("cannot read {}: {e}", path.display()));
+                Some((Err(error), _) | (_, Err(error))) => {
+                    // Said once, not at every look at the folder.
+                    if entry.error.as_ref() != Some(&error) {
+                        tracing::error!(plugin = name, %error, "plugin not loaded; the previous version keeps serving");
+                        self.count_reload(name, Change::Failed, None, None);
+                    }
+                    entry.error = Some(error);
                     return result(Change::Failed, entry);
                 }
             };
             let stamp = version_of(&wasm, manifest_text.as_deref());
             if entry.version.as_deref() == Some(stamp.as_str()) {
+                // The served version is back (after a broken file): nothing is wrong with it.
+                entry.failed_stamp = None;
+                entry.error = None;
                 return result(Change::Unchanged, entry);
             }
             if !force && entry.failed_stamp.as_deref() == Some(stamp.as_str()) {
@@ -426,9 +453,16 @@ impl Registry {
         }
     }
 
-    /// Every plugin, served or failed, with its counters.
+    /// Every plugin, served or failed, with its counters. A plugin whose current version in
+    /// the bucket was not mirrored shows why, before any error of the version in the folder.
     pub fn list(&self) -> Vec<PluginInfo> {
-        self.entries()
+        let mut refusals = self
+            .refusals
+            .as_ref()
+            .map(crate::source::Refusals::get)
+            .unwrap_or_default();
+        let mut list: Vec<PluginInfo> = self
+            .entries()
             .iter()
             .map(|(name, entry)| PluginInfo {
                 name: name.clone(),
@@ -440,15 +474,29 @@ impl Registry {
                     .as_ref()
                     .map(PluginMetrics::snapshot)
                     .unwrap_or_default(),
-                error: entry.error.clone().or_else(|| {
-                    entry
-                        .unserved
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .clone()
-                }),
+                error: refusals
+                    .remove(name)
+                    .or_else(|| entry.error.clone())
+                    .or_else(|| {
+                        entry
+                            .unserved
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .clone()
+                    }),
             })
-            .collect()
+            .collect();
+        // Plugins never in the folder: their first version was refused.
+        list.extend(refusals.into_iter().map(|(name, error)| PluginInfo {
+            name,
+            version: None,
+            loaded_at: None,
+            subscribed: false,
+            stats: StatsSnapshot::default(),
+            error: Some(error),
+        }));
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
     }
 
     /// The subscribed plugins whose subscription is not in place (yet).
@@ -460,14 +508,6 @@ impl Registry {
             })
             .map(|(name, _)| name.clone())
             .collect()
-    }
-}
-
-fn read_optional(path: &Path) -> std::io::Result<Option<String>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
     }
 }
 

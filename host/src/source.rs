@@ -2,9 +2,15 @@
 //! push` stores a plugin version, its component and manifest named by their content hash (the
 //! version `natsplug list` shows), and makes it the current one; `natsplug rollout` and
 //! `natsplug rollback` move the current pointer among the stored versions. A host mirrors each
-//! plugin's current version into its plugins folder ([`mirror`]), so the folder's watcher
+//! plugin's current version into its plugins folder ([`Mirror`]), so the folder's watcher
 //! hot-swaps it with the same zero-loss swap as a local change, and a version that fails to
 //! load leaves the old one serving (`natsplug list` says why).
+//!
+//! Whoever can write the bucket controls what a host reads from it: every object is read within
+//! a bound ([`crate::bounded`]): a component within `runtime.max_plugin_bytes`, a manifest within
+//! 1 MiB, a pointer or history within 64 KiB, and a plugin name a host would not load is not
+//! written to the folder. A refused version is not mirrored; the one in the folder keeps
+//! serving, and `natsplug list` says why ([`Refusals`]).
 //!
 //! The bucket, for a plugin NAME:
 //! - `NAME/VERSION.wasm` and `NAME/VERSION.toml`: each stored version, the last [`HISTORY`];
@@ -14,13 +20,14 @@
 //!   a rollout to all hosts removes the pins.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, object_store::ObjectStore};
 use futures::StreamExt as _;
-use tokio::io::AsyncReadExt as _;
 
+use crate::bounded::Bound;
 use crate::plugins::version_of;
 use crate::shutdown::Shutdown;
 
@@ -47,15 +54,22 @@ pub async fn open(
     }
 }
 
-async fn read(store: &ObjectStore, name: &str) -> anyhow::Result<Option<Vec<u8>>> {
-    let mut object = match store.get(name).await {
+/// The largest pointer (`current`, a pin) or `history` object a host reads: a few versions.
+const POINTER: Bound = Bound {
+    bytes: 64 << 10,
+    setting: "the pointer bound",
+};
+
+/// Reads object `name`, refused from its stated size if that is past `bound` (and cut just
+/// past it if it gives more), so whoever can write the bucket cannot fill a host's memory.
+async fn read(store: &ObjectStore, name: &str, bound: Bound) -> anyhow::Result<Option<Vec<u8>>> {
+    let object = match store.get(name).await {
         Ok(object) => object,
         Err(e) if e.kind() == jetstream::object_store::GetErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("cannot read {name:?}")),
     };
-    let mut bytes = Vec::new();
-    object
-        .read_to_end(&mut bytes)
+    let size = object.info.size as u64;
+    let bytes = crate::bounded::read_async(object, size, bound)
         .await
         .with_context(|| format!("cannot read {name:?}"))?;
     Ok(Some(bytes))
@@ -70,7 +84,7 @@ async fn write(store: &ObjectStore, name: &str, mut bytes: &[u8]) -> anyhow::Res
 }
 
 async fn history(store: &ObjectStore, plugin: &str) -> anyhow::Result<Vec<String>> {
-    let text = read(store, &format!("{plugin}/history"))
+    let text = read(store, &format!("{plugin}/history"), POINTER)
         .await?
         .unwrap_or_default();
     Ok(String::from_utf8_lossy(&text)
@@ -82,7 +96,7 @@ async fn history(store: &ObjectStore, plugin: &str) -> anyhow::Result<Vec<String
 
 /// The version a plugin's hosts serve, if it has one.
 pub async fn current(store: &ObjectStore, plugin: &str) -> anyhow::Result<Option<String>> {
-    Ok(read(store, &format!("{plugin}/current"))
+    Ok(read(store, &format!("{plugin}/current"), POINTER)
         .await?
         .map(|v| String::from_utf8_lossy(&v).trim().to_owned()))
 }
@@ -93,7 +107,7 @@ pub async fn current_on(
     plugin: &str,
     host_id: &str,
 ) -> anyhow::Result<Option<String>> {
-    match read(store, &pin(plugin, host_id)).await? {
+    match read(store, &pin(plugin, host_id), POINTER).await? {
         Some(v) => Ok(Some(String::from_utf8_lossy(&v).trim().to_owned())),
         None => current(store, plugin).await,
     }
@@ -234,43 +248,6 @@ fn install(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Brings `dir` in line with the current version of `plugin` in the bucket; `served` remembers
-/// what was written last.
-async fn sync_one(
-    store: &ObjectStore,
-    dir: &Path,
-    host_id: &str,
-    plugin: &str,
-    served: &mut BTreeMap<String, String>,
-) -> anyhow::Result<()> {
-    let wasm_path = dir.join(format!("{plugin}.wasm"));
-    let toml_path = dir.join(format!("{plugin}.toml"));
-    let Some(version) = current_on(store, plugin, host_id).await? else {
-        if served.remove(plugin).is_some() {
-            let _ = std::fs::remove_file(&wasm_path);
-            let _ = std::fs::remove_file(&toml_path);
-            tracing::info!(plugin, "plugin removed from the bucket");
-        }
-        return Ok(());
-    };
-    if served.get(plugin) == Some(&version) {
-        return Ok(());
-    }
-    let wasm = read(store, &format!("{plugin}/{version}.wasm"))
-        .await?
-        .with_context(|| format!("{plugin}: version {version} has no component"))?;
-    match read(store, &format!("{plugin}/{version}.toml")).await? {
-        Some(manifest) => install(&toml_path, &manifest)?,
-        None => {
-            let _ = std::fs::remove_file(&toml_path);
-        }
-    }
-    install(&wasm_path, &wasm)?;
-    tracing::info!(plugin, %version, "plugin version mirrored from the bucket");
-    served.insert(plugin.to_owned(), version);
-    Ok(())
-}
-
 /// The plugin a bucket object belongs to, if it is a pointer: `PLUGIN/current` or a pin
 /// `PLUGIN/current@HOST_ID`.
 fn plugin_of(object: &str) -> Option<&str> {
@@ -278,79 +255,164 @@ fn plugin_of(object: &str) -> Option<&str> {
     (pointer == "current" || pointer.starts_with("current@")).then_some(plugin)
 }
 
-/// Mirrors every plugin's current version into `dir` once: what a host does before it loads.
-pub async fn mirror_all(
-    store: &ObjectStore,
-    dir: &Path,
-    host_id: &str,
-    served: &mut BTreeMap<String, String>,
-) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    // A plugin's pointer and its pins name it once.
-    let plugins: std::collections::BTreeSet<String> = names(store)
-        .await?
-        .iter()
-        .filter_map(|n| plugin_of(n).map(str::to_owned))
-        .collect();
-    for plugin in plugins {
-        if let Err(e) = sync_one(store, dir, host_id, &plugin, served).await {
-            tracing::error!(
-                plugin,
-                error = format!("{e:#}"),
-                "cannot mirror the plugin from the bucket"
-            );
-        }
+/// Why the mirror left a plugin's current version out of the folder, by plugin: what `natsplug
+/// list` shows for it until a later version is mirrored. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Refusals(Arc<std::sync::Mutex<BTreeMap<String, String>>>);
+
+impl Refusals {
+    /// Every plugin's refusal.
+    pub fn get(&self) -> BTreeMap<String, String> {
+        self.lock().clone()
     }
-    Ok(())
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+        // One insert or remove at a time: consistent if a holder panicked.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
-/// Follows the bucket until shutdown: every change of a plugin's current version is mirrored
-/// into `dir`, where the folder's watcher picks it up.
-pub async fn mirror(
+/// A host's copy of the bucket in its plugins folder.
+pub struct Mirror {
     store: ObjectStore,
-    dir: std::path::PathBuf,
+    dir: PathBuf,
+    /// Components past it are not read (`runtime.max_plugin_bytes`).
+    bound: Bound,
     host_id: String,
-    mut served: BTreeMap<String, String>,
-    shutdown: Shutdown,
-) {
-    loop {
-        let mut watch = match store.watch().await {
-            Ok(watch) => watch,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch the plugins bucket; trying again");
-                tokio::select! {
-                    () = shutdown.stopping() => return,
-                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
-                }
-            }
-        };
-        // What changed while no watch was open.
-        if let Err(e) = mirror_all(&store, &dir, &host_id, &mut served).await {
-            tracing::warn!(error = format!("{e:#}"), "cannot mirror the plugins bucket");
+    /// The version written last, by plugin.
+    served: BTreeMap<String, String>,
+    refusals: Refusals,
+}
+
+impl Mirror {
+    /// A mirror of `store` into `dir` for host `host_id`; nothing is written until
+    /// [`sync_all`](Self::sync_all).
+    pub fn new(store: ObjectStore, dir: PathBuf, bound: Bound, host_id: String) -> Self {
+        Self {
+            store,
+            dir,
+            bound,
+            host_id,
+            served: BTreeMap::new(),
+            refusals: Refusals::default(),
         }
+    }
+
+    /// What the mirror refused, for `natsplug list`.
+    pub fn refusals(&self) -> Refusals {
+        self.refusals.clone()
+    }
+
+    /// Mirrors every plugin's current version into the folder once: what a host does before it
+    /// loads.
+    pub async fn sync_all(&mut self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        // A plugin's pointer and its pins name it once.
+        let plugins: std::collections::BTreeSet<String> = names(&self.store)
+            .await?
+            .iter()
+            .filter_map(|n| plugin_of(n).map(str::to_owned))
+            .collect();
+        for plugin in plugins {
+            self.sync(&plugin).await;
+        }
+        Ok(())
+    }
+
+    /// Follows the bucket until shutdown: every change of a plugin's current version is
+    /// mirrored into the folder, where the folder's watcher picks it up.
+    pub async fn run(mut self, shutdown: Shutdown) {
         loop {
-            let event = tokio::select! {
-                () = shutdown.stopping() => return,
-                event = watch.next() => event,
-            };
-            match event {
-                Some(Ok(info)) => {
-                    if let Some(plugin) = plugin_of(&info.name)
-                        && let Err(e) = sync_one(&store, &dir, &host_id, plugin, &mut served).await
-                    {
-                        tracing::error!(
-                            plugin,
-                            error = format!("{e:#}"),
-                            "cannot mirror the plugin from the bucket"
-                        );
+            let mut watch = match self.store.watch().await {
+                Ok(watch) => watch,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the plugins bucket; trying again");
+                    tokio::select! {
+                        () = shutdown.stopping() => return,
+                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
                     }
                 }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "the plugins bucket's watch failed; watching again");
-                    break;
+            };
+            // What changed while no watch was open.
+            if let Err(e) = self.sync_all().await {
+                tracing::warn!(error = format!("{e:#}"), "cannot mirror the plugins bucket");
+            }
+            loop {
+                let event = tokio::select! {
+                    () = shutdown.stopping() => return,
+                    event = watch.next() => event,
+                };
+                match event {
+                    Some(Ok(info)) => {
+                        if let Some(plugin) = plugin_of(&info.name) {
+                            self.sync(plugin).await;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "the plugins bucket's watch failed; watching again");
+                        break;
+                    }
+                    None => break,
                 }
-                None => break,
             }
         }
+    }
+
+    /// Brings the folder in line with `plugin`'s current version, or says why not: in the log
+    /// and, until a later version is mirrored, in `natsplug list`. The version in the folder
+    /// keeps serving.
+    async fn sync(&mut self, plugin: &str) {
+        match self.sync_one(plugin).await {
+            Ok(()) => {
+                self.refusals.lock().remove(plugin);
+            }
+            Err(e) => {
+                let error = format!("cannot mirror from the bucket: {e:#}");
+                tracing::error!(plugin, %error, "the bucket's version is not served");
+                self.refusals.lock().insert(plugin.to_owned(), error);
+            }
+        }
+    }
+
+    async fn sync_one(&mut self, plugin: &str) -> anyhow::Result<()> {
+        let wasm_path = self.dir.join(format!("{plugin}.wasm"));
+        let toml_path = self.dir.join(format!("{plugin}.toml"));
+        let Some(version) = current_on(&self.store, plugin, &self.host_id).await? else {
+            if self.served.remove(plugin).is_some() {
+                let _ = std::fs::remove_file(&wasm_path);
+                let _ = std::fs::remove_file(&toml_path);
+                tracing::info!(plugin, "plugin removed from the bucket");
+            }
+            return Ok(());
+        };
+        if self.served.get(plugin) == Some(&version) {
+            return Ok(());
+        }
+        // The name becomes a file name in the folder: only what a host would load.
+        crate::policy::refuse_invalid_name("the plugin name", plugin)
+            .map_err(anyhow::Error::msg)?;
+        // Both read before either is written: a refused component leaves the folder as it was.
+        let wasm = read(&self.store, &format!("{plugin}/{version}.wasm"), self.bound)
+            .await?
+            .with_context(|| format!("{plugin}: version {version} has no component"))?;
+        let manifest = read(
+            &self.store,
+            &format!("{plugin}/{version}.toml"),
+            Bound::MANIFEST,
+        )
+        .await?;
+        match manifest {
+            Some(manifest) => install(&toml_path, &manifest)?,
+            None => {
+                let _ = std::fs::remove_file(&toml_path);
+            }
+        }
+        install(&wasm_path, &wasm)?;
+        tracing::info!(plugin, %version, "plugin version mirrored from the bucket");
+        self.served.insert(plugin.to_owned(), version);
+        Ok(())
     }
 }

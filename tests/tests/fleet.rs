@@ -405,11 +405,13 @@ async fn a_pushed_version_that_fails_on_a_host_leaves_the_old_one_serving_and_li
     let config = work.path().join("natsplug.toml");
     std::fs::write(
         &config,
-        "[host]\nbucket = \"natsplug-plugins\"\nid = \"h\"\n",
+        "[host]\nbucket = \"natsplug-plugins\"\nid = \"h\"\n\
+         [runtime]\nmax_plugin_bytes = 1000000\n",
     )
     .unwrap();
     let v1 = up_version(work.path(), "v1");
-    natsplug_tests::natsplug_cli(&["push", v1.to_str().unwrap(), "--server", &url]);
+    let pushed = natsplug_tests::natsplug_cli(&["push", v1.to_str().unwrap(), "--server", &url]);
+    let v1_version = pushed.trim().strip_prefix("up ").unwrap().to_owned();
     let folder = tempfile::tempdir().unwrap();
     let _host = HostProcess::spawn(&url, folder.path(), &["--config", config.to_str().unwrap()]);
     publish_surely(&js, "in.bucket", "m0".into()).await;
@@ -443,4 +445,90 @@ async fn a_pushed_version_that_fails_on_a_host_leaves_the_old_one_serving_and_li
     let outputs = stream_messages(&js, "OUT").await;
     let markers: Vec<&str> = outputs.iter().map(|o| o.header("marker")).collect();
     assert_eq!(markers, ["v1", "v1"], "the old version goes on serving");
+
+    // Whoever writes the bucket controls the sizes a host reads: a component past the host's
+    // runtime.max_plugin_bytes, a pin past the pointer bound and a name a host would not load
+    // are not mirrored, and `natsplug list` says why.
+    let store = js.get_object_store("natsplug-plugins").await.unwrap();
+    let put = |name: &'static str, bytes: Vec<u8>| {
+        let store = store.clone();
+        async move { store.put(name, &mut &bytes[..]).await.unwrap() }
+    };
+    let listed = || {
+        let plugins: serde_json::Value = serde_json::from_str(&list()).unwrap();
+        plugins["answer"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap().to_owned(),
+                    p["version"].as_str().map(str::to_owned),
+                    p["error"].as_str().map(str::to_owned),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let wait_listed = |expect: Vec<(&'static str, Option<String>, Option<String>)>| async move {
+        let expect: Vec<(String, Option<String>, Option<String>)> = expect
+            .into_iter()
+            .map(|(n, v, e)| (n.to_owned(), v, e))
+            .collect();
+        wait_until(Duration::from_secs(30), &format!("{expect:?}"), || {
+            let expect = expect.clone();
+            async move { listed() == expect }
+        })
+        .await;
+    };
+    put("up/big.wasm", vec![0; 1_000_001]).await;
+    put("up/current", b"big".to_vec()).await;
+    wait_listed(vec![(
+        "up",
+        Some(v1_version.clone()),
+        Some(
+            "cannot mirror from the bucket: cannot read \"up/big.wasm\": 1000001 bytes, over \
+             runtime.max_plugin_bytes (1000000 bytes)"
+                .into(),
+        ),
+    )])
+    .await;
+    put("up/current@h", vec![b'a'; 70_000]).await;
+    put("../current", v1_version.clone().into_bytes()).await;
+    wait_listed(vec![
+        (
+            "..",
+            None,
+            Some(
+                "cannot mirror from the bucket: the plugin name = \"..\" is not a valid name \
+                 (no '.', '*', '>', '/', whitespace or control characters)"
+                    .into(),
+            ),
+        ),
+        (
+            "up",
+            Some(v1_version.clone()),
+            Some(
+                "cannot mirror from the bucket: cannot read \"up/current@h\": 70000 bytes, \
+                 over the pointer bound (65536 bytes)"
+                    .into(),
+            ),
+        ),
+    ])
+    .await;
+    publish_surely(&js, "in.bucket", "m2".into()).await;
+    wait_until(Duration::from_secs(30), "the third output", || async {
+        stream_count(&js, "OUT").await == 3
+    })
+    .await;
+    assert_eq!(stream_messages(&js, "OUT").await[2].header("marker"), "v1");
+    assert!(
+        !folder.path().join("...wasm").exists() && !folder.path().join("..wasm").exists(),
+        "nothing written for the bad name"
+    );
+
+    // Rolled out to v1 again (which removes the pin), and the bad name's pointer deleted:
+    // mirrored, and nothing is wrong any more.
+    natsplug_tests::natsplug_cli(&["rollout", "up", &v1_version, "--server", &url]);
+    store.delete("../current").await.unwrap();
+    wait_listed(vec![("up", Some(v1_version.clone()), None)]).await;
 }

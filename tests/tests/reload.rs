@@ -138,6 +138,15 @@ async fn a_swap_under_steady_load_switches_markers_and_loses_nothing() {
     );
 }
 
+/// Waits until `natsplug list` shows `error` for `uppercase`, still serving `version`.
+async fn listed_error(url: &str, version: &str, error: String) {
+    wait_until(Duration::from_secs(10), &error, || async {
+        listed(url, "uppercase")[0].1.as_deref() == Some(error.as_str())
+    })
+    .await;
+    assert_eq!(listed(url, "uppercase")[0].0.as_deref(), Some(version));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_replacement_keeps_the_old_version_serving_and_list_shows_why() {
     let (server, js, plugins) = setup().await;
@@ -178,6 +187,43 @@ async fn a_broken_replacement_keeps_the_old_version_serving_and_list_shows_why()
             .contains("is not a valid WebAssembly component")
     );
 
+    // A 10 GiB file (sparse: it takes no disk) is refused from its size, unread, and so is a
+    // 2 MiB manifest; the old version still serves.
+    let wasm_path = plugins.path().join("uppercase.wasm");
+    let manifest_path = plugins.path().join("uppercase.toml");
+    let sparse = |path: &std::path::Path, len: u64| {
+        let aside = path.with_file_name(".sparse.tmp");
+        std::fs::File::create(&aside).unwrap().set_len(len).unwrap();
+        std::fs::rename(&aside, path).unwrap();
+    };
+    sparse(&wasm_path, 10 << 30);
+    listed_error(
+        &url,
+        &v1,
+        format!(
+            "cannot read {}: 10737418240 bytes, over runtime.max_plugin_bytes (134217728 bytes)",
+            wasm_path.display()
+        ),
+    )
+    .await;
+    // Back to the served file: nothing is wrong any more.
+    replace_file(&wasm_path, &wasm);
+    wait_until(Duration::from_secs(10), "no error", || {
+        let (url, v1) = (url.clone(), v1.clone());
+        async move { listed(&url, "uppercase") == vec![(Some(v1), None)] }
+    })
+    .await;
+    sparse(&manifest_path, 2 << 20);
+    listed_error(
+        &url,
+        &v1,
+        format!(
+            "cannot read {}: 2097152 bytes, over the manifest bound (1048576 bytes)",
+            manifest_path.display()
+        ),
+    )
+    .await;
+
     publish_all(&js, "in.upper", &["still".to_owned(), "served".to_owned()]).await;
     wait_until(Duration::from_secs(10), "2 outputs", || async {
         stream_count(&js, "OUT").await == 2
@@ -189,6 +235,7 @@ async fn a_broken_replacement_keeps_the_old_version_serving_and_list_shows_why()
             .iter()
             .all(|m| m.headers.get("marker").unwrap().as_str() == "v1")
     );
+    replace_file(&manifest_path, manifest("v1").as_bytes());
 
     // Removing the plugin stops its worker: later inputs stay pending.
     std::fs::remove_file(plugins.path().join("uppercase.wasm")).unwrap();

@@ -99,10 +99,17 @@ pub struct RuntimeConfig {
     /// output would pass it fails with `host-output-limit` and is retried. With the default
     /// per-message budget (16 MiB) it is what bounds a host at full concurrency. Default: 1 GiB.
     pub max_output_bytes: u64,
+    /// Largest plugin file loaded, in bytes: a larger one is refused unread. Default:
+    /// [`DEFAULT_MAX_PLUGIN_BYTES`].
+    pub max_plugin_bytes: u64,
     /// Where compiled components are cached, keyed by content and engine settings, so a restart
     /// does not recompile them. Default: none (no cache).
     pub cache_dir: Option<std::path::PathBuf>,
 }
+
+/// The default of `runtime.max_plugin_bytes`: 128 MiB, several times the largest plugin of the
+/// examples (a Python one, about 19 MB).
+pub const DEFAULT_MAX_PLUGIN_BYTES: u64 = 128 << 20;
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
@@ -110,6 +117,7 @@ impl Default for RuntimeConfig {
             max_instances: 1000,
             max_memory: 1 << 30,
             max_output_bytes: 1 << 30,
+            max_plugin_bytes: DEFAULT_MAX_PLUGIN_BYTES,
             cache_dir: None,
         }
     }
@@ -231,6 +239,12 @@ impl Runtime {
     /// Compiles and checks a plugin from its bytes: a `plugin`-world component, or a core
     /// module, which runs as a command ([`command`]).
     pub fn load(&self, name: &str, wasm: &[u8], manifest: Manifest) -> Result<Plugin, LoadError> {
+        self.plugin_bound()
+            .check(wasm.len() as u64)
+            .map_err(|e| LoadError::Unsupported {
+                plugin: name.to_owned(),
+                reason: format!("the plugin file is {e}"),
+            })?;
         let componentized;
         let wasm = if command::is_core_module(wasm) && componentize::has_component_type(wasm) {
             componentized =
@@ -270,11 +284,17 @@ impl Runtime {
             Some(m) => m,
             None => Manifest::beside(path)?,
         };
-        let wasm = std::fs::read(path).map_err(|source| LoadError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let wasm =
+            crate::bounded::read(path, self.plugin_bound()).map_err(|source| LoadError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
         self.load(&name, &wasm, manifest)
+    }
+
+    /// The largest plugin file this runtime loads (`runtime.max_plugin_bytes`).
+    pub fn plugin_bound(&self) -> crate::bounded::Bound {
+        crate::bounded::Bound::plugin(self.config.max_plugin_bytes)
     }
 
     fn prepare(&self, name: &str, code: Code, manifest: Manifest) -> Result<Plugin, LoadError> {
