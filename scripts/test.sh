@@ -15,7 +15,4 @@ cargo build --quiet "${packages[@]}" --bin natsplug --tests
 python3 -m unittest discover -s guest-sdk/python/tests
 node --import ./guest-sdk/js/test/register.mjs --test guest-sdk/js/test/natsplug.test.mjs
 (cd guest-sdk/go && "$GO" test ./...)
-# Most integration tests wait on servers, timers and other processes, not on the CPU: twice the
-# cores (at most 8) overlaps those waits. Warm, on 2 cores: 236 s with 2 threads, 190 s with 4.
-export RUST_TEST_THREADS="${RUST_TEST_THREADS:-$((n = $(nproc) * 2, n > 8 ? 8 : n))}"
 cargo test "${packages[@]}" "$@"

@@ -4,7 +4,9 @@
 //! whole into the host's memory before anything looked at it.
 //!
 //! A file or object past its bound is refused from its stated size, before a byte is read; one
-//! that grows while it is read is cut one byte past the bound and refused too. The refusal is an
+//! that grows while it is read is cut one byte past the bound and refused too. A file must be a
+//! regular file: a FIFO would block its reader (and with it every later reload) until someone
+//! wrote to it, and a device such as `/dev/zero` has no size to check. The refusal is an
 //! [`std::io::Error`] of kind [`FileTooLarge`](std::io::ErrorKind::FileTooLarge) that names the
 //! setting, so it reads as any other failed read: the plugin is not loaded, the version served
 //! before keeps serving, and `natsplug list` says why.
@@ -59,13 +61,26 @@ impl Bound {
     }
 }
 
-/// Reads the file at `path`, refusing it if it is past `bound`.
+/// Reads the file at `path`, refusing it if it is past `bound` or not a regular file.
 pub fn read(path: &Path, bound: Bound) -> std::io::Result<Vec<u8>> {
-    let file = std::fs::File::open(path)?;
-    let size = file.metadata()?.len();
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // Without O_NONBLOCK, opening a FIFO waits for a writer; the file opened is the one checked.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, a device or a folder)",
+        ));
+    }
+    let size = metadata.len();
     bound.check(size)?;
-    let mut bytes = Vec::with_capacity(size as usize);
-    file.take(bound.bytes + 1).read_to_end(&mut bytes)?;
+    let mut bytes = Vec::with_capacity(first_capacity(size));
+    file.take(bound.bytes.saturating_add(1))
+        .read_to_end(&mut bytes)?;
     bound.check(bytes.len() as u64)?;
     Ok(bytes)
 }
@@ -89,10 +104,19 @@ pub async fn read_async(
     bound: Bound,
 ) -> std::io::Result<Vec<u8>> {
     bound.check(size)?;
-    let mut bytes = Vec::with_capacity(size as usize);
-    reader.take(bound.bytes + 1).read_to_end(&mut bytes).await?;
+    let mut bytes = Vec::with_capacity(first_capacity(size));
+    reader
+        .take(bound.bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .await?;
     bound.check(bytes.len() as u64)?;
     Ok(bytes)
+}
+
+/// What to allocate before reading `size` bytes: the size, up to 16 MiB (a stated size may be
+/// a lie, and a bound an operator set very high); the buffer grows past it as bytes come.
+fn first_capacity(size: u64) -> usize {
+    size.min(16 << 20) as usize
 }
 
 #[cfg(test)]
@@ -123,6 +147,30 @@ mod tests {
             read_text_if_present(&path, TEN).unwrap_err().kind(),
             std::io::ErrorKind::InvalidData
         );
+    }
+
+    #[test]
+    fn a_fifo_a_device_or_a_folder_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.wasm");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let zero = dir.path().join("zero.wasm");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let folder = dir.path().join("folder.wasm");
+        std::fs::create_dir(&folder).unwrap();
+        for path in [fifo, zero, folder] {
+            // With no writer on the FIFO, a blocking open would never return.
+            let err = read(&path, TEN).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{path:?}");
+            assert_eq!(
+                err.to_string(),
+                "not a regular file (a FIFO, a device or a folder)"
+            );
+        }
     }
 
     #[tokio::test]

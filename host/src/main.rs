@@ -357,6 +357,21 @@ where
     Ok(())
 }
 
+/// `text` with its control characters but newlines escaped: names and errors come from hosts
+/// and from whoever wrote their plugins folder or bucket, and a CR or an escape sequence must
+/// not forge a row.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn show_plugins(plugins: &natsplug::control::ListAnswer) -> String {
     let mut out = format!(
         "  {:<16} {:<17} {:<21} {:>9} {:>9} {:>7} {:>5} {:>6}  {}",
@@ -373,8 +388,8 @@ fn show_plugins(plugins: &natsplug::control::ListAnswer) -> String {
     for p in plugins {
         out.push_str(&format!(
             "\n  {:<16} {:<17} {:<21} {:>9} {:>9} {:>7} {:>5} {:>6}  {}",
-            p.name,
-            p.version.as_deref().unwrap_or("-"),
+            printable(&p.name),
+            p.version.as_deref().map_or("-".into(), printable),
             p.loaded_at
                 .as_deref()
                 .map(|t| t.get(..19).unwrap_or(t))
@@ -386,7 +401,7 @@ fn show_plugins(plugins: &natsplug::control::ListAnswer) -> String {
             p.stats.redelivered,
             // A parser's error keeps its layout: the first line in the column, the rest
             // (source line, caret, expected fields) indented below the row.
-            p.error.as_deref().unwrap_or("").replace('\n', "\n      "),
+            printable(p.error.as_deref().unwrap_or("")).replace('\n', "\n      "),
         ));
     }
     out

@@ -22,6 +22,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, object_store::ObjectStore};
@@ -60,19 +61,45 @@ const POINTER: Bound = Bound {
     setting: "the pointer bound",
 };
 
+/// The longest a host waits for one object (or the bucket's listing): an object whose chunks
+/// never come would otherwise stop the mirror for good.
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Reads object `name`, refused from its stated size if that is past `bound` (and cut just
 /// past it if it gives more), so whoever can write the bucket cannot fill a host's memory.
+/// Links are refused, not followed: a link reads another object or another bucket with the
+/// host's permissions, and a link to itself was followed for ever.
 async fn read(store: &ObjectStore, name: &str, bound: Bound) -> anyhow::Result<Option<Vec<u8>>> {
-    let object = match store.get(name).await {
-        Ok(object) => object,
-        Err(e) if e.kind() == jetstream::object_store::GetErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {name:?}")),
+    let read = async {
+        let info = match store.info(name).await {
+            Ok(info) if !info.deleted => info,
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == jetstream::object_store::InfoErrorKind::NotFound => {
+                return Ok(None);
+            }
+            Err(e) => return Err(anyhow::Error::new(e)),
+        };
+        if info.options.as_ref().is_some_and(|o| o.link.is_some()) {
+            anyhow::bail!("a link; a host reads no links");
+        }
+        let object = match store.get(name).await {
+            Ok(object) => object,
+            Err(e) if e.kind() == jetstream::object_store::GetErrorKind::NotFound => {
+                return Ok(None);
+            }
+            Err(e) => return Err(anyhow::Error::new(e)),
+        };
+        // Replaced between the two looks (by a link, say): read at its next change.
+        if object.info.name != info.name || object.info.nuid != info.nuid {
+            anyhow::bail!("replaced while it was read");
+        }
+        let size = object.info.size as u64;
+        Ok(Some(crate::bounded::read_async(object, size, bound).await?))
     };
-    let size = object.info.size as u64;
-    let bytes = crate::bounded::read_async(object, size, bound)
+    tokio::time::timeout(READ_TIMEOUT, read)
         .await
-        .with_context(|| format!("cannot read {name:?}"))?;
-    Ok(Some(bytes))
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer in {READ_TIMEOUT:?}")))
+        .with_context(|| format!("cannot read {name:?}"))
 }
 
 async fn write(store: &ObjectStore, name: &str, mut bytes: &[u8]) -> anyhow::Result<()> {
@@ -117,18 +144,34 @@ fn pin(plugin: &str, host_id: &str) -> String {
     format!("{plugin}/current@{host_id}")
 }
 
-/// The name of every object in the bucket.
+/// The name of every object in the bucket. An entry whose metadata does not decode is left
+/// out (whoever writes the bucket can write any), not a failed listing, which would have kept
+/// every host of the fleet from starting.
 async fn names(store: &ObjectStore) -> anyhow::Result<Vec<String>> {
-    let mut list = store
-        .list()
+    let list = async {
+        let mut list = store.list().await?;
+        let mut names = Vec::new();
+        let mut skipped = 0;
+        while let Some(info) = list.next().await {
+            match info {
+                Ok(info) => names.push(info.name),
+                Err(e) if skipped < MAX_SKIPPED => {
+                    skipped += 1;
+                    tracing::warn!(error = %e, "an entry of the plugins bucket left out");
+                }
+                Err(e) => return Err(anyhow::Error::new(e)),
+            }
+        }
+        Ok(names)
+    };
+    tokio::time::timeout(READ_TIMEOUT, list)
         .await
-        .context("cannot list the plugins bucket")?;
-    let mut names = Vec::new();
-    while let Some(info) = list.next().await {
-        names.push(info.context("cannot list the plugins bucket")?.name);
-    }
-    Ok(names)
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("no end in {READ_TIMEOUT:?}")))
+        .context("cannot list the plugins bucket")
 }
+
+/// Entries of a listing left out before the listing itself fails.
+const MAX_SKIPPED: usize = 1000;
 
 /// Removes every host's pin of `plugin`.
 async fn unpin_all(store: &ObjectStore, plugin: &str) -> anyhow::Result<()> {
@@ -236,16 +279,20 @@ pub async fn rollback(store: &ObjectStore, plugin: &str) -> anyhow::Result<Strin
     Ok(previous)
 }
 
-/// Writes `bytes` to `path` through a temporary name and a rename, so the folder's watcher
-/// never sees half a file.
+/// Writes `bytes` to `path` through a temporary file and a rename, so the folder's watcher
+/// never sees half a file. The temporary file is new (a random hidden name, created
+/// exclusively): a link planted in the folder under a name the host would write through is
+/// never followed.
 fn install(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    use std::io::Write as _;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".natsplug-")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// The plugin a bucket object belongs to, if it is a pointer: `PLUGIN/current` or a pin
@@ -414,5 +461,35 @@ impl Mirror {
         tracing::info!(plugin, %version, "plugin version mirrored from the bucket");
         self.served.insert(plugin.to_owned(), version);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A link planted under the temporary name the mirror once used is never written through.
+    #[test]
+    fn install_writes_through_no_planted_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "mine").unwrap();
+        for planted in [".up.wasm.tmp", ".natsplug-.tmp"] {
+            std::os::unix::fs::symlink(&victim, dir.path().join(planted)).unwrap();
+        }
+        let path = dir.path().join("up.wasm");
+        install(&path, b"component").unwrap();
+        install(&path, b"component 2").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"mine");
+        assert_eq!(std::fs::read(&path).unwrap(), b"component 2");
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [".natsplug-.tmp", ".up.wasm.tmp", "up.wasm", "victim"]
+        );
     }
 }

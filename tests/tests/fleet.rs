@@ -413,6 +413,13 @@ async fn a_pushed_version_that_fails_on_a_host_leaves_the_old_one_serving_and_li
     let pushed = natsplug_tests::natsplug_cli(&["push", v1.to_str().unwrap(), "--server", &url]);
     let v1_version = pushed.trim().strip_prefix("up ").unwrap().to_owned();
     let folder = tempfile::tempdir().unwrap();
+    // Metadata that does not decode, in the bucket before the host starts: left out of the
+    // listing, not a host that cannot start.
+    let garbage = js
+        .publish("$O.natsplug-plugins.M.Z2FyYmFnZQ==", "{not json".into())
+        .await
+        .unwrap();
+    garbage.await.unwrap();
     let _host = HostProcess::spawn(&url, folder.path(), &["--config", config.to_str().unwrap()]);
     publish_surely(&js, "in.bucket", "m0".into()).await;
     wait_until(Duration::from_secs(60), "v1's output", || async {
@@ -490,6 +497,23 @@ async fn a_pushed_version_that_fails_on_a_host_leaves_the_old_one_serving_and_li
              runtime.max_plugin_bytes (1000000 bytes)"
                 .into(),
         ),
+    )])
+    .await;
+    // A link (here a pin to an object of another bucket, read with the host's permissions) is
+    // refused, not followed.
+    let other = js
+        .create_object_store(jetstream::object_store::Config {
+            bucket: "other".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let secret = other.put("secret", &mut &b"big"[..]).await.unwrap();
+    store.add_link("up/current@h", &secret).await.unwrap();
+    wait_listed(vec![(
+        "up",
+        Some(v1_version.clone()),
+        Some("cannot mirror from the bucket: cannot read \"up/current@h\": a link; a host reads no links".into()),
     )])
     .await;
     put("up/current@h", vec![b'a'; 70_000]).await;

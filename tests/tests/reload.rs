@@ -206,6 +206,23 @@ async fn a_broken_replacement_keeps_the_old_version_serving_and_list_shows_why()
         ),
     )
     .await;
+    // A FIFO with no writer: refused at once, and the folder's later changes are still seen.
+    let fifo = wasm_path.with_file_name(".fifo.tmp");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::fs::rename(&fifo, &wasm_path).unwrap();
+    listed_error(
+        &url,
+        &v1,
+        format!(
+            "cannot read {}: not a regular file (a FIFO, a device or a folder)",
+            wasm_path.display()
+        ),
+    )
+    .await;
     // Back to the served file: nothing is wrong any more.
     replace_file(&wasm_path, &wasm);
     wait_until(Duration::from_secs(10), "no error", || {

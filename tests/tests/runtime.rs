@@ -1022,23 +1022,22 @@ async fn headers_are_checked_before_anything_is_kept() {
     );
 }
 
+/// A fixed amount of work, not a wall time: three seconds of computing gave 8.4 billion units
+/// on a loaded CI machine and more than 10 on a quiet one.
 #[tokio::test]
-async fn a_three_second_computing_handler_runs_to_completion_under_the_default_limits() {
+async fn a_handler_computing_past_the_old_fuel_budget_runs_to_completion_under_the_default_limits()
+{
     let rt = runtime();
     let plugin = load_with(&rt, "probe", "[publish]\nallow = [\"probe.out\"]\n");
-    let started = Instant::now();
     let handled = plugin
-        .handle_metered(&Message::new("p", "compute:3000"), Hooks::default())
+        .handle_metered(&Message::new("p", "rounds:200000"), Hooks::default())
         .await;
-    let took = started.elapsed();
     match handled.result {
         Ok(Outcome::Success(outputs)) => {
-            let answer = String::from_utf8_lossy(&outputs[0].payload).into_owned();
-            assert!(answer.starts_with("computed "), "{answer}");
+            assert_eq!(outputs[0].payload, "computed 200000 rounds");
         }
         other => panic!("{other:?}"),
     }
-    assert!(took >= Duration::from_secs(3), "{took:?}");
     // The old default budget, 10,000,000,000 units, would have stopped it part-way.
     assert!(handled.fuel > 10_000_000_000, "{} units", handled.fuel);
 }

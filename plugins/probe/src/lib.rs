@@ -12,6 +12,7 @@
 //! - `log:COUNT:BYTES`, `stderr:COUNT:BYTES`: COUNT log lines of BYTES bytes, through `log` or
 //!   stderr.
 //! - `compute:MS`: computes (no sleeping) for MS milliseconds of wall time.
+//! - `rounds:N`: computes N rounds of 10,000 steps: the same fuel on every machine.
 //! - `request:SUBJECT`, `request-header:NAME=VALUE`, `request-bytes:N`: a request (to
 //!   `pricing.quote` with that header, or with N bytes of payload), and how it ended.
 //! - `kv-open:BUCKET`, `kv-get:BUCKET:KEY`, `kv-set:BUCKET:KEY`: a KV call, and how it ended.
@@ -95,6 +96,18 @@ fn handle(msg: Message) -> natsplug_sdk::Result {
                     x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
                 }
                 rounds += 1;
+            }
+            format!("computed {rounds} rounds")
+        }
+        "rounds" => {
+            let rounds: u64 = arg
+                .parse()
+                .map_err(|e| Error::reject(format!("{arg:?}: {e}")))?;
+            let mut x = 1u64;
+            for _ in 0..rounds {
+                for _ in 0..10_000 {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
             }
             format!("computed {rounds} rounds")
         }

@@ -86,6 +86,9 @@ pub struct Config {
     pub placement: Option<stream::Placement>,
 }
 
+/// natsplug: the most links `get` follows from one name.
+const MAX_LINK_DEPTH: usize = 8;
+
 /// A blob store capable of storing large objects efficiently in streams.
 #[derive(Clone)]
 pub struct ObjectStore {
@@ -118,18 +121,27 @@ impl ObjectStore {
     /// # }
     /// ```
     pub async fn get<T: AsRef<str> + Send>(&self, object_name: T) -> Result<Object, GetError> {
-        self.get_impl(object_name).await
+        self.get_impl(object_name, 0).await
     }
 
     fn get_impl<'bucket, 'future, T>(
         &'bucket self,
         object_name: T,
+        // natsplug: links followed so far. A link to itself was followed for ever, each step a
+        // nested future, until the poll's stack overflowed.
+        depth: usize,
     ) -> BoxFuture<'future, Result<Object, GetError>>
     where
         T: AsRef<str> + Send + 'future,
         'bucket: 'future,
     {
         Box::pin(async move {
+            if depth > MAX_LINK_DEPTH {
+                return Err(GetError::with_source(
+                    GetErrorKind::Other,
+                    format!("more than {MAX_LINK_DEPTH} links"),
+                ));
+            }
             let object_info = self.info(object_name).await?;
             if object_info.deleted {
                 return Err(GetError::new(GetErrorKind::NotFound));
@@ -140,7 +152,7 @@ impl ObjectStore {
                         let link_name = link_name.clone();
                         debug!("getting object via link");
                         if link.bucket == self.name {
-                            return self.get_impl(link_name).await;
+                            return self.get_impl(link_name, depth + 1).await;
                         } else {
                             let bucket = self
                                 .stream
@@ -150,7 +162,7 @@ impl ObjectStore {
                                 .map_err(|err| {
                                 GetError::with_source(GetErrorKind::Other, err)
                             })?;
-                            let object = bucket.get_impl(&link_name).await?;
+                            let object = bucket.get_impl(&link_name, depth + 1).await?;
                             return Ok(object);
                         }
                     } else {
