@@ -76,8 +76,18 @@ impl LocalServer {
         let store = tempfile::Builder::new().prefix("natsplug-dev-").tempdir()?;
         for _ in 0..3 {
             let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let name = format!("natsplug-dev-{}-{port}", std::process::id());
             let mut child = Command::new(&binary)
-                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .args([
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-n",
+                    &name,
+                    "-js",
+                    "-sd",
+                ])
                 .arg(store.path())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -87,7 +97,7 @@ impl LocalServer {
                         "cannot start {binary:?}: run the README's set-up, or set NATS_SERVER_BIN"
                     )
                 })?;
-            match wait_until_serving(&mut child, port) {
+            match wait_until_serving(&mut child, port, &name) {
                 Ok(()) => {
                     return Ok(Self {
                         child,
@@ -137,16 +147,18 @@ impl std::fmt::Display for NotServing {
     }
 }
 
-/// Waits until nats-server `child`, just started on `port`, answers there with its `INFO` line
-/// (a port that accepts connections may be another process's listener). The test harness uses
-/// it too.
-pub fn wait_until_serving(child: &mut Child, port: u16) -> Result<(), NotServing> {
+/// Waits until nats-server `child`, just started on `port` with server name `name` (`-n`),
+/// answers there with its `INFO` line naming it: a port that accepts connections may be
+/// another process's listener, or another nats-server that took the port first (then `child`
+/// exits a moment later, failing to bind). The test harness uses it too.
+pub fn wait_until_serving(child: &mut Child, port: u16, name: &str) -> Result<(), NotServing> {
     let started = Instant::now();
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(NotServing::Exited(status));
         }
-        if answers_info(port) {
+        if info_line(port).is_some_and(|info| info.contains(&format!("\"server_name\":\"{name}\"")))
+        {
             return Ok(());
         }
         if started.elapsed() > Duration::from_secs(10) {
@@ -161,13 +173,20 @@ pub fn wait_until_serving(child: &mut Child, port: u16) -> Result<(), NotServing
 /// Whether a connection to `port` on 127.0.0.1 gets a NATS server's `INFO` line (not just any
 /// listener).
 pub fn answers_info(port: u16) -> bool {
+    info_line(port).is_some()
+}
+
+/// The `INFO` line a NATS server on `port` greets a connection with (at most 64 KiB).
+fn info_line(port: u16) -> Option<String> {
+    use std::io::BufRead as _;
     use std::io::Read as _;
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut banner = [0u8; 5];
-    stream.read_exact(&mut banner).is_ok() && &banner == b"INFO "
+    let mut line = String::new();
+    std::io::BufReader::new(stream.take(64 << 10))
+        .read_line(&mut line)
+        .ok()?;
+    line.starts_with("INFO ").then_some(line)
 }
 
 /// Makes the streams the plugins in `dir` need on the development server: the one each

@@ -16,6 +16,8 @@ pub struct NatsServer {
     store: TempDir,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// The `server_name` its configuration sets, if any (a cluster's nodes: `n1`...).
+    configured_name: Option<String>,
 }
 
 /// The nats-server binary to use.
@@ -56,6 +58,10 @@ impl NatsServer {
             store,
             child: None,
             extra_args: vec!["-c".into(), file.display().to_string()],
+            configured_name: config.lines().find_map(|line| {
+                let value = line.trim().strip_prefix("server_name:")?;
+                Some(value.trim().trim_matches('"').to_owned())
+            }),
         };
         server.start_on_a_free_port();
         server
@@ -71,6 +77,7 @@ impl NatsServer {
                 .expect("cannot create a store dir"),
             child: None,
             extra_args: Vec::new(),
+            configured_name: None,
         };
         server.start_on_a_free_port();
         server
@@ -123,6 +130,23 @@ impl NatsServer {
     /// line from it: a port that accepts connections may be another test's listener.
     fn try_start(&mut self) -> Result<(), String> {
         self.stop();
+        // A name of its own, the same at every start (named for its store, which no other
+        // server has), unless its configuration names it: another test's server that took the
+        // port while this one was stopped also answers INFO there.
+        let name = self.configured_name.clone().unwrap_or_else(|| {
+            format!(
+                "natsplug-test-{}",
+                self.store
+                    .path()
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            )
+        });
+        let name_args = match &self.configured_name {
+            Some(_) => Vec::new(),
+            None => vec!["-n".to_owned(), name.clone()],
+        };
         let mut child = Command::new(server_binary())
             .args([
                 "-a",
@@ -133,6 +157,7 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.store.path())
+            .args(&name_args)
             .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -143,7 +168,7 @@ impl NatsServer {
                     server_binary()
                 )
             });
-        wait_until_serving(&mut child, self.port).map_err(|e| e.to_string())?;
+        wait_until_serving(&mut child, self.port, &name).map_err(|e| e.to_string())?;
         self.child = Some(child);
         Ok(())
     }
@@ -178,6 +203,7 @@ mod tests {
             store: tempfile::tempdir().unwrap(),
             child: None,
             extra_args: Vec::new(),
+            configured_name: None,
         };
         server.start_on_a_free_port();
         assert_ne!(server.port(), port);
