@@ -85,12 +85,17 @@ pub fn read(path: &Path, bound: Bound) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Reads the UTF-8 file at `path`, refusing it if it is past `bound`; none if it is not there.
+/// Reads the UTF-8 file at `path`, refusing it if it is past `bound`.
+pub fn read_text(path: &Path, bound: Bound) -> std::io::Result<String> {
+    String::from_utf8(read(path, bound)?).map_err(|e| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error().to_string())
+    })
+}
+
+/// [`read_text`], or none if the file is not there.
 pub fn read_text_if_present(path: &Path, bound: Bound) -> std::io::Result<Option<String>> {
-    match read(path, bound) {
-        Ok(bytes) => String::from_utf8(bytes).map(Some).map_err(|e| {
-            std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error().to_string())
-        }),
+    match read_text(path, bound) {
+        Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }

@@ -60,7 +60,7 @@ async fn serve(config: HostConfig, shutdown: Shutdown, traces: Traces) -> anyhow
     // With a bucket, its current versions go into the folder before anything loads, and every
     // later change follows.
     let (mirror, refusals) = match &config.host.bucket {
-        None => (None, None),
+        None => (None, source::Refusals::default()),
         Some(bucket) => {
             let js = async_nats::jetstream::new(client.clone());
             let store = source::open(&js, bucket, true).await?;
@@ -72,10 +72,7 @@ async fn serve(config: HostConfig, shutdown: Shutdown, traces: Traces) -> anyhow
             );
             mirror.sync_all().await?;
             let refusals = mirror.refusals();
-            (
-                Some(tokio::spawn(mirror.run(shutdown.clone()))),
-                Some(refusals),
-            )
+            (Some(tokio::spawn(mirror.run(shutdown.clone()))), refusals)
         }
     };
     // Capabilities (`[request]`, `[kv]`) on a connection of their own: a guest waiting on a

@@ -755,13 +755,13 @@ impl Manifest {
 
     /// Reads and parses a manifest file.
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
-        let read = |source| ManifestError::Read {
-            path: path.to_owned(),
-            source,
-        };
-        let text = crate::bounded::read_text_if_present(path, crate::bounded::Bound::MANIFEST)
-            .map_err(read)?
-            .ok_or_else(|| read(std::io::ErrorKind::NotFound.into()))?;
+        let text =
+            crate::bounded::read_text(path, crate::bounded::Bound::MANIFEST).map_err(|source| {
+                ManifestError::Read {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
         Self::parse(&text, path)
     }
 

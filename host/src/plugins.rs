@@ -131,9 +131,9 @@ pub struct Registry {
     traces: Traces,
     /// Where JetStream shards run; none unless [`with_cores`](Self::with_cores).
     cores: Option<Arc<Cores>>,
-    /// Why the bucket's mirror left versions out of the folder; none unless
+    /// Why the bucket's mirror left versions out of the folder; empty unless
     /// [`with_mirror_refusals`](Self::with_mirror_refusals).
-    refusals: Option<crate::source::Refusals>,
+    refusals: crate::source::Refusals,
     /// Where dead letters no stream captures go; none unless
     /// [`with_dead_letter_stream`](Self::with_dead_letter_stream).
     dead_letter_stream: Option<String>,
@@ -165,7 +165,7 @@ impl Registry {
             traces: Traces::default(),
             cores: None,
             dead_letter_stream: None,
-            refusals: None,
+            refusals: crate::source::Refusals::default(),
             syncing: Mutex::default(),
             entries: std::sync::Mutex::default(),
         }
@@ -186,7 +186,7 @@ impl Registry {
 
     /// Makes `list` show why the bucket's mirror left a plugin's current version out of the
     /// folder (with `host.bucket`).
-    pub fn with_mirror_refusals(mut self, refusals: Option<crate::source::Refusals>) -> Self {
+    pub fn with_mirror_refusals(mut self, refusals: crate::source::Refusals) -> Self {
         self.refusals = refusals;
         self
     }
@@ -456,11 +456,7 @@ impl Registry {
     /// Every plugin, served or failed, with its counters. A plugin whose current version in
     /// the bucket was not mirrored shows why, before any error of the version in the folder.
     pub fn list(&self) -> Vec<PluginInfo> {
-        let mut refusals = self
-            .refusals
-            .as_ref()
-            .map(crate::source::Refusals::get)
-            .unwrap_or_default();
+        let mut refusals = self.refusals.get();
         let mut list: Vec<PluginInfo> = self
             .entries()
             .iter()

@@ -379,7 +379,7 @@ impl Mirror {
                     tracing::warn!(error = %e, "cannot watch the plugins bucket; trying again");
                     tokio::select! {
                         () = shutdown.stopping() => return,
-                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
                     }
                 }
             };

@@ -16,8 +16,9 @@ pub struct NatsServer {
     store: TempDir,
     child: Option<Child>,
     extra_args: Vec<String>,
-    /// The `server_name` its configuration sets, if any (a cluster's nodes: `n1`...).
-    configured_name: Option<String>,
+    /// The `server_name` its `INFO` line carries: its configuration's (a cluster's nodes:
+    /// `n1`...), else one named for its store, which no other server has.
+    name: String,
 }
 
 /// The nats-server binary to use.
@@ -53,32 +54,57 @@ impl NatsServer {
             .expect("cannot create a store dir");
         let file = store.path().join("nats-server.conf");
         std::fs::write(&file, config).expect("cannot write the server config");
-        let mut server = Self {
-            port: free_port(),
+        let configured = config.lines().find_map(|line| {
+            let value = line.trim().strip_prefix("server_name:")?;
+            Some(value.trim().trim_matches('"').to_owned())
+        });
+        let mut server = Self::new(
+            free_port(),
             store,
-            child: None,
-            extra_args: vec!["-c".into(), file.display().to_string()],
-            configured_name: config.lines().find_map(|line| {
-                let value = line.trim().strip_prefix("server_name:")?;
-                Some(value.trim().trim_matches('"').to_owned())
-            }),
-        };
+            vec!["-c".into(), file.display().to_string()],
+            configured,
+        );
         server.start_on_a_free_port();
         server
     }
 
+    /// A server not yet started: named `configured` by its configuration, or else given a name
+    /// of its own with `-n`, the same at every start, so that another test's server that took
+    /// the port while this one was stopped is not mistaken for it.
+    fn new(
+        port: u16,
+        store: TempDir,
+        mut extra_args: Vec<String>,
+        configured: Option<String>,
+    ) -> Self {
+        let name = configured.unwrap_or_else(|| {
+            let name = format!(
+                "natsplug-test-{}",
+                store
+                    .path()
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            );
+            extra_args.extend(["-n".to_owned(), name.clone()]);
+            name
+        });
+        Self {
+            port,
+            store,
+            child: None,
+            extra_args,
+            name,
+        }
+    }
+
     /// Starts one with no extra configuration.
     fn start_plain() -> Self {
-        let mut server = Self {
-            port: free_port(),
-            store: tempfile::Builder::new()
-                .prefix("natsplug-test-js-")
-                .tempdir()
-                .expect("cannot create a store dir"),
-            child: None,
-            extra_args: Vec::new(),
-            configured_name: None,
-        };
+        let store = tempfile::Builder::new()
+            .prefix("natsplug-test-js-")
+            .tempdir()
+            .expect("cannot create a store dir");
+        let mut server = Self::new(free_port(), store, Vec::new(), None);
         server.start_on_a_free_port();
         server
     }
@@ -130,23 +156,6 @@ impl NatsServer {
     /// line from it: a port that accepts connections may be another test's listener.
     fn try_start(&mut self) -> Result<(), String> {
         self.stop();
-        // A name of its own, the same at every start (named for its store, which no other
-        // server has), unless its configuration names it: another test's server that took the
-        // port while this one was stopped also answers INFO there.
-        let name = self.configured_name.clone().unwrap_or_else(|| {
-            format!(
-                "natsplug-test-{}",
-                self.store
-                    .path()
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            )
-        });
-        let name_args = match &self.configured_name {
-            Some(_) => Vec::new(),
-            None => vec!["-n".to_owned(), name.clone()],
-        };
         let mut child = Command::new(server_binary())
             .args([
                 "-a",
@@ -157,7 +166,6 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.store.path())
-            .args(&name_args)
             .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -168,7 +176,7 @@ impl NatsServer {
                     server_binary()
                 )
             });
-        wait_until_serving(&mut child, self.port, &name).map_err(|e| e.to_string())?;
+        wait_until_serving(&mut child, self.port, &self.name).map_err(|e| e.to_string())?;
         self.child = Some(child);
         Ok(())
     }
@@ -198,15 +206,21 @@ mod tests {
         let taken = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = taken.local_addr().unwrap().port();
         assert!(!answers_info(port));
-        let mut server = NatsServer {
-            port,
-            store: tempfile::tempdir().unwrap(),
-            child: None,
-            extra_args: Vec::new(),
-            configured_name: None,
-        };
+        let mut server = NatsServer::new(port, tempfile::tempdir().unwrap(), Vec::new(), None);
         server.start_on_a_free_port();
         assert_ne!(server.port(), port);
+        assert!(answers_info(server.port()));
+    }
+
+    #[test]
+    fn a_port_taken_by_another_nats_server_is_not_mistaken_for_the_server() {
+        // Answers INFO, under another name: this one cannot bind there and moves on.
+        let other = NatsServer::start();
+        let mut server =
+            NatsServer::new(other.port(), tempfile::tempdir().unwrap(), Vec::new(), None);
+        assert!(server.try_start().is_err());
+        server.start_on_a_free_port();
+        assert_ne!(server.port(), other.port());
         assert!(answers_info(server.port()));
     }
 }
