@@ -10,7 +10,8 @@
 //! a bound ([`crate::bounded`]): a component within `runtime.max_plugin_bytes`, a manifest within
 //! 1 MiB, a pointer or history within 64 KiB, and a plugin name a host would not load is not
 //! written to the folder. A refused version is not mirrored; the one in the folder keeps
-//! serving, and `natsplug list` says why ([`Refusals`]).
+//! serving, `natsplug list` says why ([`Refusals`]), and the mirror tries it again (after 1 s,
+//! doubling to a minute), so a failure that passes heals without a new change in the bucket.
 //!
 //! The bucket, for a plugin NAME:
 //! - `NAME/VERSION.wasm` and `NAME/VERSION.toml`: each stored version, the last [`HISTORY`];
@@ -28,6 +29,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, object_store::ObjectStore};
 use futures::StreamExt as _;
 
+use crate::backoff::Backoff;
 use crate::bounded::Bound;
 use crate::plugins::version_of;
 use crate::shutdown::Shutdown;
@@ -279,20 +281,43 @@ pub async fn rollback(store: &ObjectStore, plugin: &str) -> anyhow::Result<Strin
     Ok(previous)
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so the folder's watcher
-/// never sees half a file. The temporary file is new (a random hidden name, created
-/// exclusively): a link planted in the folder under a name the host would write through is
-/// never followed.
-fn install(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".natsplug-")
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+/// A file written beside its place in the folder, moved in by [`put`](Self::put) with a
+/// rename, so the folder's watcher never sees half a file (dropped unput, it is removed). The
+/// temporary file is new (a random hidden name, created exclusively): a link planted in the
+/// folder under a name the host would write through is never followed.
+struct Staged {
+    file: tempfile::NamedTempFile,
+    path: PathBuf,
+}
+
+impl Staged {
+    fn write(path: &Path, bytes: &[u8]) -> std::io::Result<Self> {
+        use std::io::Write as _;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut file = tempfile::Builder::new()
+            .prefix(".natsplug-")
+            .suffix(".tmp")
+            .tempfile_in(dir)?;
+        file.write_all(bytes)?;
+        file.flush()?;
+        Ok(Self {
+            file,
+            path: path.to_owned(),
+        })
+    }
+
+    fn put(self) -> std::io::Result<()> {
+        self.file.persist(&self.path).map_err(|e| e.error)?;
+        Ok(())
+    }
+}
+
+/// Waits until `at`, or forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The plugin a bucket object belongs to, if it is a pointer: `PLUGIN/current` or a pin
@@ -331,7 +356,25 @@ pub struct Mirror {
     /// The version written last, by plugin.
     served: BTreeMap<String, String>,
     refusals: Refusals,
+    /// When each refused plugin is tried again, and how many times in a row it failed: a
+    /// failure that passes (a lost connection, a pointer stored before its version's objects
+    /// arrived) heals without a later change in the bucket.
+    retries: BTreeMap<String, Retry>,
 }
+
+/// The next try of a refused plugin.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    at: tokio::time::Instant,
+    failures: u32,
+}
+
+/// How a refused plugin is tried again: soon after a first failure, once a minute after many.
+const RETRY: Backoff = Backoff {
+    first: Duration::from_secs(1),
+    max: Duration::from_secs(60),
+    jitter: true,
+};
 
 impl Mirror {
     /// A mirror of `store` into `dir` for host `host_id`; nothing is written until
@@ -344,6 +387,7 @@ impl Mirror {
             host_id,
             served: BTreeMap::new(),
             refusals: Refusals::default(),
+            retries: BTreeMap::new(),
         }
     }
 
@@ -388,9 +432,14 @@ impl Mirror {
                 tracing::warn!(error = format!("{e:#}"), "cannot mirror the plugins bucket");
             }
             loop {
+                let retry = self.retries.values().map(|r| r.at).min();
                 let event = tokio::select! {
                     () = shutdown.stopping() => return,
                     event = watch.next() => event,
+                    () = sleep_until_some(retry) => {
+                        self.retry_due().await;
+                        continue;
+                    }
                 };
                 match event {
                     Some(Ok(info)) => {
@@ -411,16 +460,41 @@ impl Mirror {
     /// Brings the folder in line with `plugin`'s current version, or says why not: in the log
     /// and, until a later version is mirrored, in `natsplug list`. The version in the folder
     /// keeps serving.
+    /// A refusal is logged when it is new or its reason changed, not at every try.
     async fn sync(&mut self, plugin: &str) {
         match self.sync_one(plugin).await {
             Ok(()) => {
                 self.refusals.lock().remove(plugin);
+                self.retries.remove(plugin);
             }
             Err(e) => {
                 let error = format!("cannot mirror from the bucket: {e:#}");
-                tracing::error!(plugin, %error, "the bucket's version is not served");
-                self.refusals.lock().insert(plugin.to_owned(), error);
+                let failures = self.retries.get(plugin).map_or(0, |r| r.failures) + 1;
+                let at = tokio::time::Instant::now() + RETRY.delay(failures);
+                self.retries
+                    .insert(plugin.to_owned(), Retry { at, failures });
+                let before = self
+                    .refusals
+                    .lock()
+                    .insert(plugin.to_owned(), error.clone());
+                if before.as_ref() != Some(&error) {
+                    tracing::error!(plugin, %error, "the bucket's version is not served");
+                }
             }
+        }
+    }
+
+    /// Tries again every refused plugin whose time has come.
+    async fn retry_due(&mut self) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<String> = self
+            .retries
+            .iter()
+            .filter(|(_, r)| r.at <= now)
+            .map(|(plugin, _)| plugin.clone())
+            .collect();
+        for plugin in due {
+            self.sync(&plugin).await;
         }
     }
 
@@ -451,13 +525,19 @@ impl Mirror {
             Bound::MANIFEST,
         )
         .await?;
+        // Both written beside their places before either moves in: a write that fails (a full
+        // disk) leaves the folder as it was, not a new manifest beside the old component.
+        let manifest = manifest
+            .map(|m| Staged::write(&toml_path, &m))
+            .transpose()?;
+        let wasm = Staged::write(&wasm_path, &wasm)?;
         match manifest {
-            Some(manifest) => install(&toml_path, &manifest)?,
+            Some(manifest) => manifest.put()?,
             None => {
                 let _ = std::fs::remove_file(&toml_path);
             }
         }
-        install(&wasm_path, &wasm)?;
+        wasm.put()?;
         tracing::info!(plugin, %version, "plugin version mirrored from the bucket");
         self.served.insert(plugin.to_owned(), version);
         Ok(())
@@ -478,8 +558,10 @@ mod tests {
             std::os::unix::fs::symlink(&victim, dir.path().join(planted)).unwrap();
         }
         let path = dir.path().join("up.wasm");
-        install(&path, b"component").unwrap();
-        install(&path, b"component 2").unwrap();
+        Staged::write(&path, b"component").unwrap().put().unwrap();
+        Staged::write(&path, b"component 2").unwrap().put().unwrap();
+        // Written but never put (the other file of the pair failed): gone without a trace.
+        drop(Staged::write(&dir.path().join("up.toml"), b"manifest").unwrap());
         assert_eq!(std::fs::read(&victim).unwrap(), b"mine");
         assert_eq!(std::fs::read(&path).unwrap(), b"component 2");
         let mut names: Vec<String> = std::fs::read_dir(dir.path())

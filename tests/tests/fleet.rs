@@ -555,4 +555,26 @@ async fn a_pushed_version_that_fails_on_a_host_leaves_the_old_one_serving_and_li
     natsplug_tests::natsplug_cli(&["rollout", "up", &v1_version, "--server", &url]);
     store.delete("../current").await.unwrap();
     wait_listed(vec![("up", Some(v1_version.clone()), None)]).await;
+
+    // A pointer stored before its version's objects (a bucket sourced from another, say) is
+    // refused, and tried again until they arrive: no later change to a pointer is needed.
+    put("up/current", b"v3".to_vec()).await;
+    wait_listed(vec![(
+        "up",
+        Some(v1_version.clone()),
+        Some("cannot mirror from the bucket: up: version v3 has no component".into()),
+    )])
+    .await;
+    let v3_wasm = std::fs::read(up_version(work.path(), "v3")).unwrap();
+    let v3_manifest = std::fs::read_to_string(work.path().join("up.toml")).unwrap();
+    put("up/v3.toml", v3_manifest.clone().into_bytes()).await;
+    put("up/v3.wasm", v3_wasm.clone()).await;
+    let v3_version = natsplug::plugins::version_of(&v3_wasm, Some(&v3_manifest));
+    wait_listed(vec![("up", Some(v3_version), None)]).await;
+    publish_surely(&js, "in.bucket", "m3".into()).await;
+    wait_until(Duration::from_secs(30), "the fourth output", || async {
+        stream_count(&js, "OUT").await == 4
+    })
+    .await;
+    assert_eq!(stream_messages(&js, "OUT").await[3].header("marker"), "v3");
 }
