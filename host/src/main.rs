@@ -455,21 +455,16 @@ async fn run(command: Command) -> ExitCode {
             bucket,
         } => report(
             async {
-                // Nothing is stored unless it loads here as it would on a host.
-                let (_, loaded) = offline::load(&plugin, manifest.as_deref())?;
-                let manifest_path = manifest.unwrap_or_else(|| plugin.with_extension("toml"));
-                let manifest_text = match std::fs::read_to_string(&manifest_path) {
-                    Ok(text) => Some(text),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                    Err(e) => return Err(e.into()),
-                };
-                let wasm = std::fs::read(&plugin)?;
+                // Nothing is stored unless it loads here as it would on a host, and what is
+                // stored is the bytes that loaded.
+                let files = offline::Files::read(&plugin, manifest.as_deref())?;
+                let (_, loaded) = offline::load_files(&files, Default::default())?;
                 let store = bucket.open().await?;
                 let version = natsplug::source::push(
                     &store,
                     loaded.name(),
-                    &wasm,
-                    manifest_text.as_deref(),
+                    &files.wasm,
+                    files.manifest_text(),
                     host_id.as_deref(),
                 )
                 .await?;
@@ -597,10 +592,11 @@ async fn run(command: Command) -> ExitCode {
             plugin,
             manifest,
             server,
-        } => match offline::load(&plugin, manifest.as_deref()) {
-            Ok((_, p)) => {
-                let version = offline::version(&plugin, manifest.as_deref())
-                    .unwrap_or_else(|e| format!("unknown ({e})"));
+        } => match offline::Files::read(&plugin, manifest.as_deref())
+            .and_then(|files| Ok((offline::load_files(&files, Default::default())?, files)))
+        {
+            Ok(((_, p), files)) => {
+                let version = files.version();
                 println!(
                     "ok: {} is {} (plugin {:?}, version {version})",
                     plugin.display(),

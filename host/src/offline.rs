@@ -2,14 +2,74 @@
 //! of our world and that its manifest parses; `natsplug call` runs the handler once in the real
 //! sandbox and reports what the host would do with the answer.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::capability::Services;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, ManifestError};
 use crate::message::{Headers, Message, Output};
 use crate::runtime::{HandlerError, Hooks, LoadError, Outcome, Plugin, Runtime};
+
+/// A plugin's files, read once within the host's bounds: what `natsplug validate` checks and
+/// `natsplug push` stores are the same bytes, even if the files change meanwhile.
+#[derive(Debug)]
+pub struct Files {
+    /// The plugin name, from the file name (`NAME.wasm`).
+    pub name: String,
+    /// The component or module.
+    pub wasm: Vec<u8>,
+    /// The manifest's path and text: `manifest`, else the one beside the file, if there is one.
+    pub manifest: Option<(PathBuf, String)>,
+}
+
+impl Files {
+    /// Reads `path` within `runtime.max_plugin_bytes` and the manifest (`manifest`, else the
+    /// one beside the file) within [`Bound::MANIFEST`](crate::bounded::Bound::MANIFEST). A
+    /// manifest named by `manifest` must be there.
+    pub fn read(path: &Path, manifest: Option<&Path>) -> Result<Self, LoadError> {
+        use crate::bounded::{Bound, read, read_text, read_text_if_present};
+        let max = crate::config::RuntimeSection::default().max_plugin_bytes;
+        let wasm = read(path, Bound::plugin(max)).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        fn unreadable(path: &Path) -> impl FnOnce(std::io::Error) -> ManifestError + '_ {
+            |source| ManifestError::Read {
+                path: path.to_owned(),
+                source,
+            }
+        }
+        let manifest = match manifest {
+            Some(named) => Some((
+                named.to_owned(),
+                read_text(named, Bound::MANIFEST).map_err(unreadable(named))?,
+            )),
+            None => {
+                let beside = path.with_extension("toml");
+                read_text_if_present(&beside, Bound::MANIFEST)
+                    .map_err(unreadable(&beside))?
+                    .map(|text| (beside, text))
+            }
+        };
+        Ok(Self {
+            name: crate::runtime::plugin_name(path),
+            wasm,
+            manifest,
+        })
+    }
+
+    /// The manifest's text, if there is one.
+    pub fn manifest_text(&self) -> Option<&str> {
+        self.manifest.as_ref().map(|(_, text)| text.as_str())
+    }
+
+    /// The version `natsplug list` would show for these files: see
+    /// [`crate::plugins::version_of`].
+    pub fn version(&self) -> String {
+        crate::plugins::version_of(&self.wasm, self.manifest_text())
+    }
+}
 
 /// Loads a plugin file the way the host would: the manifest from `manifest`, else the one
 /// beside the file, else the defaults. Compiled components come from the host's default compile
@@ -24,15 +84,23 @@ pub fn load_with(
     manifest: Option<&Path>,
     services: Services,
 ) -> Result<(Runtime, Plugin), LoadError> {
+    load_files(&Files::read(path, manifest)?, services)
+}
+
+/// Loads plugin files already read ([`Files::read`]) the way the host would.
+pub fn load_files(files: &Files, services: Services) -> Result<(Runtime, Plugin), LoadError> {
     let config = crate::config::RuntimeSection::default().runtime_config();
     let runtime = Runtime::new(config)
         .map_err(|e| LoadError::NotAComponent {
-            plugin: crate::runtime::plugin_name(path),
+            plugin: files.name.clone(),
             reason: format!("{e:#}"),
         })?
         .with_services(services);
-    let manifest = manifest.map(Manifest::load).transpose()?;
-    let plugin = runtime.load_file(path, manifest)?;
+    let manifest = match &files.manifest {
+        Some((path, text)) => Manifest::parse(text, path)?,
+        None => Manifest::default(),
+    };
+    let plugin = runtime.load(&files.name, &files.wasm, manifest)?;
     Ok((runtime, plugin))
 }
 
@@ -102,19 +170,6 @@ pub async fn check_server(plugin: &Plugin, url: &str) -> Vec<Result<String, Stri
         },
     );
     checks
-}
-
-/// The version `natsplug list` would show for this plugin file and its manifest (`manifest`,
-/// else the one beside the file): see [`crate::plugins::version_of`].
-pub fn version(path: &Path, manifest: Option<&Path>) -> std::io::Result<String> {
-    let wasm = std::fs::read(path)?;
-    let beside = path.with_extension("toml");
-    let manifest = match manifest {
-        Some(m) => Some(std::fs::read_to_string(m)?),
-        None if beside.exists() => Some(std::fs::read_to_string(beside)?),
-        None => None,
-    };
-    Ok(crate::plugins::version_of(&wasm, manifest.as_deref()))
 }
 
 /// One line of `natsplug call`'s output.
@@ -192,4 +247,42 @@ pub fn message(
 /// Runs the handler once, offline.
 pub async fn call(plugin: &Plugin, message: &Message) -> Result<Outcome, HandlerError> {
     plugin.handle(message, Hooks::default()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_files_are_read_once_within_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let wasm = dir.path().join("up.wasm");
+        std::fs::write(&wasm, b"\0asm").unwrap();
+
+        let alone = Files::read(&wasm, None).unwrap();
+        assert_eq!(alone.name, "up");
+        assert_eq!(alone.wasm, b"\0asm");
+        assert!(alone.manifest.is_none());
+        assert_eq!(alone.version(), crate::plugins::version_of(b"\0asm", None));
+
+        std::fs::write(dir.path().join("up.toml"), "[limits]\n").unwrap();
+        let beside = Files::read(&wasm, None).unwrap();
+        assert_eq!(
+            beside.manifest,
+            Some((dir.path().join("up.toml"), "[limits]\n".to_owned()))
+        );
+
+        // A manifest named on the command line must be there; one past the bound is refused
+        // from its size, whether named or beside.
+        let missing = dir.path().join("other.toml");
+        let e = Files::read(&wasm, Some(&missing)).unwrap_err().to_string();
+        assert!(e.contains("other.toml"), "{e}");
+        std::fs::write(
+            dir.path().join("up.toml"),
+            vec![b'#'; crate::bounded::MAX_MANIFEST_BYTES as usize + 1],
+        )
+        .unwrap();
+        let e = Files::read(&wasm, None).unwrap_err().to_string();
+        assert!(e.contains("up.toml") && e.contains("1048576"), "{e}");
+    }
 }
