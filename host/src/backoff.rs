@@ -1,6 +1,7 @@
-//! Exponential backoff, the one rule behind reconnect delays, publish retries and the pauses
-//! between attempts to set up a consumer: doubling from a first delay, capped, with optional
-//! jitter so many hosts do not retry in step.
+//! Exponential backoff, the one rule behind reconnect delays, publish retries, the pauses
+//! between attempts to set up a consumer and the mirror's retries: doubling from a first delay,
+//! capped, with optional jitter so many hosts do not retry in step; and the wait for the next
+//! attempt, if there is one ([`sleep_until`]).
 
 use std::time::Duration;
 
@@ -28,6 +29,15 @@ impl Backoff {
         } else {
             base
         }
+    }
+}
+
+/// Waits until `at` (the next attempt, a deadline), or for ever without one: a branch of a
+/// `select!` that fires only when something is due.
+pub async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

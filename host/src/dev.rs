@@ -383,12 +383,7 @@ pub async fn run(
     let expected_dead = 1;
     let (mut seen_outputs, mut seen_dead) = (0, 0);
     let deadline = once.map(|d| tokio::time::Instant::now() + d);
-    let sleep_until = async move {
-        match deadline {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
-        }
-    };
+    let sleep_until = crate::backoff::sleep_until(deadline);
     tokio::pin!(sleep_until);
     let interrupted = crate::shutdown::signal();
     tokio::pin!(interrupted);

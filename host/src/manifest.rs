@@ -755,24 +755,39 @@ impl Manifest {
 
     /// Reads and parses a manifest file.
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
-        let text =
-            crate::bounded::read_text(path, crate::bounded::Bound::MANIFEST).map_err(|source| {
-                ManifestError::Read {
-                    path: path.to_owned(),
-                    source,
-                }
-            })?;
-        Self::parse(&text, path)
+        Self::parse(&Self::read_text(path)?, path)
     }
 
     /// The manifest beside a plugin file (`NAME.toml` for `NAME.wasm`), or the defaults when
     /// there is none.
     pub fn beside(wasm: &Path) -> Result<Self, ManifestError> {
+        match Self::read_beside(wasm)? {
+            Some((path, text)) => Self::parse(&text, &path),
+            None => Ok(Self::default()),
+        }
+    }
+
+    /// A manifest file's text, read within [`Bound::MANIFEST`](crate::bounded::Bound::MANIFEST).
+    pub fn read_text(path: &Path) -> Result<String, ManifestError> {
+        crate::bounded::read_text(path, crate::bounded::Bound::MANIFEST).map_err(|source| {
+            ManifestError::Read {
+                path: path.to_owned(),
+                source,
+            }
+        })
+    }
+
+    /// The path and text of the manifest beside a plugin file, if there is one.
+    pub fn read_beside(wasm: &Path) -> Result<Option<(PathBuf, String)>, ManifestError> {
         let path = wasm.with_extension("toml");
-        if path.exists() {
-            Self::load(&path)
-        } else {
-            Ok(Self::default())
+        match Self::read_text(&path) {
+            Ok(text) => Ok(Some((path, text))),
+            Err(ManifestError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
     }
 }

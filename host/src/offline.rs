@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::capability::Services;
-use crate::manifest::{Manifest, ManifestError};
+use crate::manifest::Manifest;
 use crate::message::{Headers, Message, Output};
 use crate::runtime::{HandlerError, Hooks, LoadError, Outcome, Plugin, Runtime};
 
@@ -28,29 +28,17 @@ impl Files {
     /// one beside the file) within [`Bound::MANIFEST`](crate::bounded::Bound::MANIFEST). A
     /// manifest named by `manifest` must be there.
     pub fn read(path: &Path, manifest: Option<&Path>) -> Result<Self, LoadError> {
-        use crate::bounded::{Bound, read, read_text, read_text_if_present};
         let max = crate::config::RuntimeSection::default().max_plugin_bytes;
-        let wasm = read(path, Bound::plugin(max)).map_err(|source| LoadError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        fn unreadable(path: &Path) -> impl FnOnce(std::io::Error) -> ManifestError + '_ {
-            |source| ManifestError::Read {
-                path: path.to_owned(),
-                source,
-            }
-        }
+        let wasm =
+            crate::bounded::read(path, crate::bounded::Bound::plugin(max)).map_err(|source| {
+                LoadError::Read {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
         let manifest = match manifest {
-            Some(named) => Some((
-                named.to_owned(),
-                read_text(named, Bound::MANIFEST).map_err(unreadable(named))?,
-            )),
-            None => {
-                let beside = path.with_extension("toml");
-                read_text_if_present(&beside, Bound::MANIFEST)
-                    .map_err(unreadable(&beside))?
-                    .map(|text| (beside, text))
-            }
+            Some(named) => Some((named.to_owned(), Manifest::read_text(named)?)),
+            None => Manifest::read_beside(path)?,
         };
         Ok(Self {
             name: crate::runtime::plugin_name(path),

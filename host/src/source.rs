@@ -312,14 +312,6 @@ impl Staged {
     }
 }
 
-/// Waits until `at`, or forever without one.
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// The plugin a bucket object belongs to, if it is a pointer: `PLUGIN/current` or a pin
 /// `PLUGIN/current@HOST_ID`.
 fn plugin_of(object: &str) -> Option<&str> {
@@ -436,7 +428,7 @@ impl Mirror {
                 let event = tokio::select! {
                     () = shutdown.stopping() => return,
                     event = watch.next() => event,
-                    () = sleep_until_some(retry) => {
+                    () = crate::backoff::sleep_until(retry) => {
                         self.retry_due().await;
                         continue;
                     }
